@@ -1,0 +1,1 @@
+"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020) and Ghost versions of classic networks."""
