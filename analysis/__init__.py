@@ -2,7 +2,25 @@
 
 Data flow: ``models`` (load a network) -> ``images`` (load photos) -> ``capture`` (forward hooks)
 -> ``stats`` (streaming per-layer moments) -> ``similarity`` (C x C matrices) -> ``pairs`` (ghost pairs)
--> ``plots`` / ``cli``.
+-> ``plots`` / ``pipeline`` / ``cli``.
 """
 
+from . import plots
+from .capture import LayerInfo, capture, capture_maps, eval_mode, list_layers
+from .errors import GhostmapsError, NoImagesError, UnknownLayerError, WeightsUnavailableError
+from .images import ImageSkippedWarning, ImageSource, NamedImage, load_images, sample_images
+from .models import LoadedModel, ModelInfo, load_model
+from .pairs import GhostPair, GhostPairs, ghost_pairs
+from .pipeline import Figure1Result, run_figure1, suggest_layer
+from .similarity import ChannelSimilarity, channel_similarity
+from .stats import LayerStats
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ChannelSimilarity", "Figure1Result", "GhostPair", "GhostPairs", "GhostmapsError", "ImageSkippedWarning",
+    "ImageSource", "LayerInfo", "LayerStats", "LoadedModel", "ModelInfo", "NamedImage", "NoImagesError",
+    "UnknownLayerError", "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity",
+    "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
+    "sample_images", "suggest_layer",
+]

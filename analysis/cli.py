@@ -1,0 +1,148 @@
+"""The ``ghostmaps`` command. Exit codes: 0 success, 2 bad usage or input, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import GhostmapsError
+
+DEMO_OUT = Path("ghostmaps-out") / "demo"
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() in ("none", "random") else text
+
+
+def _add_model_args(p: argparse.ArgumentParser, weights_default: str = "default") -> None:
+    p.add_argument("--model", "-m", default="mobilenet_v2",
+                   help="torchvision model name, or 'package.module:callable' (default: %(default)s)")
+    p.add_argument("--weights", "-w", default=weights_default, type=_weights,
+                   help="'default' (pretrained), 'none' (random init), a torchvision weights name such as "
+                        "IMAGENET1K_V2, or a checkpoint path (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from .capture import list_layers
+    from .models import load_model
+
+    model, _, info = load_model(args.model_name or args.model, weights=args.weights, device=args.device)
+    layers = list_layers(model, args.input_size)
+    if args.grep:
+        layers = [info_ for info_ in layers if fnmatch.fnmatch(info_.name, args.grep) or args.grep == info_.type]
+    if args.json:
+        print(json.dumps([layer.to_dict() for layer in layers], indent=2))
+        return 0
+    width = max([len(layer.name) for layer in layers] + [5])
+    tw = max([len(layer.type) for layer in layers] + [4])
+    print(f"{info.name} ({info.weights}), input 3×{args.input_size}×{args.input_size}: {len(layers)} outputs")
+    print(f"{'layer':<{width}}  {'type':<{tw}}  output shape")
+    for layer in layers:
+        print(f"{layer.name:<{width}}  {layer.type:<{tw}}  {'×'.join(map(str, layer.shape))}")
+    return 0
+
+
+def cmd_figure1(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pipeline import run_figure1
+
+    loaded = load_model(args.model, weights=args.weights, device=args.device)
+    result = run_figure1(loaded, layer=args.layer, image=args.image, k=args.pairs, metric=args.metric,
+                         max_channels=args.max_channels, device=args.device)
+    written = result.save(args.out, svg=args.svg)
+    print(result.pairs)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pipeline import run_figure1
+
+    out = Path(args.out)
+    print("ghostmaps demo: pretrained mobilenet_v2 (offline weights) on the sample photos")
+    loaded = load_model("mobilenet_v2", weights="default")
+    print(f"  model   {loaded.info.name}  weights {loaded.info.weights}")
+    result = run_figure1(loaded, image="samples:chelsea", k=args.pairs)
+    print(f"  layer   {result.layer}  maps {'×'.join(map(str, result.maps.shape))}  image {result.image}")
+    print(result.pairs)
+    written = result.save(out / "figure1.png")
+    print(f"Figure 1 and its pairs are in {out}/:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ghostmaps",
+        description="How redundant are a CNN's feature maps? Find GhostNet-style ghost pairs and draw them.",
+        epilog="Start with `ghostmaps demo` (offline). Each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"ghostmaps {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="Figure 1 of pretrained mobilenet_v2 on a sample photo, offline",
+                       description="Run pretrained mobilenet_v2 (offline weights) on the sample photos, pick an "
+                                   "early layer with many channels, and write the Figure 1 PNG and a JSON of the "
+                                   "ghost pairs into an output folder.")
+    p.add_argument("--out", "-o", default=str(DEMO_OUT), help="output folder (default: %(default)s)")
+    p.add_argument("--pairs", "-k", type=int, default=3, help="ghost pairs to mark (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("layers", help="list the layers of a model that can be captured",
+                       description="List every module output of MODEL with its type and output shape "
+                                   "(one dry forward). Names with #k are later calls of a reused module.")
+    p.add_argument("model_name", nargs="?", metavar="MODEL", help="model (default: mobilenet_v2)")
+    _add_model_args(p, weights_default="none")
+    p.add_argument("--input-size", type=int, default=224, help="input height and width (default: %(default)s)")
+    p.add_argument("--grep", help="show only layers matching this glob or module type, e.g. 'features.*' or Conv2d")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("figure1", help="draw GhostNet's Figure 1 for a layer and an image",
+                       description="Capture one layer's feature maps for one image, find the most similar "
+                                   "(mutually exclusive) channel pairs, and draw the maps with the pairs boxed "
+                                   "in matching colours. Writes FILE (PNG) and FILE.json with the pair scores.")
+    _add_model_args(p)
+    p.add_argument("--layer", "-l", help="layer name (see `ghostmaps layers`); default: an early layer with "
+                                          "many channels")
+    p.add_argument("--image", "-i", default="samples:chelsea",
+                   help="image file, or samples:NAME for a built-in photo (default: %(default)s)")
+    p.add_argument("--pairs", "-k", type=int, default=3, help="ghost pairs to mark (default: %(default)s)")
+    p.add_argument("--metric", choices=("cosine", "pearson"), default="cosine",
+                   help="channel similarity (default: %(default)s)")
+    p.add_argument("--max-channels", type=int, default=64, help="tiles to show (default: %(default)s)")
+    p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")
+    p.add_argument("--svg", action="store_true", help="also write an SVG beside the PNG")
+    p.set_defaults(func=cmd_figure1)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ghostmaps`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except GhostmapsError as exc:
+        print(f"ghostmaps {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

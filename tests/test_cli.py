@@ -1,0 +1,70 @@
+"""Every CLI command runs end to end, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from analysis.cli import main
+
+
+def test_demo_writes_figure_and_pairs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    png, js = tmp_path / "ghostmaps-out/demo/figure1.png", tmp_path / "ghostmaps-out/demo/figure1.json"
+    assert png.stat().st_size > 10_000 and str(png.relative_to(tmp_path)) in out
+    data = json.loads(js.read_text())
+    assert data["model"]["weights"].endswith("IMAGENET1K_V1") and len(data["pairs"]) == 3
+    assert all(0.0 < p["score"] <= 1.0 for p in data["pairs"])
+
+
+def test_figure1_command(tmp_path, capsys):
+    out = tmp_path / "f1.png"
+    code = main(["figure1", "--layer", "features.2.conv.0", "--pairs", "2", "--metric", "pearson",
+                 "--out", str(out), "--svg"])
+    assert code == 0
+    assert out.exists() and out.with_suffix(".svg").exists()
+    assert len(json.loads(out.with_suffix(".json").read_text())["pairs"]) == 2
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_figure1_with_an_image_file(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype("uint8")).save(tmp_path / "x.jpg")
+    assert main(["figure1", "--weights", "none", "--image", str(tmp_path / "x.jpg"),
+                 "--out", str(tmp_path / "o.png")]) == 0
+
+
+def test_layers_command_table_and_json(capsys):
+    assert main(["layers", "resnet18", "--input-size", "64", "--grep", "layer1.0.*"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.relu#1" in out and "1×64×16×16" in out
+    assert main(["layers", "--json", "--grep", "Conv2d"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 52 and rows[0] == {"name": "features.0.0", "type": "Conv2d", "shape": [1, 32, 112, 112]}
+
+
+def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
+    assert main(["figure1", "--layer", "features.3.conv.O", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layer" in err and "features.3.conv.0" in err and "Traceback" not in err
+    assert main(["layers", "resnet5o"]) == 2
+    assert "resnet50" in capsys.readouterr().err
+    assert main(["figure1", "--image", str(tmp_path / "none.jpg")]) == 2
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["figure1", "--metric", "nope"])
+    assert exc.value.code == 2
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "analysis.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("demo", "layers", "figure1"):
+        assert command in result.stdout
