@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -12,13 +13,16 @@ from . import __version__
 from .errors import GhostmapsError
 
 DEMO_OUT = Path("ghostmaps-out") / "demo"
+# Further subcommands live beside the code they drive: each module has `register(subparsers)`, which adds its
+# parser(s) with `set_defaults(func=...)`; the function returns the exit code.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _weights(text: str) -> str | None:
     return None if text.lower() in ("none", "random") else text
 
 
-def _add_model_args(p: argparse.ArgumentParser, weights_default: str = "default") -> None:
+def add_model_args(p: argparse.ArgumentParser, weights_default: str = "default") -> None:
     p.add_argument("--model", "-m", default="mobilenet_v2",
                    help="torchvision model name, or 'package.module:callable' (default: %(default)s)")
     p.add_argument("--weights", "-w", default=weights_default, type=_weights,
@@ -102,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every module output of MODEL with its type and output shape "
                                    "(one dry forward). Names with #k are later calls of a reused module.")
     p.add_argument("model_name", nargs="?", metavar="MODEL", help="model (default: mobilenet_v2)")
-    _add_model_args(p, weights_default="none")
+    add_model_args(p, weights_default="none")
     p.add_argument("--input-size", type=int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--grep", help="show only layers matching this glob or module type, e.g. 'features.*' or Conv2d")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Capture one layer's feature maps for one image, find the most similar "
                                    "(mutually exclusive) channel pairs, and draw the maps with the pairs boxed "
                                    "in matching colours. Writes FILE (PNG) and FILE.json with the pair scores.")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", help="layer name (see `ghostmaps layers`); default: an early layer with "
                                           "many channels")
     p.add_argument("--image", "-i", default="samples:chelsea",
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")
     p.add_argument("--svg", action="store_true", help="also write an SVG beside the PNG")
     p.set_defaults(func=cmd_figure1)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(f"analysis.{module_name}").register(sub)
     return parser
 
 
