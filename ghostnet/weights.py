@@ -9,8 +9,6 @@ containers (``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema``), ``
 from __future__ import annotations
 
 import os
-import socket
-import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,7 +157,7 @@ def load_pretrained(model: nn.Module, name: str, progress: bool = True) -> nn.Mo
         state_dict = torch.hub.load_state_dict_from_url(
             url, model_dir=cache_dir, map_location="cpu", progress=progress, weights_only=True
         )
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+    except OSError as err:  # URLError, HTTPError, timeouts and connection errors are all OSErrors
         raise PretrainedWeightsUnavailable(
             f"{name}: pretrained weights are not in the torch hub cache ({cache_dir}) and could not be "
             f"downloaded from {url} ({type(err).__name__}: {err}). Ways out: build the model with "
