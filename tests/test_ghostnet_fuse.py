@@ -8,13 +8,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_ghostnet_model import randomize_
 from torch import nn
 
 import ghostnet
 from ghostnet import GhostNet, fuse, ghost_resnet50, ghost_resnet56, ghost_vgg16, ghostnet_050, ghostnet_100
 from ghostnet.fuse import fold_bn
 from ghostnet.variants import resnet56, vgg16_cifar
+from tests.helpers import randomize_
 
 
 def _bns(model: nn.Module) -> int:

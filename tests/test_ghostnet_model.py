@@ -11,30 +11,12 @@ from torch import nn
 import ghostnet
 from ghostnet import GhostBottleneck, GhostNet, SqueezeExcite, ghostnet_050, ghostnet_100, ghostnet_130
 from ghostnet.bottleneck import make_divisible
+from tests.helpers import randomize_
 
 # From /work/shared/reference/ghostnet-facts.md §3.4 (measured on the official code and timm).
 FACT_PARAMS = {0.5: 2_587_292, 1.0: 5_182_508, 1.3: 7_358_820}
 BUILDERS = {0.5: ghostnet_050, 1.0: ghostnet_100, 1.3: ghostnet_130}
 TIMM_NAMES = {0.5: "ghostnet_050", 1.0: "ghostnet_100", 1.3: "ghostnet_130"}
-
-
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics of a sane scale (so outputs stay O(1) through 16 blocks)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    return model
 
 
 @pytest.mark.parametrize("width", [0.5, 1.0, 1.3])

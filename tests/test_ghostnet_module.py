@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_ghostnet_model import randomize_
 from torch import nn
 
 from ghostnet import GhostModule
+from tests.helpers import randomize_
 
 
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int) -> torch.Tensor:
