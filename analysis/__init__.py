@@ -9,6 +9,7 @@ from . import plots
 from .capture import LayerInfo, capture, capture_maps, eval_mode, list_layers
 from .errors import GhostmapsError, NoImagesError, UnknownLayerError, WeightsUnavailableError
 from .images import ImageSkippedWarning, ImageSource, NamedImage, load_images, sample_images
+from .macs import MacsReport, count_macs
 from .models import LoadedModel, ModelInfo, load_model
 from .pairs import GhostPair, GhostPairs, ghost_pairs
 from .pipeline import Figure1Result, run_figure1, suggest_layer
@@ -21,6 +22,6 @@ __all__ = [
     "ChannelSimilarity", "Figure1Result", "GhostPair", "GhostPairs", "GhostmapsError", "ImageSkippedWarning",
     "ImageSource", "LayerInfo", "LayerStats", "LoadedModel", "ModelInfo", "NamedImage", "NoImagesError",
     "UnknownLayerError", "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity",
-    "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
+    "count_macs", "MacsReport", "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
     "sample_images", "suggest_layer",
 ]

@@ -53,6 +53,29 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .macs import count_macs, format_stage_table, stage_table
+    from .models import load_model
+
+    model, _, info = load_model(args.model_name or args.model, weights=args.weights, device=args.device)
+    size = (1, 3, args.input_size, args.input_size)
+    report = count_macs(model, size)
+    rows = stage_table(model, size)
+    if args.json:
+        print(json.dumps({"model": info.to_dict(), "macs": report.total_macs, "params": report.params,
+                          "registered_params": report.registered_params, "input_size": list(size),
+                          "convention": report.convention, "stages": rows}, indent=2))
+        return 0
+    print(f"{info.name}  (weights: {info.weights})")
+    print(f"  params  {report.params:,} used by the forward pass ({report.registered_params:,} registered)")
+    print(f"  MACs    {report.total_macs / 1e6:,.2f} M at {args.input_size}×{args.input_size} "
+          f"(= {report.total_flops / 1e6:,.2f} M FLOPs counting 2 per multiply-add)")
+    print(f"  counted {report.convention}")
+    print()
+    print(format_stage_table(rows))
+    return 0
+
+
 def cmd_figure1(args: argparse.Namespace) -> int:
     from .models import load_model
     from .pipeline import run_figure1
@@ -111,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grep", help="show only layers matching this glob or module type, e.g. 'features.*' or Conv2d")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("info", help="parameters, MACs and a per-stage cost table of a model",
+                       description="Count the parameters a forward pass uses and the multiply-accumulates (MACs, "
+                                   "the GhostNet paper's 'FLOPs') of MODEL, overall and per stage.")
+    p.add_argument("model_name", nargs="?", metavar="MODEL",
+                   help="torchvision name, ghostnet_050/100/130, ghost_vgg16/resnet56/resnet50, or "
+                        "package.module:callable (default: mobilenet_v2)")
+    add_model_args(p, weights_default="none")
+    p.add_argument("--input-size", type=int, default=224, help="input height and width (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("figure1", help="draw GhostNet's Figure 1 for a layer and an image",
                        description="Capture one layer's feature maps for one image, find the most similar "

@@ -27,6 +27,8 @@ from torchvision import transforms as T
 from .errors import GhostmapsError, WeightsUnavailableError, did_you_mean
 
 DEFAULT_MODEL = "mobilenet_v2"
+# The GhostNet family of this project, loadable by name like torchvision models.
+GHOSTMAPS_MODELS = ("ghostnet_050", "ghostnet_100", "ghostnet_130", "ghost_vgg16", "ghost_resnet56", "ghost_resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,7 +48,7 @@ class ModelInfo:
 
     name: the model's name (torchvision name, callable spec or class name); weights: the weights id
     (an enum name such as ``IMAGENET1K_V1``, a file path, ``"random"`` or ``"as given"``);
-    source: ``"torchvision"``, ``"callable"`` or ``"module"``; weights_file: the file the weights were read from.
+    source: ``"torchvision"``, ``"ghostmaps"``, ``"callable"`` or ``"module"``; weights_file: the file the weights were read from.
     """
 
     name: str
@@ -87,7 +89,8 @@ def load_model(
     """Load a model in eval mode, with its preprocessing and a description of where it came from.
 
     Args:
-        spec: a torchvision model name (``"resnet50"``, ``"mobilenet_v2"``), a ``"package.module:callable"``
+        spec: a torchvision model name (``"resnet50"``, ``"mobilenet_v2"``), a GhostNet-family name of this
+            project (``"ghostnet_100"``, ``"ghost_resnet50"``, ...), a ``"package.module:callable"``
             string (the callable returns an ``nn.Module``), or an ``nn.Module`` (copied, never modified).
         weights: ``"default"`` (torchvision's DEFAULT weights if cached, else any pretrained weights of the
             model available offline, else a download of DEFAULT; for a callable or module, whatever it comes
@@ -122,6 +125,9 @@ def load_model(
         if not isinstance(model, nn.Module):
             raise GhostmapsError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module.")
         info = ModelInfo(spec, "random" if weights is None else "as given", "callable")
+        preprocess = default_preprocess()
+    elif isinstance(spec, str) and spec in GHOSTMAPS_MODELS:
+        model, info = _load_ghostnet(spec, None if weights_path else weights, seed)
         preprocess = default_preprocess()
     elif isinstance(spec, str):
         model, preprocess, info = _load_torchvision(spec, None if weights_path else weights, seed)
@@ -189,11 +195,33 @@ class _seeded:
             self._fork.__exit__(*exc)
 
 
+def _load_ghostnet(name: str, weights: str | None, seed: int) -> tuple[nn.Module, ModelInfo]:
+    import ghostnet
+    from ghostnet.weights import PretrainedWeightsUnavailable
+
+    builder = getattr(ghostnet, name)
+    if weights is None:
+        with _seeded(seed):
+            return builder(), ModelInfo(name, "random", "ghostmaps")
+    if weights != "default":
+        raise GhostmapsError(f"{name} takes weights='default' (the released weights), None, or a checkpoint path; "
+                             f"got {weights!r}.")
+    try:
+        with _seeded(seed):
+            model = builder(pretrained=True, progress=False)
+    except PretrainedWeightsUnavailable as exc:
+        raise WeightsUnavailableError(str(exc)) from None
+    except ValueError as exc:  # no weights were released for this width
+        raise GhostmapsError(str(exc)) from None
+    return model, ModelInfo(name, "official", "ghostmaps")
+
+
 def _load_torchvision(name: str, weights: str | None, seed: int) -> tuple[nn.Module, Callable, ModelInfo]:
     names = torchvision_model_names()
     if name not in names:
         raise GhostmapsError(
-            f"unknown model {name!r}: not a torchvision classification model.{did_you_mean(name, names)} "
+            f"unknown model {name!r}: not a torchvision classification model nor one of "
+            f"{', '.join(GHOSTMAPS_MODELS)}.{did_you_mean(name, names + list(GHOSTMAPS_MODELS))} "
             "Other models: pass 'package.module:callable' or an nn.Module."
         )
     builder = torchvision.models.get_model_builder(name)

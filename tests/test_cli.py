@@ -68,3 +68,15 @@ def test_console_script_help():
     assert result.returncode == 0
     for command in ("demo", "layers", "figure1"):
         assert command in result.stdout
+
+
+def test_info_command_counts_ghostnet_like_the_paper(capsys):
+    assert main(["info", "ghostnet_100"]) == 0
+    out = capsys.readouterr().out
+    assert "5,182,508" in out and "141.15 M" in out and "blocks.6" in out
+    assert main(["info", "resnet18", "--input-size", "64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"] == 11_689_512 and data["stages"][0]["name"] == "conv1"
+    assert data["macs"] == sum(row["macs"] for row in data["stages"])
+    assert main(["info", "ghostnet_050", "--weights", "default"]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err

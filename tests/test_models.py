@@ -97,3 +97,21 @@ def test_checkpoint_path_with_wrappers(tmp_path):
     (tmp_path / "bad.pth").write_text("not a checkpoint")
     with pytest.raises(GhostmapsError, match="cannot read"):
         load_model("resnet18", weights=tmp_path / "bad.pth")
+
+
+def test_ghostnet_family_by_name(monkeypatch, tmp_path):
+    import ghostnet
+
+    loaded = load_model("ghostnet_100", weights=None)
+    assert isinstance(loaded.model, ghostnet.GhostNet) and loaded.info.source == "ghostmaps"
+    assert torch.equal(loaded.model.conv_stem.weight, load_model("ghostnet_100", weights=None).model.conv_stem.weight)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsUnavailableError, match="ghostnet_100"):
+        load_model("ghostnet_100")
+    with pytest.raises(GhostmapsError, match="no pretrained weights"):
+        load_model("ghostnet_130")
