@@ -1,1 +1,26 @@
-"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020) and Ghost versions of classic networks."""
+"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020) and Ghost versions of classic networks.
+
+This package never imports ``analysis`` (the dependency runs analysis -> ghostnet only).
+"""
+
+from .bottleneck import GhostBottleneck, SqueezeExcite
+from .fuse import fuse
+from .model import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
+from .module import GhostModule
+from .variants import ghost_resnet50, ghost_resnet56, ghost_vgg16
+from .weights import load_checkpoint
+
+__all__ = [
+    "GhostModule",
+    "GhostBottleneck",
+    "SqueezeExcite",
+    "GhostNet",
+    "ghostnet_050",
+    "ghostnet_100",
+    "ghostnet_130",
+    "ghost_vgg16",
+    "ghost_resnet56",
+    "ghost_resnet50",
+    "fuse",
+    "load_checkpoint",
+]
