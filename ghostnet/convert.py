@@ -236,7 +236,10 @@ class GhostifyResult:
 
         rows = [{**asdict(r), "status": "replaced", "reason": ""} for r in self.replaced]
         rows += [{"name": s.name, "status": "skipped", "reason": s.reason} for s in self.skipped]
-        return pd.DataFrame(rows)
+        ints = ["in_channels", "out_channels", "ratio", "dw_size", "init_channels", "params_before", "params_after"]
+        frame = pd.DataFrame(rows, columns=["name", "status", "reason", *ReplacedLayer.__dataclass_fields__][:3]
+                             + [c for c in ReplacedLayer.__dataclass_fields__ if c != "name"])
+        return frame.astype({c: "Int64" for c in ints})
 
     def __str__(self) -> str:
         lines = [f"ghostify: {len(self.replaced)} convs replaced (ratio {self.ratio}, d {self.dw_size}, "
