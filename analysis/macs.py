@@ -186,12 +186,13 @@ def stage_table(
     (ops or parameters of the root itself), so the rows always sum to the totals.
     """
     report = count_macs(model, input_size)
+    costs = {m.name: m for m in report.modules}
     children = dict(model.named_children())
     if expand is None:
         expand = [
             n
             for n, c in children.items()
-            if isinstance(c, nn.Sequential) and report.total_macs and _macs_of(report, n) * 2 > report.total_macs
+            if isinstance(c, nn.Sequential) and n in costs and costs[n].macs * 2 > report.total_macs
         ]
     unknown = [n for n in expand if n not in children]
     if unknown:
@@ -199,7 +200,6 @@ def stage_table(
     names: list[str] = []
     for n, c in children.items():
         names += [f"{n}.{sub}" for sub, _ in c.named_children()] if n in expand else [n]
-    costs = {m.name: m for m in report.modules}
     rows = []
     for n in names:
         if n in costs and (costs[n].macs or costs[n].params):
@@ -211,13 +211,6 @@ def stage_table(
     for r in rows:
         r["macs_share"] = r["macs"] / report.total_macs if report.total_macs else 0.0
     return rows
-
-
-def _macs_of(report: MacsReport, name: str) -> int:
-    try:
-        return report.module(name).macs
-    except KeyError:
-        return 0
 
 
 def format_stage_table(rows: list[dict[str, Any]]) -> str:

@@ -2,8 +2,8 @@
 
 The conv -> BN pairs are found on a ``torch.fx`` trace (a BN whose only input is a conv's output, and that
 conv output goes nowhere else), so the same code serves GhostNet, the Ghost variants and torchvision-style
-networks. The returned model is a deep copy with the module tree kept (a folded BN becomes
-``nn.Identity``), so stage names, hooks and ``feature_info`` still work on it.
+networks. The returned model is a deep copy that keeps the module names (a folded BN leaves its
+``nn.Sequential`` or becomes ``nn.Identity``), so stage names, hooks and ``feature_info`` still work on it.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def fuse(model: M, channels_last: bool = True) -> M:
     The input model is never changed. Outputs agree with ``model.eval()`` up to float rounding. A folded
     BN inside an ``nn.Sequential`` is removed from it (the other children keep their names, so
     ``primary_conv.0`` is still the conv and ``primary_conv.2`` the ReLU), and so are ``nn.Identity``
-    placeholders there; a folded BN held as an attribute becomes ``nn.Identity``. ``channels_last=True``
+    placeholders there (so code indexing such a Sequential by position, ``seq[1]``, sees shifted positions;
+    names are stable); a folded BN held as an attribute becomes ``nn.Identity``. ``channels_last=True``
     stores the 4-D weights channels-last, which made GhostNet's depthwise convs markedly faster on CPU
     (see ``benchmarks/ghostnet_speed.py``); inputs may stay in the default layout. Models that torch.fx
     cannot trace raise ``ValueError``.

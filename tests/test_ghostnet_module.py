@@ -9,19 +9,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_ghostnet_model import randomize_
 from torch import nn
 
 from ghostnet import GhostModule
-
-
-def _randomize_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
 
 
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int) -> torch.Tensor:
@@ -62,7 +53,7 @@ def _brute_force(gm: GhostModule, x: torch.Tensor) -> torch.Tensor:
 def test_matches_brute_force(in_ch, out_ch, ratio, kernel, dw, stride, relu, dilation):
     torch.manual_seed(0)
     gm = GhostModule(in_ch, out_ch, kernel, ratio, dw, stride, relu, dilation=dilation)
-    _randomize_bn(gm)
+    randomize_(gm)
     gm.eval()
     x = torch.randn(2, in_ch, 9, 8)
     with torch.no_grad():

@@ -10,7 +10,7 @@ from torch import nn
 
 from analysis.macs import count_macs
 from ghostnet import GhostModule, ghost_resnet50, ghost_resnet56, ghost_vgg16
-from ghostnet.variants import resnet56, vgg16_cifar
+from ghostnet.variants import ResNetCifar, resnet56, vgg16_cifar
 
 D = 3  # the paper's d
 
@@ -126,6 +126,8 @@ def test_ghost_resnet50_replaces_downsample_and_puts_dilation_on_the_primary_onl
     assert features.shape == (1, 2048, 4, 4)  # output stride 16
 
 
-def test_bad_ratio_is_rejected():
+def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="ratio"):
         ghost_resnet56(ratio=1)
+    with pytest.raises(ValueError, match="depth must be 6n"):
+        ResNetCifar(depth=51)
