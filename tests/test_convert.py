@@ -228,3 +228,14 @@ def test_default_choice_on_resnet18_is_every_dense_conv_but_stem():
     assert d["replaced"][0]["name"] == convs[1] and d["skipped"][0]["reason"]
     assert list(res.to_frame()["status"]).count("replaced") == len(convs) - 1
     assert '"replaced"' in res.to_json() and "replaced" in str(res)
+
+
+def test_ghostnet_convert_does_not_import_analysis():
+    import subprocess
+    import sys
+
+    code = ("import sys, ghostnet.convert, torch; from torch import nn; "
+            "ghostnet.convert.ghostify(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3))); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'analysis'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
