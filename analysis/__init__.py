@@ -13,8 +13,10 @@ from .macs import MacsReport, count_macs
 from .models import LoadedModel, ModelInfo, load_model
 from .pairs import GhostPair, GhostPairs, ghost_pairs
 from .pipeline import Figure1Result, run_figure1, suggest_layer
+from .reconstruct import best_sources, fit_cheap_op, ghostability, reconstruction_table, suggest_ratio
 from .similarity import ChannelSimilarity, channel_similarity
 from .stats import LayerStats
+from .verify import VerificationReport, verify_replacement
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,6 @@ __all__ = [
     "UnknownLayerError", "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity",
     "count_macs", "MacsReport", "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
     "sample_images", "suggest_layer",
+    "best_sources", "fit_cheap_op", "ghostability", "reconstruction_table", "suggest_ratio",
+    "VerificationReport", "verify_replacement",
 ]

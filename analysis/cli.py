@@ -15,7 +15,7 @@ from .errors import GhostmapsError
 DEMO_OUT = Path("ghostmaps-out") / "demo"
 # Further subcommands live beside the code they drive: each module has `register(subparsers)`, which adds its
 # parser(s) with `set_defaults(func=...)`; the function returns the exit code.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("reconstruct_cli",)
 
 
 def _weights(text: str) -> str | None:

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import GhostmapsError
+
 __all__ = [
     "CheapOpFit",
     "ReconstructionTable",
@@ -88,13 +90,13 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if x.device.type == "mps":  # no float64 there
         x = x.cpu()
     if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf; clean the maps first (e.g. torch.nan_to_num({name}))")
+        raise GhostmapsError(f"{name} contains NaN or inf; clean the maps first (e.g. torch.nan_to_num({name}))")
     return x
 
 
 def _check_d(d: Any, name: str = "d") -> int:
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 or d % 2 == 0:
-        raise ValueError(f"{name} must be a positive odd int (the cheap op is a {name} x {name} depthwise conv "
+        raise GhostmapsError(f"{name} must be a positive odd int (the cheap op is a {name} x {name} depthwise conv "
                          f"with padding {name}//2, which only keeps the map size for odd sizes); got {d!r}, "
                          f"use e.g. 1, 3, 5 or 7")
     return int(d)
@@ -102,14 +104,14 @@ def _check_d(d: Any, name: str = "d") -> int:
 
 def _check_ridge(ridge: Any) -> float:
     if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not math.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge must be a finite number >= 0 (relative to the source variance); got {ridge!r}, "
+        raise GhostmapsError(f"ridge must be a finite number >= 0 (relative to the source variance); got {ridge!r}, "
                          f"use the default {DEFAULT_RIDGE}")
     return float(ridge)
 
 
 def _check_ratio(ratio: Any, name: str = "ratio") -> int:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)) or ratio < 2:
-        raise ValueError(f"{name} must be an int >= 2 (a Ghost module makes ratio-1 ghosts per intrinsic map; "
+        raise GhostmapsError(f"{name} must be an int >= 2 (a Ghost module makes ratio-1 ghosts per intrinsic map; "
                          f"ratio 1 is the plain conv); got {ratio!r}")
     return int(ratio)
 
@@ -120,7 +122,7 @@ def _layer_maps(maps: Any, name: str = "maps") -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or 0 in x.shape:
-        raise ValueError(f"{name} must be a non-empty N x C x H x W tensor of one layer's feature maps "
+        raise GhostmapsError(f"{name} must be a non-empty N x C x H x W tensor of one layer's feature maps "
                          f"(or C x H x W for one image); got shape {tuple(x.shape)}")
     return x
 
@@ -244,9 +246,9 @@ def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float
     s = _as_tensor(src, "src")
     t = _as_tensor(dst, "dst")
     if s.dim() not in (2, 3, 4) or 0 in s.shape:
-        raise ValueError(f"src must be N x H x W (one pair) or P x N x H x W (P pairs); got shape {tuple(s.shape)}")
+        raise GhostmapsError(f"src must be N x H x W (one pair) or P x N x H x W (P pairs); got shape {tuple(s.shape)}")
     if tuple(t.shape) != tuple(s.shape):
-        raise ValueError(f"dst must have the same shape as src, got src {tuple(s.shape)} and dst {tuple(t.shape)}; "
+        raise GhostmapsError(f"dst must have the same shape as src, got src {tuple(s.shape)} and dst {tuple(t.shape)}; "
                          f"pass matching maps, e.g. src = maps[:, i] and dst = maps[:, j]")
     batched = s.dim() == 4
     s4 = s.reshape((1,) * (4 - s.dim()) + tuple(s.shape))
@@ -397,7 +399,7 @@ def _channel_list(idx: Any, c: int, name: str) -> list[int]:
     out = []
     for i in idx:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -c <= i < c:
-            raise ValueError(f"{name} must hold channel indices in [0, {c}); got {i!r}")
+            raise GhostmapsError(f"{name} must hold channel indices in [0, {c}); got {i!r}")
         out.append(int(i) % c)
     return out
 
@@ -647,9 +649,9 @@ def suggest_ratio(maps: Any, max_error: float = 0.1, ratios: Sequence[int] = (2,
     The C x C fits are computed once and reused for every ratio.
     """
     if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not max_error >= 0:
-        raise ValueError(f"max_error must be a number >= 0 (a relative error budget, e.g. 0.1); got {max_error!r}")
+        raise GhostmapsError(f"max_error must be a number >= 0 (a relative error budget, e.g. 0.1); got {max_error!r}")
     if isinstance(ratios, (int, np.integer)) or len(ratios) == 0:
-        raise ValueError(f"ratios must be a non-empty sequence of ints >= 2, e.g. (2, 3, 4); got {ratios!r}")
+        raise GhostmapsError(f"ratios must be a non-empty sequence of ints >= 2, e.g. (2, 3, 4); got {ratios!r}")
     rs = sorted({_check_ratio(r, "each of ratios") for r in ratios})
     d = _check_d(d)
     ridge = _check_ridge(ridge)
@@ -680,14 +682,14 @@ def _pair_list(pairs: Any, c: int) -> list[tuple[int, int]]:
             try:
                 i, j = p
             except (TypeError, ValueError):
-                raise ValueError(f"pairs must hold (i, j) channel index pairs (or objects with .i and .j); "
+                raise GhostmapsError(f"pairs must hold (i, j) channel index pairs (or objects with .i and .j); "
                                  f"got {p!r}") from None
         for v in (i, j):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < c:
-                raise ValueError(f"pairs: channel index {v!r} in {p!r} is not an int in [0, {c}); "
+                raise GhostmapsError(f"pairs: channel index {v!r} in {p!r} is not an int in [0, {c}); "
                                  f"the maps have {c} channels")
         if i == j:
-            raise ValueError(f"pairs: ({i}, {j}) maps a channel to itself; pick two different channels")
+            raise GhostmapsError(f"pairs: ({i}, {j}) maps a channel to itself; pick two different channels")
         out.append((int(i), int(j)))
     return out
 
@@ -765,9 +767,9 @@ def reconstruction_table(maps: Any, pairs: Any, ds: Sequence[int] = (1, 3, 5, 7)
         ds = (ds,)
     ds_t = tuple(_check_d(v, "each of ds") for v in ds)
     if not ds_t:
-        raise ValueError("ds must list at least one odd kernel size, e.g. (1, 3, 5, 7)")
+        raise GhostmapsError("ds must list at least one odd kernel size, e.g. (1, 3, 5, 7)")
     if isinstance(n_random, bool) or not isinstance(n_random, (int, np.integer)) or n_random < 0:
-        raise ValueError(f"n_random must be an int >= 0 (number of random baseline pairs); got {n_random!r}")
+        raise GhostmapsError(f"n_random must be an int >= 0 (number of random baseline pairs); got {n_random!r}")
     ridge = _check_ridge(ridge)
     rng = np.random.default_rng(seed)
     live = np.flatnonzero(x.abs().amax(dim=(0, 2, 3)).cpu().numpy() > 0)

@@ -2,5 +2,6 @@
 
 from ._common import save_figure
 from .figure1 import figure1
+from .verification import verification
 
-__all__ = ["figure1", "save_figure"]
+__all__ = ["figure1", "save_figure", "verification"]

@@ -1,0 +1,549 @@
+"""Ghostify: replace a network's pretrained ``Conv2d`` layers by Ghost convolutions of the same shape.
+
+``ghostify(model, layers, ratio, dw_size, init)`` returns a *new* model (the input is deep-copied, never
+touched) and a :class:`GhostifyResult` listing what was replaced and what was skipped, and why.
+
+The replacement, :class:`GhostConv`, is a Ghost module *without* BN or activation: the conv it replaces keeps
+its own BN/activation in the network, so the GhostConv has to produce the conv's raw output, channel for
+channel. (``ghostnet.GhostModule`` carries a BN, and optionally a ReLU, inside each half and has no
+padding/bias options, so it replaces a conv+BN block of a network built for it, not a pretrained conv in place.)
+It composes two plain ``nn.Conv2d``:
+
+* ``primary``: the original conv's geometry (kernel, stride, padding, dilation, padding mode, bias) with
+  ``m = ceil(C / ratio)`` output maps, the intrinsic maps;
+* ``cheap``: a depthwise ``dw_size x dw_size`` conv (with bias) making the ``C - m`` ghost maps, ghost slot
+  ``k`` from intrinsic map ``k // (ratio - 1)``. When ``C`` is a multiple of ``ratio`` this is a conv with
+  ``groups = m``; otherwise the last intrinsic map feeds fewer ghosts, and ``cheap`` runs on the intrinsic
+  maps gathered per slot (``cheap_index``) with ``groups = C - m``, so no weight is computed and thrown away.
+
+Outputs are ``cat([intrinsic, ghosts])``, re-ordered by the ``order`` buffer when the module was fitted to
+a pretrained conv, so output channel ``j`` is the original conv's channel ``j``.
+
+``init="fit"`` (training-free) initialises each GhostConv from the pretrained conv and a few calibration
+images: the intrinsic channels are chosen and the cheap ops fitted in closed form by
+``analysis.reconstruct.ghostability`` on the conv's real outputs (imported lazily: ``ghostnet`` never imports
+``analysis`` at import time). The primary conv takes the original filters of the intrinsic channels, so it
+reproduces those channels exactly. An optional layer-wise calibration (``calibrate_steps``) then runs a few
+hundred Adam steps of MSE to the original conv's output on the same images.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "GhostConv",
+    "GhostifyError",
+    "GhostifyResult",
+    "ReplacedLayer",
+    "SkippedLayer",
+    "ghostify",
+    "rebuild",
+]
+
+
+class GhostifyError(ValueError):
+    """Bad input to :func:`ghostify` (a layer, ratio, kernel size or calibration set). The message names the
+    input and the fix. ``analysis`` turns it into a ``GhostmapsError`` (CLI exit code 2)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the module
+
+
+class GhostConv(nn.Module):
+    """A Ghost convolution standing in for one ``nn.Conv2d`` (same input/output shape, no BN or activation).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode: as the conv
+            being replaced (``primary`` copies them).
+        ratio: ``s``; the primary conv makes ``ceil(out / s)`` intrinsic maps, the cheap op the rest.
+        dw_size: ``d``, the cheap depthwise kernel size (odd, so maps keep their size).
+        order: optional permutation of ``range(out_channels)``: output channel ``j`` is
+            ``cat([intrinsic, ghosts])[:, order[j]]``. ``None`` keeps the module order.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 1,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = False, padding_mode: str = "zeros",
+                 ratio: int = 2, dw_size: int = 3, order: Sequence[int] | None = None) -> None:
+        super().__init__()
+        ratio = _check_ratio(ratio)
+        dw_size = _check_dw(dw_size)
+        if out_channels < 2:
+            raise GhostifyError(f"GhostConv: out_channels must be >= 2 to have a ghost map, got {out_channels}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.ratio, self.dw_size = ratio, dw_size
+        self.init_channels = math.ceil(out_channels / ratio)
+        self.ghost_channels = out_channels - self.init_channels
+        m, g = self.init_channels, self.ghost_channels
+        self.primary = nn.Conv2d(in_channels, m, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                                 bias=bias, padding_mode=padding_mode)
+        if g == m * (ratio - 1):
+            self.cheap = nn.Conv2d(m, g, dw_size, padding=dw_size // 2, groups=m, bias=True)
+            self.cheap_index: torch.Tensor | None = None
+        else:  # the last intrinsic map feeds fewer ghosts: gather the source of each slot
+            self.cheap = nn.Conv2d(g, g, dw_size, padding=dw_size // 2, groups=g, bias=True)
+            self.register_buffer("cheap_index", torch.arange(g) // (ratio - 1))
+        if order is not None:
+            idx = torch.as_tensor(list(order), dtype=torch.long)
+            if idx.shape != (out_channels,) or not torch.equal(idx.sort().values, torch.arange(out_channels)):
+                raise GhostifyError(f"GhostConv: order must be a permutation of range({out_channels}); got "
+                                    f"{list(order)[:8]}...")
+            self.register_buffer("order", idx)
+        else:
+            self.order: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intrinsic = self.primary(x)
+        src = intrinsic if self.cheap_index is None else intrinsic.index_select(1, self.cheap_index)
+        out = torch.cat([intrinsic, self.cheap(src)], dim=1)
+        return out if self.order is None else out.index_select(1, self.order)
+
+    def load_fitted(self, primary_weight: torch.Tensor, primary_bias: torch.Tensor | None,
+                    cheap_weight: torch.Tensor, cheap_bias: torch.Tensor) -> None:
+        """Copy fitted weights in (shapes as ``primary``/``cheap``; ``cheap_*`` may have extra trailing
+        slots, as ``Ghostability.cheap_weights()`` returns ``m * (ratio - 1)`` of them)."""
+        g = self.ghost_channels
+        with torch.no_grad():
+            self.primary.weight.copy_(primary_weight)
+            if self.primary.bias is not None and primary_bias is not None:
+                self.primary.bias.copy_(primary_bias)
+            self.cheap.weight.copy_(cheap_weight[:g])
+            self.cheap.bias.copy_(cheap_bias[:g])
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able) that rebuild this module's structure."""
+        p = self.primary
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(p.kernel_size), "stride": list(p.stride),
+                "padding": p.padding if isinstance(p.padding, str) else list(p.padding),
+                "dilation": list(p.dilation), "bias": p.bias is not None, "padding_mode": p.padding_mode,
+                "ratio": self.ratio, "dw_size": self.dw_size,
+                "order": None if self.order is None else self.order.tolist()}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> GhostConv:
+        """Inverse of :meth:`config` (weights are random; load a state dict after)."""
+        tup = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k != "order"}
+        return cls(**tup, order=cfg.get("order"))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, dw_size={self.dw_size}, "
+                f"intrinsic={self.init_channels}" + (", reordered" if self.order is not None else ""))
+
+
+def _check_ratio(ratio: Any) -> int:
+    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
+        raise GhostifyError(f"ratio must be an int >= 2 (s in the paper: 1/s of the maps come from the primary "
+                            f"conv; ratio 1 is the plain conv); got {ratio!r}, use ratio=2")
+    return ratio
+
+
+def _check_dw(d: Any) -> int:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1 or d % 2 == 0:
+        raise GhostifyError(f"dw_size must be a positive odd int (the cheap d x d depthwise conv keeps the map "
+                            f"size only for odd d); got {d!r}, use dw_size=3 (the paper's d=3), or 1, 5, 7")
+    return d
+
+
+def ghost_conv_like(conv: nn.Conv2d, ratio: int = 2, dw_size: int = 3,
+                    order: Sequence[int] | None = None) -> GhostConv:
+    """A (randomly initialised) GhostConv with ``conv``'s shape and geometry, on its device and dtype."""
+    g = GhostConv(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                  padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+                  padding_mode=conv.padding_mode, ratio=ratio, dw_size=dw_size, order=order)
+    return g.to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class ReplacedLayer:
+    """One conv replaced by a GhostConv. ``intrinsic``: original channels the primary conv keeps (in its
+    output order; None without a fit). ``fit_error``: relative reconstruction error of the closed-form fit on
+    the calibration images (sum of squared errors / centred sum of squares over all channels);
+    ``calibrated_error``: the same after calibration (None when not calibrated)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    ratio: int
+    dw_size: int
+    init_channels: int
+    params_before: int
+    params_after: int
+    intrinsic: list[int] | None = None
+    fit_error: float | None = None
+    calibrated_error: float | None = None
+
+
+@dataclass
+class SkippedLayer:
+    """A conv that was chosen (by pattern or default) but left as it is, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class GhostifyResult:
+    """What :func:`ghostify` did. ``spec()`` + the original architecture rebuild the ghostified model
+    (:func:`rebuild`), so a state dict of it can be loaded later."""
+
+    replaced: list[ReplacedLayer] = field(default_factory=list)
+    skipped: list[SkippedLayer] = field(default_factory=list)
+    ratio: int = 2
+    dw_size: int = 3
+    init: str | None = None
+    calibrate_steps: int = 0
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the replaced convs."""
+        return [r.name for r in self.replaced]
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able ``{"format": "ghostmaps-ghostify/1", "layers": {name: GhostConv config}}``."""
+        return {"format": "ghostmaps-ghostify/1", "layers": copy.deepcopy(self.configs)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "dw_size": self.dw_size, "init": self.init,
+                "calibrate_steps": self.calibrate_steps,
+                "replaced": [asdict(r) for r in self.replaced], "skipped": [asdict(s) for s in self.skipped],
+                "spec": self.spec()}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_frame(self) -> Any:
+        """One row per chosen conv (replaced or skipped), needs pandas."""
+        import pandas as pd
+
+        rows = [{**asdict(r), "status": "replaced", "reason": ""} for r in self.replaced]
+        rows += [{"name": s.name, "status": "skipped", "reason": s.reason} for s in self.skipped]
+        ints = ["in_channels", "out_channels", "ratio", "dw_size", "init_channels", "params_before", "params_after"]
+        frame = pd.DataFrame(rows, columns=["name", "status", "reason", *ReplacedLayer.__dataclass_fields__][:3]
+                             + [c for c in ReplacedLayer.__dataclass_fields__ if c != "name"])
+        return frame.astype({c: "Int64" for c in ints})
+
+    def __str__(self) -> str:
+        lines = [f"ghostify: {len(self.replaced)} convs replaced (ratio {self.ratio}, d {self.dw_size}, "
+                 f"init {self.init}), {len(self.skipped)} skipped"]
+        for r in self.replaced:
+            err = "" if r.fit_error is None else f"  fit error {r.fit_error:.4f}"
+            if r.calibrated_error is not None:
+                err += f" -> {r.calibrated_error:.4f} calibrated"
+            lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, intrinsic {r.init_channels}, "
+                         f"params {r.params_before} -> {r.params_after}{err}")
+        lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# choosing layers
+
+
+def _skip_reason(name: str, conv: nn.Conv2d, ratio: int, min_channels: int) -> str | None:
+    """Why ``conv`` cannot (or should not) be ghostified, or None."""
+    if type(conv).forward is not nn.Conv2d.forward:
+        return f"{type(conv).__name__} subclasses Conv2d with its own forward; only plain convs are replaced"
+    if conv.groups > 1:
+        if conv.groups == conv.in_channels:
+            return (f"depthwise conv (groups={conv.groups}): already as cheap as a Ghost cheap op; "
+                    "only dense convs are replaced")
+        return (f"grouped conv (groups={conv.groups}): a Ghost module's primary conv is dense, and keeping "
+                "the grouping would tie the intrinsic channels to groups; not supported")
+    if conv.out_channels < max(ratio, min_channels):
+        return (f"only {conv.out_channels} output channels (< {max(ratio, min_channels)}): too few to make "
+                "ghosts from; lower min_channels or name it to force")
+    return None
+
+
+def _close(word: str, names: Iterable[str]) -> str:
+    found = difflib.get_close_matches(word, list(names), n=5, cutoff=0.6)
+    return f" Did you mean: {', '.join(found)}?" if found else ""
+
+
+def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
+            min_channels: int) -> tuple[list[str], list[SkippedLayer]]:
+    convs = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)}
+    if not convs:
+        raise GhostifyError(f"{type(model).__name__} has no nn.Conv2d layers to ghostify")
+    stem = next(iter(convs))
+    chosen: list[str] = []
+    skipped: list[SkippedLayer] = []
+    if layers is None:
+        for n, m in convs.items():
+            if n == stem:
+                skipped.append(SkippedLayer(n, "the stem (first conv) is never replaced by default: it sees the "
+                                               "raw image and costs little"))
+                continue
+            reason = _skip_reason(n, m, ratio, min_channels)
+            if reason:
+                skipped.append(SkippedLayer(n, reason))
+            else:
+                chosen.append(n)
+        return chosen, skipped
+    specs = [layers] if isinstance(layers, str) else list(layers)
+    if not specs:
+        raise GhostifyError("layers is empty; pass a conv name, a glob such as 'layer1.*', or None for the default")
+    modules = dict(model.named_modules())
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise GhostifyError(f"layers must be names or globs (str), got {type(spec).__name__}")
+        if any(ch in spec for ch in "*?["):
+            hits = [n for n in fnmatch.filter(modules, spec) if n]
+            if not hits:
+                raise GhostifyError(f"layer pattern {spec!r} matches no module.{_close(spec, convs)}")
+            hit_convs = [n for n in hits if n in convs]
+            if not hit_convs:
+                raise GhostifyError(f"layer pattern {spec!r} matches {len(hits)} modules but no Conv2d "
+                                    f"(e.g. {hits[0]!r} is {type(modules[hits[0]]).__name__}).{_close(spec, convs)}")
+            for n in hit_convs:
+                reason = _skip_reason(n, convs[n], ratio, 0)
+                if reason:
+                    skipped.append(SkippedLayer(n, reason))
+                elif n not in chosen:
+                    chosen.append(n)
+            continue
+        if spec not in modules or not spec:
+            raise GhostifyError(f"unknown layer {spec!r}.{_close(spec, convs)} List the convs with "
+                                f"[n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)].")
+        if spec not in convs:
+            raise GhostifyError(f"layer {spec!r} is a {type(modules[spec]).__name__}, not a Conv2d; only convs can "
+                                f"be ghostified.{_close(spec, convs)}")
+        reason = _skip_reason(spec, convs[spec], ratio, 0)
+        if reason:  # named explicitly: refuse instead of silently skipping
+            raise GhostifyError(f"layer {spec!r} cannot be ghostified: {reason}. Pick a dense conv.")
+        if spec not in chosen:
+            chosen.append(spec)
+    return chosen, skipped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fitting
+
+
+def _as_batches(images: Any) -> list[torch.Tensor]:
+    """Calibration images as a list of N x C x H x W batches (a tensor, a list of tensors, or an object with
+    ``.batches()`` such as ``analysis.load_images``'s ImageSource)."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise GhostifyError(f"calibration_images must be an N x C x H x W tensor, got shape "
+                                f"{tuple(images.shape)}")
+        return [images]
+    if hasattr(images, "batches"):
+        return [b for _, b in images.batches(16)]
+    if isinstance(images, Iterable):
+        out = [b if b.dim() == 4 else b.unsqueeze(0) for b in images if isinstance(b, torch.Tensor)]
+        if out:
+            return out
+    raise GhostifyError(f"calibration_images must be a tensor of images, a list of tensors or an image source "
+                        f"(analysis.load_images(...)); got {type(images).__name__}")
+
+
+def _record(model: nn.Module, names: list[str], batches: list[torch.Tensor],
+            keep_inputs: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs (and inputs, when asked) of the first call of each named conv, concatenated over the batches.
+
+    Runs ``model`` in eval mode without gradients; hooks are removed and train flags restored in ``finally``.
+    """
+    outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    ins: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    seen: set[str] = set()
+    modules = dict(model.named_modules())
+    flags = [(m, m.training) for m in model.modules()]
+
+    def hook_for(name: str):  # noqa: ANN202
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            outs[name].append(out.detach().to("cpu", torch.float32, copy=True))
+            if keep_inputs:
+                ins[name].append(args[0].detach().to("cpu", torch.float32, copy=True))
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            for b in batches:
+                seen.clear()
+                model(b.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    missing = [n for n in names if not outs[n]]
+    if missing:
+        raise GhostifyError(f"layers {missing} never ran in a forward pass of the calibration images, so they "
+                            "cannot be fitted; leave them out of layers")
+    return ({n: torch.cat(v) for n, v in outs.items()},
+            {n: torch.cat(v) for n, v in ins.items() if v})
+
+
+def _rel_error(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Sum of squared errors over the centred sum of squares (per-channel means), as ``ghostability``."""
+    t = target.double()
+    sse = float(((pred.double() - t) ** 2).sum())
+    ss = float(((t - t.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum())
+    return sse / ss if ss > 0 else (0.0 if sse == 0 else math.inf)
+
+
+def _calibrate(module: GhostConv, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
+               batch_size: int) -> None:
+    """A few Adam steps of MSE to the original conv's output (layer-wise, unlabelled images)."""
+    device = module.primary.weight.device
+    params = [p for p in module.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    scale = float(y.double().var()) or 1.0
+    module.train()
+    for _ in range(steps):
+        idx = torch.randperm(x.shape[0], generator=gen)[:batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        loss = ((module(xb) - yb) ** 2).mean() / scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    module.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ghostify
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int = 2, dw_size: int = 3,
+             init: str | None = None, calibration_images: Any = None, *, min_channels: int = 16,
+             calibrate_steps: int = 0, calibrate_lr: float = 1e-3,
+             calibrate_batch: int = 8) -> tuple[nn.Module, GhostifyResult]:
+    """Replace chosen ``Conv2d`` layers of a copy of ``model`` by :class:`GhostConv` of the same shape.
+
+    Args:
+        model: any network whose convs are plain ``nn.Conv2d`` modules; never modified.
+        layers: conv names and/or globs (``"layer1.*"``); explicitly named convs that cannot be replaced
+            (depthwise, grouped, not a conv) are errors, glob hits are skipped with a reason. Default
+            (None): every dense conv with at least ``min_channels`` outputs except the stem (first conv).
+        ratio: s (>= 2); dw_size: d (odd).
+        init: None keeps PyTorch's random initialisation (train from scratch); ``"fit"`` initialises from
+            the pretrained conv with closed-form fits on ``calibration_images`` (see module docstring).
+        calibration_images: N x C x H x W tensor, list of tensors, or ``analysis.load_images(...)``; required
+            for ``init="fit"``. A few dozen images are plenty; all maps of the chosen convs are held in memory.
+        calibrate_steps: if > 0 (needs ``init="fit"``), Adam steps of layer-wise MSE calibration per layer.
+
+    Returns:
+        ``(new_model, GhostifyResult)``; the new model is in eval mode.
+    """
+    ratio = _check_ratio(ratio)
+    dw_size = _check_dw(dw_size)
+    if init not in (None, "fit"):
+        raise GhostifyError(f"init must be None (random) or 'fit' (from the pretrained conv), got {init!r}")
+    if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or calibrate_steps < 0:
+        raise GhostifyError(f"calibrate_steps must be an int >= 0, got {calibrate_steps!r}")
+    if calibrate_steps and init != "fit":
+        raise GhostifyError("calibrate_steps > 0 needs init='fit' (calibration refines a fitted module)")
+    if init == "fit" and calibration_images is None:
+        raise GhostifyError("init='fit' needs calibration_images: a few unlabelled images (N x C x H x W tensor "
+                            "or analysis.load_images('samples', transform=preprocess)) to fit the cheap ops on")
+    if not isinstance(model, nn.Module):
+        raise GhostifyError(f"model must be an nn.Module, got {type(model).__name__}")
+    chosen, skipped = _choose(model, layers, ratio, min_channels)
+    new = copy.deepcopy(model)
+    result = GhostifyResult(skipped=skipped, ratio=ratio, dw_size=dw_size, init=init,
+                            calibrate_steps=calibrate_steps)
+    if not chosen:
+        new.eval()
+        return new, result
+
+    fits: dict[str, Any] = {}
+    outs: dict[str, torch.Tensor] = {}
+    ins: dict[str, torch.Tensor] = {}
+    if init == "fit":
+        from analysis.reconstruct import ghostability  # lazy: ghostnet never imports analysis at import time
+
+        outs, ins = _record(model, chosen, _as_batches(calibration_images), keep_inputs=calibrate_steps > 0)
+        for n in chosen:
+            fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size)
+
+    modules = dict(model.named_modules())
+    for n in chosen:
+        conv = modules[n]
+        fit = fits.get(n)
+        order = None
+        if fit is not None:
+            pos = [0] * conv.out_channels
+            for k, ch in enumerate(fit.module_order):
+                pos[ch] = k
+            order = pos
+        ghost = ghost_conv_like(conv, ratio, dw_size, order)
+        entry = ReplacedLayer(name=n, in_channels=conv.in_channels, out_channels=conv.out_channels,
+                              kernel_size=tuple(conv.kernel_size), ratio=ratio, dw_size=dw_size,
+                              init_channels=ghost.init_channels, params_before=_params(conv),
+                              params_after=_params(ghost))
+        if fit is not None:
+            idx = torch.as_tensor(fit.intrinsic, dtype=torch.long, device=conv.weight.device)
+            cw, cb = fit.cheap_weights()
+            ghost.load_fitted(conv.weight.detach()[idx],
+                              None if conv.bias is None else conv.bias.detach()[idx],
+                              cw.to(conv.weight), cb.to(conv.weight))
+            entry.intrinsic = [int(c) for c in fit.intrinsic]
+            entry.fit_error = float(fit.overall_error)
+            if calibrate_steps:
+                _calibrate(ghost, ins[n], outs[n], calibrate_steps, calibrate_lr, calibrate_batch)
+                with torch.no_grad():
+                    pred = ghost(ins[n].to(conv.weight)).cpu()
+                entry.calibrated_error = _rel_error(pred, outs[n])
+        ghost.train(conv.training)
+        _set_submodule(new, n, ghost)
+        result.replaced.append(entry)
+        result.configs[n] = ghost.config()
+    new.eval()
+    return new, result
+
+
+def rebuild(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """The ghostified architecture of ``model`` from ``GhostifyResult.spec()`` (a copy; random GhostConv
+    weights), ready for ``load_state_dict`` of the saved ghostified model."""
+    if not isinstance(spec, dict) or "layers" not in spec:
+        raise GhostifyError("spec must be GhostifyResult.spec() (a dict with 'layers'), e.g. json.load of the "
+                            "ghostify.json the CLI writes, taking its 'spec' entry")
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    for name, cfg in spec["layers"].items():
+        old = modules.get(name)
+        if not isinstance(old, nn.Conv2d):
+            raise GhostifyError(f"spec layer {name!r} is not a Conv2d of this model; rebuild from the same "
+                                f"architecture that was ghostified.{_close(name, modules)}")
+        ghost = GhostConv.from_config(cfg).to(device=old.weight.device, dtype=old.weight.dtype)
+        _set_submodule(new, name, ghost)
+    return new

@@ -1,0 +1,78 @@
+"""`ghostmaps fit` and `ghostmaps ghostify` end to end (offline mobilenet_v2, small sample photos)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analysis.cli import main
+from analysis.reconstruct_cli import load_ghostified
+
+SMALL = ["--image-size", "64", "--limit", "3"]
+
+
+def test_fit_end_to_end(tmp_path, capsys):
+    out = tmp_path / "fit"
+    rc = main(["fit", "--layer", "features.3.conv.0.2", "--pairs", "2", "--d", "1", "3", "--random", "8",
+               *SMALL, "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "d=1: MSE" in text and "d=3: MSE" in text and "random (n=8)" in text
+    doc = json.loads((out / "table1.json").read_text())
+    assert doc["layer"] == "features.3.conv.0.2" and doc["shape"] == [3, 144, 16, 16]
+    rows = doc["table"]["rows"]
+    assert len(rows) == 2 * 3  # (2 pairs + baseline) x 2 kernel sizes
+    pairs = {(r["src"], r["dst"]) for r in rows if r["kind"] == "pair"}
+    assert pairs == {(p["i"], p["j"]) for p in doc["pairs"]}
+    for p in pairs:  # a 3x3 kernel contains the 1x1 one: the error can only drop
+        e = {r["d"]: r["rel_error"] for r in rows if (r["src"], r["dst"]) == p}
+        assert e[3] <= e[1] + 1e-9
+    assert (out / "table1.csv").read_text().startswith("kind,src,dst,d,")
+
+
+def test_fit_default_layer_prints_table(capsys):
+    assert main(["fit", "--d", "3", "--pairs", "1", "--random", "4", *SMALL]) == 0
+    assert "random (n=4)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["fit", "--layer", "features.3.conv.0.2", "--d", "2"], ["odd"]),
+    (["fit", "--layer", "feature.99"], ["unknown layer"]),
+    (["ghostify", "--layers", "features.2.conv.1.0"], ["depthwise"]),
+    (["ghostify", "--layers", "features.2.conv.2", "--ratio", "1"], ["ratio"]),
+    (["ghostify", "--layers", "classifier.1"], ["not a Conv2d"]),
+    (["ghostify", "--images", "/no/such/folder"], ["/no/such/folder"]),
+])
+def test_bad_input_exits_2(argv, words, tmp_path, capsys):
+    assert main([*argv, *SMALL, *(["--out", str(tmp_path)] if argv[0] == "ghostify" else [])]) == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+
+
+def test_ghostify_end_to_end(tmp_path, capsys):
+    out = tmp_path / "g"
+    rc = main(["ghostify", "--layers", "features.1[67].conv.2", "--ratio", "2", "--latency-runs", "1",
+               *SMALL, "--out", str(out)])
+    assert rc == 0
+    assert "top-1 agreement" in capsys.readouterr().out
+    for name in ("model_state.pt", "ghostify.json", "verification.json", "verification.csv", "verification.png"):
+        assert (out / name).stat().st_size > 0
+    meta = json.loads((out / "ghostify.json").read_text())
+    assert [r["name"] for r in meta["result"]["replaced"]] == ["features.16.conv.2", "features.17.conv.2"]
+    report = json.loads((out / "verification.json").read_text())
+    assert report["params_after"] < report["params_before"] and report["n_images"] == 3
+    assert "calibration images" in report["note"]
+    # the saved model rebuilds and gives the same logits as a fresh ghostify in Python
+    from analysis import load_images, load_model
+    from analysis.models import default_preprocess
+    from ghostnet.convert import ghostify
+
+    rebuilt = load_ghostified(out)
+    model = load_model("mobilenet_v2").model
+    x = torch.cat([b for _, b in load_images("samples", transform=default_preprocess(73, 64), limit=3).batches()])
+    direct, _ = ghostify(model, layers="features.1[67].conv.2", init="fit", calibration_images=x)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), direct(x), rtol=1e-5, atol=1e-5)
