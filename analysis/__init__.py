@@ -2,7 +2,8 @@
 
 Data flow: ``models`` (load a network) -> ``images`` (load photos) -> ``capture`` (forward hooks)
 -> ``stats`` (streaming per-layer moments) -> ``similarity`` (C x C matrices) -> ``pairs`` (ghost pairs)
--> ``plots`` / ``pipeline`` / ``cli``.
+-> ``plots`` / ``pipeline`` / ``cli``; ``reconstruct`` fits cheap ops, ``verify`` checks Ghost replacements,
+``macs`` counts costs.
 """
 
 from . import plots
@@ -22,10 +23,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelSimilarity", "Figure1Result", "GhostPair", "GhostPairs", "GhostmapsError", "ImageSkippedWarning",
-    "ImageSource", "LayerInfo", "LayerStats", "LoadedModel", "ModelInfo", "NamedImage", "NoImagesError",
-    "UnknownLayerError", "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity",
-    "count_macs", "MacsReport", "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
-    "sample_images", "suggest_layer",
-    "best_sources", "fit_cheap_op", "ghostability", "reconstruction_table", "suggest_ratio",
-    "VerificationReport", "verify_replacement",
+    "ImageSource", "LayerInfo", "LayerStats", "LoadedModel", "MacsReport", "ModelInfo", "NamedImage",
+    "NoImagesError", "UnknownLayerError", "VerificationReport", "WeightsUnavailableError", "best_sources",
+    "capture", "capture_maps", "channel_similarity", "count_macs", "eval_mode", "fit_cheap_op", "ghost_pairs",
+    "ghostability", "list_layers", "load_images", "load_model", "plots", "reconstruction_table",
+    "run_figure1", "sample_images", "suggest_layer", "suggest_ratio", "verify_replacement",
 ]

@@ -4,6 +4,7 @@ This package never imports ``analysis`` (the dependency runs analysis -> ghostne
 """
 
 from .bottleneck import GhostBottleneck, SqueezeExcite
+from .convert import GhostConv, GhostifyResult, ghostify, rebuild
 from .fuse import fuse
 from .model import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
 from .module import GhostModule
@@ -23,4 +24,8 @@ __all__ = [
     "ghost_resnet50",
     "fuse",
     "load_checkpoint",
+    "ghostify",
+    "GhostConv",
+    "GhostifyResult",
+    "rebuild",
 ]
