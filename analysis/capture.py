@@ -16,6 +16,7 @@ before anything runs, listing close matches.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -24,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ghostnet._utils import eval_mode, model_device, model_dtype
+
 from .errors import GhostmapsError, UnknownLayerError, did_you_mean
+
+__all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers"]
 
 LayerSpec = str | type | Sequence[str | type]
 
@@ -161,9 +166,12 @@ def capture(
     calls: dict[str, int] = {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    forwards = [0]
+
     def reset(_module: nn.Module, _args: Any) -> None:
         captured.clear()
         calls.clear()
+        forwards[0] += 1
 
     def make_hook(name: str, wanted: set[int] | None) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
@@ -187,6 +195,11 @@ def capture(
         for name, wanted in chosen.items():
             handles.append(modules[name].register_forward_hook(make_hook(name, wanted)))
         yield captured
+        missing = [f"{name}#{k} (it ran {calls.get(name, 0)} time(s))" for name, wanted in chosen.items()
+                   if wanted is not None for k in sorted(wanted) if k >= calls.get(name, 0)]
+        if missing and forwards[0]:
+            warnings.warn(f"capture: no output for {', '.join(missing)}; calls count from #0 (the plain name).",
+                          stacklevel=3)
     finally:
         for handle in handles:
             handle.remove()
@@ -209,9 +222,9 @@ def list_layers(
         shape = tuple(input_size)
         if len(shape) == 3:
             shape = (1, *shape)
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
+    if min(shape) < 1:
+        raise GhostmapsError(f"input_size must be positive, got {input_size}; e.g. 224 or (1, 3, 224, 224).")
+    device = model_device(model) if device is None else device
     types = {name: type(m).__name__ for name, m in model.named_modules() if name}
     found: list[LayerInfo] = []
 
@@ -220,21 +233,8 @@ def list_layers(
         found.append(LayerInfo(entry, types[base], tuple(tensor.shape)))
 
     with eval_mode(model), torch.no_grad(), capture(model, list(types), store=False, callback=record):
-        model(torch.zeros(shape, device=device))
+        model(torch.zeros(shape, device=device, dtype=model_dtype(model)))
     return found
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore every submodule's train/eval flag afterwards,
-    so BatchNorm statistics are never updated by an analysis forward."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def capture_maps(
@@ -244,9 +244,7 @@ def capture_maps(
     device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
     """One forward of ``inputs`` (in eval mode, no grad) and the captured maps of ``layers``, on the CPU."""
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
+    device = model_device(model) if device is None else device
     with eval_mode(model), torch.inference_mode(), capture(model, layers, to="cpu") as maps:
-        model(inputs.to(device))
+        model(inputs.to(device=device, dtype=model_dtype(model)))
     return dict(maps)

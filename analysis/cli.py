@@ -18,6 +18,32 @@ DEMO_OUT = Path("ghostmaps-out") / "demo"
 COMMAND_MODULES: tuple[str, ...] = ("reconstruct_cli",)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} asked for, but CUDA is not available here; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
 def _weights(text: str) -> str | None:
     return None if text.lower() in ("none", "random") else text
 
@@ -28,7 +54,7 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str = "default")
     p.add_argument("--weights", "-w", default=weights_default, type=_weights,
                    help="'default' (pretrained), 'none' (random init), a torchvision weights name such as "
                         "IMAGENET1K_V2, or a checkpoint path (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="torch device, e.g. cpu or cuda (default: %(default)s)")
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -122,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "early layer with many channels, and write the Figure 1 PNG and a JSON of the "
                                    "ghost pairs into an output folder.")
     p.add_argument("--out", "-o", default=str(DEMO_OUT), help="output folder (default: %(default)s)")
-    p.add_argument("--pairs", "-k", type=int, default=3, help="ghost pairs to mark (default: %(default)s)")
+    p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("layers", help="list the layers of a model that can be captured",
@@ -130,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(one dry forward). Names with #k are later calls of a reused module.")
     p.add_argument("model_name", nargs="?", metavar="MODEL", help="model (default: mobilenet_v2)")
     add_model_args(p, weights_default="none")
-    p.add_argument("--input-size", type=int, default=224, help="input height and width (default: %(default)s)")
+    p.add_argument("--input-size", type=positive_int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--grep", help="show only layers matching this glob or module type, e.g. 'features.*' or Conv2d")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_layers)
@@ -142,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision name, ghostnet_050/100/130, ghost_vgg16/resnet56/resnet50, or "
                         "package.module:callable (default: mobilenet_v2)")
     add_model_args(p, weights_default="none")
-    p.add_argument("--input-size", type=int, default=224, help="input height and width (default: %(default)s)")
+    p.add_argument("--input-size", type=positive_int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
@@ -155,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "many channels")
     p.add_argument("--image", "-i", default="samples:chelsea",
                    help="image file, or samples:NAME for a built-in photo (default: %(default)s)")
-    p.add_argument("--pairs", "-k", type=int, default=3, help="ghost pairs to mark (default: %(default)s)")
+    p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
     p.add_argument("--metric", choices=("cosine", "pearson"), default="cosine",
                    help="channel similarity (default: %(default)s)")
-    p.add_argument("--max-channels", type=int, default=64, help="tiles to show (default: %(default)s)")
+    p.add_argument("--max-channels", type=positive_int, default=64, help="tiles to show (default: %(default)s)")
     p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")
     p.add_argument("--svg", action="store_true", help="also write an SVG beside the PNG")
     p.set_defaults(func=cmd_figure1)

@@ -115,10 +115,20 @@ def load_model(
                 "weights=None asks for a random initialisation, which a ready-made nn.Module cannot be given; "
                 "pass weights='default' to use the module as it is, or a checkpoint path."
             )
+        if weights != "default" and weights_path is None:
+            raise GhostmapsError(
+                f"weights={weights!r} cannot be applied to a ready-made nn.Module; pass weights='default' to use "
+                "it as it is, or a checkpoint path."
+            )
         model = copy.deepcopy(spec)
         info = ModelInfo(type(spec).__name__, "as given", "module")
         preprocess = default_preprocess()
     elif isinstance(spec, str) and ":" in spec and not Path(spec).exists():
+        if weights not in (None, "default") and weights_path is None:
+            raise GhostmapsError(
+                f"weights={weights!r} cannot be applied to model spec {spec!r}; use 'default' (what the callable "
+                "builds), None (seeded random init), or a checkpoint path."
+            )
         factory = _import_callable(spec)
         with _seeded(seed if weights is None else None):
             model = factory()

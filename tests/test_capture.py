@@ -140,3 +140,18 @@ def test_eval_mode_restores_flags(tiny):
     with eval_mode(tiny):
         assert not any(m.training for m in tiny.modules())
     assert tiny.training and not tiny.bn1.training and tiny.conv1.training
+
+
+def test_list_layers_and_capture_maps_follow_the_model_dtype(tiny):
+    half = tiny.to(torch.bfloat16)
+    layers = list_layers(half, 16)
+    assert layers[0].shape == (1, 8, 16, 16)
+    maps = capture_maps(half, "conv2", torch.randn(1, 3, 16, 16))
+    assert maps["conv2"].dtype == torch.bfloat16
+
+
+def test_a_call_that_never_happens_is_reported(tiny):
+    with pytest.warns(UserWarning, match=r"relu#5 \(it ran 2 time"):
+        with torch.no_grad(), capture(tiny, "relu#5") as maps:
+            tiny(torch.randn(1, 3, 8, 8))
+    assert not maps

@@ -80,3 +80,16 @@ def test_info_command_counts_ghostnet_like_the_paper(capsys):
     assert data["macs"] == sum(row["macs"] for row in data["stages"])
     assert main(["info", "ghostnet_050", "--weights", "default"]) == 2
     assert "no pretrained weights" in capsys.readouterr().err
+
+
+def test_bad_sizes_and_devices_exit_2(capsys):
+    import torch
+
+    for argv in (["layers", "--input-size", "0"], ["info", "--input-size", "-3"], ["figure1", "--pairs", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exc:
+            main(["info", "--device", "cuda"])
+        assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err

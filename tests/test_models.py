@@ -115,3 +115,10 @@ def test_ghostnet_family_by_name(monkeypatch, tmp_path):
         load_model("ghostnet_100")
     with pytest.raises(GhostmapsError, match="no pretrained weights"):
         load_model("ghostnet_130")
+
+
+def test_weights_that_cannot_apply_are_rejected():
+    with pytest.raises(GhostmapsError, match="ready-made nn.Module"):
+        load_model(torchvision.models.resnet18(weights=None), weights="IMAGENET1K_V1")
+    with pytest.raises(GhostmapsError, match="cannot be applied to model spec"):
+        load_model("torchvision.models:resnet18", weights="IMAGENET1K_V1")
