@@ -1,7 +1,7 @@
 """Deploy mode: fold every BatchNorm into the conv that feeds it.
 
-The conv -> BN pairs are found on a ``torch.fx`` trace (a BN whose only input is a conv's output, and that
-conv output goes nowhere else), so the same code serves GhostNet, the Ghost variants and torchvision-style
+The conv -> BN pairs are found on a ``torch.fx`` trace (a BN whose only input is a conv's output, that conv
+output goes nowhere else, and neither module is called anywhere else in the forward), so the same code serves GhostNet, the Ghost variants and torchvision-style
 networks. The returned model is a deep copy that keeps the module names (a folded BN leaves its
 ``nn.Sequential`` or becomes ``nn.Identity``), so stage names, hooks and ``feature_info`` still work on it.
 """
@@ -9,6 +9,7 @@ networks. The returned model is a deep copy that keeps the module names (a folde
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import TypeVar
 
 import torch
@@ -42,6 +43,7 @@ _FOLDABLE: dict[type, type] = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Lin
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, BN) module names whose single call is ``bn(conv(x))`` with nothing else reading ``conv(x)``."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as err:  # fx raises many types for untraceable control flow
@@ -50,6 +52,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             f"({type(err).__name__}: {err}); fuse a traceable submodule instead."
         ) from err
     modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or type(modules.get(node.target)) not in _FOLDABLE:
@@ -60,6 +63,8 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             and src.op == "call_module"
             and type(modules.get(src.target)) is _FOLDABLE[type(modules[node.target])]
             and len(src.users) == 1
+            and calls[src.target] == 1  # a module called again elsewhere must keep computing the same thing
+            and calls[node.target] == 1
             and len(node.args) == 1
             and not node.kwargs
             and modules[src.target].weight.shape[0] == modules[node.target].num_features
@@ -86,7 +91,9 @@ def fuse(model: M, channels_last: bool = True) -> M:
     BN inside an ``nn.Sequential`` is removed from it (the other children keep their names, so
     ``primary_conv.0`` is still the conv and ``primary_conv.2`` the ReLU), and so are ``nn.Identity``
     placeholders there (so code indexing such a Sequential by position, ``seq[1]``, sees shifted positions;
-    names are stable); a folded BN held as an attribute becomes ``nn.Identity``. ``channels_last=True``
+    names are stable); a folded BN held as an attribute becomes ``nn.Identity``. A conv or BN module that
+    the forward calls more than once (a shared module) is left unfolded, as is a conv whose output is
+    also read elsewhere. ``channels_last=True``
     stores the 4-D weights channels-last, which made GhostNet's depthwise convs markedly faster on CPU
     (see ``benchmarks/ghostnet_speed.py``); inputs may stay in the default layout. Models that torch.fx
     cannot trace raise ``ValueError``.
@@ -94,11 +101,7 @@ def fuse(model: M, channels_last: bool = True) -> M:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected an nn.Module, got {type(model).__name__}.")
     fused = copy.deepcopy(model).eval()
-    pairs = _conv_bn_pairs(fused)
-    convs = [conv for conv, _ in pairs]
-    if len(set(convs)) != len(convs):
-        raise ValueError("fuse: a conv module feeds several BatchNorms (shared module); fold it by hand.")
-    for conv_name, bn_name in pairs:
+    for conv_name, bn_name in _conv_bn_pairs(fused):
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)
         _replace(fused, conv_name, fold_bn(conv, bn))
         parent = fused.get_submodule(bn_name.rpartition(".")[0])

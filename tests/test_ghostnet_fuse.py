@@ -104,6 +104,51 @@ def test_conv_output_used_twice_is_not_folded():
         torch.testing.assert_close(fused(x), model(x))
 
 
+class _SharedConv(nn.Module):
+    """``bn(conv(x)) + conv(x)``: the conv module is called twice, only one call feeds the BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv(x)
+
+
+class _SharedBN(nn.Module):
+    """``bn(conv(x)) + bn(y)``: the BN is also applied to a non-conv input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.proj = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.bn(torch.relu(self.proj(x)))
+
+
+def _bn_by_hand(bn: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    scale = bn.weight.view(shape) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+    return (t - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
+
+
+@pytest.mark.parametrize("cls", [_SharedConv, _SharedBN], ids=["conv_called_twice", "bn_called_twice"])
+def test_module_called_twice_is_not_folded(cls):
+    model = randomize_(cls(), seed=4).eval()
+    fused = fuse(model)
+    assert isinstance(fused.bn, nn.BatchNorm2d) and fused.conv.bias is not None
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        conv, bn = model.conv, model.bn  # independent computation: eval-mode BN by hand
+        other = conv(x) if cls is _SharedConv else _bn_by_hand(bn, torch.relu(model.proj(x)))
+        expected = _bn_by_hand(bn, conv(x)) + other
+        assert (model(x) - expected).abs().max() < 1e-5
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_untraceable_model_and_non_module_are_rejected():
     class DataDependent(nn.Module):
         def __init__(self) -> None:
