@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._utils import model_device, model_dtype
+
 __all__ = [
     "GhostConv",
     "GhostifyError",
@@ -382,13 +384,13 @@ def _record(model: nn.Module, names: list[str], batches: list[torch.Tensor],
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    device = next(model.parameters()).device
+    device, dtype = model_device(model), model_dtype(model)
     try:
         model.eval()
         with torch.no_grad():
             for b in batches:
                 seen.clear()
-                model(b.to(device))
+                model(b.to(device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
@@ -412,20 +414,26 @@ def _rel_error(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def _calibrate(module: GhostConv, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
                batch_size: int) -> None:
-    """A few Adam steps of MSE to the original conv's output (layer-wise, unlabelled images)."""
-    device = module.primary.weight.device
-    params = [p for p in module.parameters()]
-    opt = torch.optim.Adam(params, lr=lr)
-    gen = torch.Generator().manual_seed(0)
+    """A few Adam steps of MSE to the original conv's output (layer-wise, unlabelled images).
+
+    Works when called under ``torch.no_grad()`` or ``torch.inference_mode()`` (gradients are switched back on
+    here; ``module`` must have been built outside inference mode) and on any device/dtype: the recorded CPU
+    float32 maps follow the module's weight.
+    """
+    weight = module.primary.weight
     scale = float(y.double().var()) or 1.0
+    gen = torch.Generator().manual_seed(0)
     module.train()
-    for _ in range(steps):
-        idx = torch.randperm(x.shape[0], generator=gen)[:batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        loss = ((module(xb) - yb) ** 2).mean() / scale
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.inference_mode(False), torch.enable_grad():
+        x, y = x.clone(), y.clone()  # inference tensors (recorded under inference_mode) cannot enter autograd
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        for _ in range(steps):
+            idx = torch.randperm(x.shape[0], generator=gen)[:batch_size]
+            xb, yb = x[idx].to(weight), y[idx].to(weight)
+            loss = ((module(xb) - yb) ** 2).mean() / scale
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     module.eval()
 
 
@@ -505,7 +513,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             for k, ch in enumerate(fit.module_order):
                 pos[ch] = k
             order = pos
-        ghost = ghost_conv_like(conv, ratio, dw_size, order)
+        with torch.inference_mode(False):  # normal tensors, so calibration can train them
+            ghost = ghost_conv_like(conv, ratio, dw_size, order)
         entry = ReplacedLayer(name=n, in_channels=conv.in_channels, out_channels=conv.out_channels,
                               kernel_size=tuple(conv.kernel_size), ratio=ratio, dw_size=dw_size,
                               init_channels=ghost.init_channels, params_before=_params(conv),

@@ -167,6 +167,32 @@ def test_calibration_does_not_increase_error(net, images):
     assert e.calibrated_error is not None and e.calibrated_error <= e.fit_error * 1.001
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_calibration_runs_inside_no_grad_and_inference_mode(net, images, context):
+    kwargs = {"layers": "conv_a", "init": "fit", "calibration_images": images, "calibrate_steps": 5}
+    want_model, want = ghostify(net, **kwargs)
+    with context():
+        got_model, got = ghostify(net, **kwargs)
+    assert got.replaced[0].calibrated_error == pytest.approx(want.replaced[0].calibrated_error, rel=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(got_model(images), want_model(images), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_and_calibration_follow_a_bfloat16_model(net, images):
+    _, ref = ghostify(net, layers="conv_a", init="fit", calibration_images=images)
+    half = copy.deepcopy(net).to(torch.bfloat16)
+    for steps in (0, 2):
+        new, res = ghostify(half, layers="conv_a", init="fit", calibration_images=images, calibrate_steps=steps)
+        assert new.conv_a.primary.weight.dtype == torch.bfloat16
+        assert res.replaced[0].fit_error == pytest.approx(ref.replaced[0].fit_error, abs=0.02)
+        assert (res.replaced[0].calibrated_error is not None) == (steps > 0)
+        with torch.no_grad():
+            got = new.conv_a(half.stem(images.to(torch.bfloat16)).relu()).float()
+            want = net.conv_a(net.stem(images).relu())
+        idx = res.replaced[0].intrinsic  # intrinsic channels are the original filters, up to bf16 rounding
+        torch.testing.assert_close(got[:, idx], want[:, idx], rtol=0.05, atol=0.05)
+
+
 def test_glob_skips_depthwise_with_reason(net):
     _, res = ghostify(net, layers=["conv_*", "dw*"])
     assert res.names == ["conv_a", "conv_b"]
