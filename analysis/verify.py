@@ -11,8 +11,10 @@
   plus the cosine of the flattened outputs;
 * **end to end**: mean per-image cosine of the logits, mean KL(softmax(original) || softmax(replaced)) in
   nats, and top-1 agreement with the original;
-* **CPU latency** (median of timed forwards of the image batch) before/after and their ratio, measured on
-  the machine at hand (noisy on shared machines: read it as a rough indication).
+* **latency** (median of timed forwards of the image batch) before/after and their ratio, measured on the
+  device the images ran on (``latency_device``: ``cpu``, ``cuda:0``, ...; CUDA runs are synchronized, so
+  they time the kernels, not their launch) on the machine at hand (noisy on shared machines: read it as a
+  rough indication).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class VerificationReport:
     layers: list[LayerCheck] = field(default_factory=list)
     latency_before_ms: float | None = None
     latency_after_ms: float | None = None
+    latency_device: str | None = None
     note: str = ""
 
     @property
@@ -91,7 +94,8 @@ class VerificationReport:
                 "macs_ratio": self.macs_ratio, "logits_cosine": self.logits_cosine, "logits_kl": self.logits_kl,
                 "top1_agreement": self.top1_agreement, "n_images": self.n_images,
                 "latency_before_ms": self.latency_before_ms, "latency_after_ms": self.latency_after_ms,
-                "latency_ratio": self.latency_ratio, "replaced_layers": len(self.layers)}
+                "latency_ratio": self.latency_ratio, "latency_device": self.latency_device,
+                "replaced_layers": len(self.layers)}
 
     def to_dict(self) -> dict[str, Any]:
         d = self.summary()
@@ -119,8 +123,8 @@ class VerificationReport:
             f"  MACs   {self.macs_before / 1e6:.1f}M -> {self.macs_after / 1e6:.1f}M (x{self.macs_ratio:.2f} fewer)",
             f"  logits cosine {self.logits_cosine:.4f}, KL {self.logits_kl:.4g} nats, "
             f"top-1 agreement {self.top1_agreement:.1%}",
-            "  CPU latency " + ("not measured" if lat is None else
-                                f"{self.latency_before_ms:.1f} -> {self.latency_after_ms:.1f} ms (x{lat:.2f})"),
+            "  latency " + ("not measured" if lat is None else f"({self.latency_device}) {self.latency_before_ms:.1f}"
+                                                                f" -> {self.latency_after_ms:.1f} ms (x{lat:.2f})"),
         ]
         lines += [f"  {c.name}: rel error {c.rel_error:.4f} (isolated {c.isolated_rel_error:.4f}), "
                   f"cosine {c.cosine:.4f}" for c in self.layers]
@@ -213,13 +217,22 @@ def _io(model: nn.Module, names: list[str], x: torch.Tensor
     return logits.detach().cpu(), ins, outs
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a wall-clock timer measures kernels rather than their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
+    """Median wall-clock milliseconds of ``runs`` forwards of ``x`` (after one warm-up), on ``x``'s device."""
     with eval_mode(model), torch.no_grad():
         model(x)  # warm-up
         times = []
         for _ in range(runs):
+            _synchronize(x.device)
             t0 = time.perf_counter()
             model(x)
+            _synchronize(x.device)
             times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
 
@@ -233,7 +246,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
         original, replaced: the two networks (neither is modified; eval mode is used and restored).
         images: N x C x H x W tensor (preprocessed), a list of them, or ``analysis.load_images(...)``.
         layers: the replaced layers' names; default: every module name whose type differs between the two.
-        latency_runs: timed forwards per model (median); 0 skips latency.
+        latency_runs: timed forwards per model (median), on the images' device; 0 skips latency.
         note: free text stored in the report (e.g. whether the images were also the calibration images).
     """
     if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
@@ -287,4 +300,4 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
         params_before=before.params, params_after=after.params, macs_before=before.total_macs,
         macs_after=after.total_macs, logits_cosine=cos, logits_kl=kl, top1_agreement=agree,
         n_images=int(x.shape[0]), input_size=tuple(x.shape), layers=checks, latency_before_ms=lat_b,
-        latency_after_ms=lat_a, note=note)
+        latency_after_ms=lat_a, latency_device=str(x.device) if latency_runs else None, note=note)

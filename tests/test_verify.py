@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -128,3 +129,52 @@ def test_bad_input(pair):
         verify_replacement(net, new, x, latency_runs=-1)
     with pytest.raises(GhostmapsError, match="VerificationReport"):
         plots.verification([])
+
+
+def test_latency_is_labelled_with_its_device(pair):
+    net, new, x, _ = pair
+    rep = verify_replacement(net, new, x, latency_runs=1)
+    assert rep.latency_device == "cpu" and rep.to_dict()["latency_device"] == "cpu"
+    assert "latency (cpu) " in str(rep) and "CPU latency" not in str(rep)
+    off = verify_replacement(net, new, x, latency_runs=0)
+    assert off.latency_device is None and "latency not measured" in str(off)
+
+
+def test_latency_synchronizes_cuda_around_each_timed_run(monkeypatch):
+    from analysis import verify
+
+    synced: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    verify._synchronize(torch.device("cpu"))
+    assert synced == []
+    verify._synchronize(torch.device("cuda:0"))
+    assert synced == [torch.device("cuda:0")]
+
+    events: list[str] = []
+    monkeypatch.setattr(verify, "_synchronize", lambda device: events.append(f"sync {device}"))
+    model = nn.Identity()
+    model.register_forward_hook(lambda *_: events.append("forward"))
+    verify._latency_ms(model, torch.zeros(1, 3, 4, 4), runs=2)
+    assert events == ["forward"] + ["sync cpu", "forward", "sync cpu"] * 2  # warm-up, then timed runs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_latency_times_the_kernels_not_the_launch():
+    from analysis.verify import _latency_ms
+
+    weight = torch.randn(4096, 4096, device="cuda")
+
+    class Heavy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(50):
+                x = torch.tanh(x @ weight)
+            return x
+
+    model, x = Heavy(), torch.randn(4096, 4096, device="cuda")
+    model(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model(x)
+    torch.cuda.synchronize()
+    want_ms = 1000 * (time.perf_counter() - t0)
+    assert _latency_ms(model, x, runs=3) >= 0.5 * want_ms
