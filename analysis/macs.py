@@ -21,6 +21,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from ghostnet._utils import eval_mode, model_device, model_dtype
+
+from .errors import GhostmapsError
+
 CONVENTION = (
     "MACs = FlopCounterMode FLOPs / 2 (one multiply-add per MAC); counts conv, linear and matmul ops only; "
     "BN, activations, pooling, adds and biases count zero; params = parameters used by the forward pass"
@@ -95,20 +99,22 @@ class _TensorUseMode(TorchFunctionMode):
 
 
 def _make_input(model: nn.Module, input_size: tuple[int, ...] | torch.Tensor) -> torch.Tensor:
-    first = next(model.parameters(), None)
+    """The given tensor, or zeros of ``input_size`` on the model's device and dtype (MACs and parameter use do
+    not depend on the values, and zeros leave the global RNG alone)."""
     if isinstance(input_size, torch.Tensor):
         return input_size
-    size = tuple(int(s) for s in input_size)
+    try:
+        size = tuple(int(s) for s in input_size)
+    except (TypeError, ValueError):
+        size = ()
     if len(size) == 3:
         size = (1, *size)
     if len(size) != 4 or min(size) < 1:
-        raise ValueError(
+        raise GhostmapsError(
             f"count_macs: input_size must be (C, H, W) or (N, C, H, W) with positive sizes, got {input_size}; "
             "e.g. (1, 3, 224, 224), or pass an input tensor."
         )
-    device = first.device if first is not None else "cpu"
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    return torch.randn(size, device=device, dtype=dtype)
+    return torch.zeros(size, device=model_device(model), dtype=model_dtype(model))
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] | torch.Tensor = (1, 3, 224, 224)) -> MacsReport:
@@ -123,18 +129,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] | torch.Tensor = (1
     def on_enter(module: nn.Module, args: Any) -> None:
         ran.setdefault(id(module), module)
 
-    modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_pre_hook(on_enter) for m in model.modules()]
     uses = _TensorUseMode()
     try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter, uses:
+        with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter, uses:
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
 
     # Used parameters and their owning module names (each tensor counted once).
     param_owner: dict[int, str] = {}
@@ -196,7 +198,7 @@ def stage_table(
         ]
     unknown = [n for n in expand if n not in children]
     if unknown:
-        raise ValueError(f"stage_table: expand names {unknown} are not children of the model; use {list(children)}.")
+        raise GhostmapsError(f"stage_table: expand names {unknown} are not children of the model; use {list(children)}.")
     names: list[str] = []
     for n, c in children.items():
         names += [f"{n}.{sub}" for sub, _ in c.named_children()] if n in expand else [n]

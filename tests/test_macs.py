@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from analysis.errors import GhostmapsError
 from analysis.macs import CONVENTION, count_macs, format_stage_table, stage_table
 from ghostnet import ghostnet_050, ghostnet_100, ghostnet_130
 
@@ -160,3 +161,24 @@ def test_stage_table_rest_row_holds_root_parameters():
 def test_bad_input_size():
     with pytest.raises(ValueError, match="input_size"):
         count_macs(ghostnet_050(), (224, 224))
+
+
+def test_count_macs_leaves_the_global_rng_alone():
+    model = ghostnet_050()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    report = count_macs(model, (1, 3, 64, 64))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert report.total_macs == count_macs(model, torch.randn(1, 3, 64, 64)).total_macs  # values do not matter
+
+
+@pytest.mark.parametrize("size", [(224, 224), (1, 3, 0, 8), 224, ("a", 3, 8, 8)])
+def test_bad_input_size_is_a_ghostmaps_error(size):
+    with pytest.raises(GhostmapsError, match="input_size") as info:
+        count_macs(nn.Conv2d(3, 4, 1), size)
+    assert "(1, 3, 224, 224)" in str(info.value)
+
+
+def test_stage_table_bad_expand_is_a_ghostmaps_error():
+    with pytest.raises(GhostmapsError, match="expand names"):
+        stage_table(nn.Sequential(nn.Conv2d(3, 4, 1)), (1, 3, 4, 4), expand=["nope"])
