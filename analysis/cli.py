@@ -86,7 +86,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     model, _, info = load_model(args.model_name or args.model, weights=args.weights, device=args.device)
     size = (1, 3, args.input_size, args.input_size)
     report = count_macs(model, size)
-    rows = stage_table(model, size)
+    rows = stage_table(model, report=report)
     if args.json:
         print(json.dumps({"model": info.to_dict(), "macs": report.total_macs, "params": report.params,
                           "registered_params": report.registered_params, "input_size": list(size),

@@ -179,15 +179,20 @@ def stage_table(
     model: nn.Module,
     input_size: tuple[int, ...] | torch.Tensor = (1, 3, 224, 224),
     expand: list[str] | None = None,
+    *,
+    report: MacsReport | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{name, type, params, macs, macs_share}``, one per top-level child that costs something.
 
     Children named in ``expand`` are listed one level deeper instead; by default a top-level
     ``nn.Sequential`` holding more than half of the MACs is expanded (GhostNet's ``blocks`` -> its 10
     stages, a VGG's ``features`` -> its layers). A last ``(rest)`` row holds what no listed child owns
-    (ops or parameters of the root itself), so the rows always sum to the totals.
+    (ops or parameters of the root itself), so the rows always sum to the totals. Pass ``report``, a
+    ``count_macs(model, ...)`` result already at hand, to reuse it instead of counting again (``input_size``
+    is then ignored).
     """
-    report = count_macs(model, input_size)
+    if report is None:
+        report = count_macs(model, input_size)
     costs = {m.name: m for m in report.modules}
     children = dict(model.named_children())
     if expand is None:

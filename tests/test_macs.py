@@ -182,3 +182,32 @@ def test_bad_input_size_is_a_ghostmaps_error(size):
 def test_stage_table_bad_expand_is_a_ghostmaps_error():
     with pytest.raises(GhostmapsError, match="expand names"):
         stage_table(nn.Sequential(nn.Conv2d(3, 4, 1)), (1, 3, 4, 4), expand=["nope"])
+
+
+def test_stage_table_reuses_a_given_report(monkeypatch):
+    import analysis.macs as macs
+
+    model = ghostnet_050()
+    report = count_macs(model, (1, 3, 64, 64))
+    want = stage_table(model, (1, 3, 64, 64))
+    calls = []
+    monkeypatch.setattr(macs, "count_macs", lambda *a, **k: calls.append(a))
+    assert stage_table(model, report=report) == want and calls == []
+
+
+def test_info_command_counts_macs_once(monkeypatch, capsys):
+    import analysis.macs as macs
+    from analysis.cli import main
+
+    calls = []
+    real = macs.count_macs
+
+    def counting(*args, **kwargs):
+        calls.append(args[1:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(macs, "count_macs", counting)
+    assert main(["info", "ghostnet_050", "--weights", "none", "--input-size", "64", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert calls == [((1, 3, 64, 64),)]
+    assert data["macs"] == sum(row["macs"] for row in data["stages"]) == real(ghostnet_050(), (1, 3, 64, 64)).total_macs
