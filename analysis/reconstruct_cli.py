@@ -12,10 +12,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cli import positive_int
 from .errors import GhostmapsError
 
 GHOSTIFY_JSON = "ghostify.json"
 STATE_FILE = "model_state.pt"
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a count where 0 means none, or off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -41,16 +53,15 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, Any, Any]:
 def _images(source: list[str], preprocess: Any, limit: int | None) -> torch.Tensor:
     from .images import load_images
 
-    if limit is not None and limit < 1:
-        raise GhostmapsError(f"--limit must be at least 1, got {limit}")
     return torch.cat([b for _, b in load_images(source, transform=preprocess, limit=limit).batches(16)])
 
 
 def _image_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--images", "-i", nargs="+", default=["samples"],
                    help=f"{what}: files, folders, globs or 'samples' (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="use at most this many images")
-    p.add_argument("--image-size", type=int, help="centre-crop size in pixels (default: the model's own, 224)")
+    p.add_argument("--limit", type=positive_int, help="use at most this many images")
+    p.add_argument("--image-size", type=positive_int,
+                   help="centre-crop size in pixels (default: the model's own, 224)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,9 +190,11 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--layer", "-l", help="layer name (see `ghostmaps layers`); default: an early layer with "
                                           "many channels")
-    p.add_argument("--pairs", "-k", type=int, default=3, help="ghost pairs (default: %(default)s)")
-    p.add_argument("--d", type=int, nargs="+", default=[1, 3, 5, 7], help="kernel sizes (default: 1 3 5 7)")
-    p.add_argument("--random", type=int, default=64, help="random pairs in the baseline row (default: %(default)s)")
+    p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs (default: %(default)s)")
+    p.add_argument("--d", type=positive_int, nargs="+", default=[1, 3, 5, 7],
+                   help="kernel sizes (default: 1 3 5 7)")
+    p.add_argument("--random", type=non_negative_int, default=64,
+                   help="random pairs in the baseline row (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random pairs (default: %(default)s)")
     _image_args(p, "images to fit on")
     p.add_argument("--out", "-o", help="folder for table1.json and table1.csv (default: print only)")
@@ -196,18 +209,18 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--layers", "-l", nargs="+", help="conv names or globs, e.g. 'features.1[0-4].*' (default: every "
                                                      "dense conv with >= --min-channels outputs but the stem)")
-    p.add_argument("--ratio", "-s", type=int, default=2, help="Ghost ratio s (default: %(default)s)")
-    p.add_argument("--d", type=int, default=3, help="cheap depthwise kernel size (default: %(default)s)")
+    p.add_argument("--ratio", "-s", type=positive_int, default=2, help="Ghost ratio s (default: %(default)s)")
+    p.add_argument("--d", type=positive_int, default=3, help="cheap depthwise kernel size (default: %(default)s)")
     p.add_argument("--init", choices=("fit", "none"), default="fit",
                    help="'fit' from the pretrained conv, 'none' random (default: %(default)s)")
-    p.add_argument("--calibrate-steps", type=int, default=0,
+    p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit (default: off)")
-    p.add_argument("--min-channels", type=int, default=16,
+    p.add_argument("--min-channels", type=non_negative_int, default=16,
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
     _image_args(p, "calibration images")
     p.add_argument("--verify-images", nargs="+", help="held-out images for the report (default: the calibration "
                                                       "images)")
-    p.add_argument("--latency-runs", type=int, default=5, help="timed forwards per model, 0 = skip "
+    p.add_argument("--latency-runs", type=non_negative_int, default=5, help="timed forwards per model, 0 = skip "
                                                                "(default: %(default)s)")
     p.add_argument("--out", "-o", default="ghostify-out", help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_ghostify)

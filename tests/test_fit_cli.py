@@ -76,3 +76,34 @@ def test_ghostify_end_to_end(tmp_path, capsys):
     direct, _ = ghostify(model, layers="features.1[67].conv.2", init="fit", calibration_images=x)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), direct(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["fit", "--pairs", "0"], ["--pairs", "positive integer"]),
+    (["fit", "--random", "-1"], ["--random", "integer >= 0"]),
+    (["fit", "--d", "3", "x"], ["--d", "positive integer"]),
+    (["ghostify", "--limit", "0"], ["--limit", "positive integer"]),
+    (["ghostify", "--image-size", "-64"], ["--image-size", "positive integer"]),
+    (["ghostify", "--ratio", "0"], ["--ratio", "positive integer"]),
+    (["ghostify", "--calibrate-steps", "-3"], ["--calibrate-steps", "integer >= 0"]),
+    (["ghostify", "--min-channels", "-1"], ["--min-channels", "integer >= 0"]),
+    (["ghostify", "--latency-runs", "1.5"], ["--latency-runs", "integer >= 0"]),
+])
+def test_bad_numbers_are_usage_errors(argv, words, capsys):
+    """Rejected by argparse (exit 2 and a message) before any model is loaded."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err
+
+
+def test_zero_counts_are_accepted():
+    from analysis.cli import build_parser
+
+    args = build_parser().parse_args(["ghostify", "--calibrate-steps", "0", "--latency-runs", "0",
+                                      "--min-channels", "0"])
+    assert (args.calibrate_steps, args.latency_runs, args.min_channels) == (0, 0, 0)
+    assert build_parser().parse_args(["fit", "--random", "0"]).random == 0
