@@ -89,8 +89,9 @@ def test_ghostify_end_to_end(tmp_path, capsys):
     (["ghostify", "--min-channels", "-1"], ["--min-channels", "integer >= 0"]),
     (["ghostify", "--latency-runs", "1.5"], ["--latency-runs", "integer >= 0"]),
 ])
-def test_bad_numbers_are_usage_errors(argv, words, capsys):
+def test_bad_numbers_are_usage_errors(argv, words, capsys, tmp_path, monkeypatch):
     """Rejected by argparse (exit 2 and a message) before any model is loaded."""
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but never into the checkout
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2

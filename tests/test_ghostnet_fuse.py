@@ -104,29 +104,20 @@ def test_conv_output_used_twice_is_not_folded():
         torch.testing.assert_close(fused(x), model(x))
 
 
-class _SharedConv(nn.Module):
-    """``bn(conv(x)) + conv(x)``: the conv module is called twice, only one call feeds the BN."""
+class _Shared(nn.Module):
+    """``bn(conv(x))`` plus a second call of one of the two modules: ``conv(x)`` (shared conv), or ``bn`` of
+    a non-conv input (shared BN)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: str) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return self.bn(self.conv(x)) + self.conv(x)
-
-
-class _SharedBN(nn.Module):
-    """``bn(conv(x)) + bn(y)``: the BN is also applied to a non-conv input."""
-
-    def __init__(self) -> None:
-        super().__init__()
+        self.shared = shared
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
         self.proj = nn.Conv2d(3, 4, 1)
 
     def forward(self, x):
-        return self.bn(self.conv(x)) + self.bn(torch.relu(self.proj(x)))
+        other = self.conv(x) if self.shared == "conv" else self.bn(torch.relu(self.proj(x)))
+        return self.bn(self.conv(x)) + other
 
 
 def _bn_by_hand(bn: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
@@ -135,15 +126,15 @@ def _bn_by_hand(bn: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
     return (t - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
 
 
-@pytest.mark.parametrize("cls", [_SharedConv, _SharedBN], ids=["conv_called_twice", "bn_called_twice"])
-def test_module_called_twice_is_not_folded(cls):
-    model = randomize_(cls(), seed=4).eval()
+@pytest.mark.parametrize("shared", ["conv", "bn"])
+def test_module_called_twice_is_not_folded(shared):
+    model = randomize_(_Shared(shared), seed=4).eval()
     fused = fuse(model)
     assert isinstance(fused.bn, nn.BatchNorm2d) and fused.conv.bias is not None
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         conv, bn = model.conv, model.bn  # independent computation: eval-mode BN by hand
-        other = conv(x) if cls is _SharedConv else _bn_by_hand(bn, torch.relu(model.proj(x)))
+        other = conv(x) if shared == "conv" else _bn_by_hand(bn, torch.relu(model.proj(x)))
         expected = _bn_by_hand(bn, conv(x)) + other
         assert (model(x) - expected).abs().max() < 1e-5
         torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
