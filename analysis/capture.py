@@ -29,7 +29,7 @@ from ghostnet._utils import eval_mode, model_device, model_dtype
 
 from .errors import GhostmapsError, UnknownLayerError, did_you_mean
 
-__all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers"]
+__all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers", "single_entry"]
 
 LayerSpec = str | type | Sequence[str | type]
 
@@ -248,3 +248,21 @@ def capture_maps(
     with eval_mode(model), torch.inference_mode(), capture(model, layers, to="cpu") as maps:
         model(inputs.to(device=device, dtype=model_dtype(model)))
     return dict(maps)
+
+
+def single_entry(maps: dict[str, torch.Tensor], layer: str, ndim: int | None = None) -> tuple[str, torch.Tensor]:
+    """The one captured entry of ``layer`` in ``maps`` (``layer``, ``layer#k`` or ``layer[i]``) as
+    ``(entry name, tensor)``. Raises ``GhostmapsError`` when the layer gave no tensor or several (a reused
+    module, a tuple output), or, with ``ndim``, a tensor of another rank (``ndim=4``: N x C x H x W maps)."""
+    entries = [name for name in maps if name == layer or name.startswith((f"{layer}#", f"{layer}["))]
+    if not entries:
+        raise GhostmapsError(f"layer {layer!r} produced no tensor output for the given image(s).")
+    if len(entries) > 1:
+        raise GhostmapsError(
+            f"layer {layer!r} gives {len(entries)} outputs ({', '.join(entries[:4])}…); pick one, e.g. {entries[0]!r}."
+        )
+    name, tensor = entries[0], maps[entries[0]]
+    if ndim is not None and tensor.dim() != ndim:
+        raise GhostmapsError(f"layer {layer!r} outputs shape {tuple(tensor.shape)}, not feature maps "
+                             "(N×C×H×W); pick a convolutional layer.")
+    return name, tensor

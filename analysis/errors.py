@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from ghostnet._utils import close_matches, did_you_mean
+
+__all__ = ["GhostmapsError", "NoImagesError", "UnknownLayerError", "WeightsUnavailableError", "close_matches",
+           "did_you_mean"]
 
 
 class GhostmapsError(ValueError):
@@ -23,19 +25,3 @@ class WeightsUnavailableError(GhostmapsError):
 
 class NoImagesError(GhostmapsError):
     """An image source yielded no usable image."""
-
-
-def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
-    """Up to ``n`` candidates that look like ``word`` (difflib ratio, then substring hits)."""
-    candidates = list(dict.fromkeys(candidates))
-    found = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
-    if len(found) < n:
-        low = word.lower()
-        found += [c for c in candidates if low and low in c.lower() and c not in found][: n - len(found)]
-    return found
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """A ' Did you mean: a, b?' suffix for an error message, or '' when nothing is close."""
-    found = close_matches(word, candidates)
-    return f" Did you mean: {', '.join(found)}?" if found else ""

@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .capture import LayerInfo, capture_maps, list_layers
+from .capture import LayerInfo, capture_maps, list_layers, single_entry
 from .errors import GhostmapsError
 from .images import NamedImage, load_images
 from .models import LoadedModel, ModelInfo, default_preprocess
@@ -103,19 +103,10 @@ def run_figure1(
     if layer is None:
         layer = suggest_layer(list_layers(net, tuple(image.tensor.shape), device=device))
     maps = capture_maps(net, layer, image.tensor.unsqueeze(0), device=device)
-    entries = [name for name in maps if name == layer or name.startswith((f"{layer}#", f"{layer}["))]
-    if not entries:
-        raise GhostmapsError(f"layer {layer!r} produced no tensor output for this image.")
-    if len(entries) > 1:
-        raise GhostmapsError(
-            f"layer {layer!r} gives {len(entries)} outputs ({', '.join(entries[:4])}…); pick one, e.g. {entries[0]!r}."
-        )
-    fmap = maps[entries[0]][0]
-    if fmap.dim() != 3:
-        raise GhostmapsError(f"layer {layer!r} outputs shape {tuple(maps[entries[0]].shape)}, not feature maps "
-                             "(N×C×H×W); pick a convolutional layer.")
-    sim = channel_similarity(fmap, metric=metric, layer=entries[0])
+    entry, batch = single_entry(maps, layer, ndim=4)
+    fmap = batch[0]
+    sim = channel_similarity(fmap, metric=metric, layer=entry)
     pairs = ghost_pairs(sim, k=k)
-    title = f"{info.name} · {entries[0]} · {image.name}  ({fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}, {metric})"
+    title = f"{info.name} · {entry} · {image.name}  ({fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}, {metric})"
     fig = figure1(fmap, pairs, max_channels=max_channels, title=title, image=image.tensor)
-    return Figure1Result(info, entries[0], image.name, fmap, sim, pairs, fig)
+    return Figure1Result(info, entry, image.name, fmap, sim, pairs, fig)

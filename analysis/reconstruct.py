@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ghostnet._utils import check_odd_size, check_ratio
+
 from .errors import GhostmapsError
 
 __all__ = [
@@ -95,11 +97,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def _check_d(d: Any, name: str = "d") -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 or d % 2 == 0:
-        raise GhostmapsError(f"{name} must be a positive odd int (the cheap op is a {name} x {name} depthwise conv "
-                         f"with padding {name}//2, which only keeps the map size for odd sizes); got {d!r}, "
-                         f"use e.g. 1, 3, 5 or 7")
-    return int(d)
+    return check_odd_size(d, name, GhostmapsError)
 
 
 def _check_ridge(ridge: Any) -> float:
@@ -110,10 +108,7 @@ def _check_ridge(ridge: Any) -> float:
 
 
 def _check_ratio(ratio: Any, name: str = "ratio") -> int:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)) or ratio < 2:
-        raise GhostmapsError(f"{name} must be an int >= 2 (a Ghost module makes ratio-1 ghosts per intrinsic map; "
-                         f"ratio 1 is the plain conv); got {ratio!r}")
-    return int(ratio)
+    return check_ratio(ratio, name, GhostmapsError)
 
 
 def _layer_maps(maps: Any, name: str = "maps") -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ghostnet._utils import images_tensor
+
 from .cli import positive_int
 from .errors import GhostmapsError
 
@@ -53,7 +55,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, Any, Any]:
 def _images(source: list[str], preprocess: Any, limit: int | None) -> torch.Tensor:
     from .images import load_images
 
-    return torch.cat([b for _, b in load_images(source, transform=preprocess, limit=limit).batches(16)])
+    return images_tensor(load_images(source, transform=preprocess, limit=limit), "--images", GhostmapsError)
 
 
 def _image_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -69,7 +71,7 @@ def _image_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .capture import capture_maps, list_layers
+    from .capture import capture_maps, list_layers, single_entry
     from .pairs import ghost_pairs
     from .pipeline import suggest_layer
     from .reconstruct import reconstruction_table
@@ -80,11 +82,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     layer = args.layer or suggest_layer(list_layers(model, tuple(x[:1].shape), device=args.device),
                                         min_size=max(1, x.shape[-1] // 4))
     maps = capture_maps(model, layer, x, device=args.device)
-    entries = [k for k in maps if k == layer or k.startswith((f"{layer}#", f"{layer}["))]
-    if len(entries) != 1 or maps[entries[0]].dim() != 4:
-        raise GhostmapsError(f"layer {layer!r} gives {len(entries)} outputs "
-                             f"{[tuple(maps[k].shape) for k in entries]}; pick one layer with N x C x H x W maps")
-    fmap = maps[entries[0]]
+    _, fmap = single_entry(maps, layer, ndim=4)
     pairs = ghost_pairs(channel_similarity(fmap, layer=layer), k=args.pairs)
     if not len(pairs):
         raise GhostmapsError(f"layer {layer!r} has fewer than two live channels; pick another layer")

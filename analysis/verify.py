@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import eval_mode
+from ghostnet._utils import eval_mode, first_call_io, images_tensor, model_device, rel_error
+
 from .errors import GhostmapsError
 from .macs import count_macs
 
@@ -141,32 +142,6 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _images_tensor(images: Any) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        x = images.unsqueeze(0) if images.dim() == 3 else images
-    elif hasattr(images, "batches"):
-        x = torch.cat([b for _, b in images.batches(16)])
-    else:
-        try:
-            x = torch.cat([b if b.dim() == 4 else b.unsqueeze(0) for b in images])
-        except (TypeError, AttributeError, RuntimeError) as exc:
-            raise GhostmapsError(f"images must be an N x C x H x W tensor, a list of image tensors or "
-                                 f"analysis.load_images(...); got {type(images).__name__} ({exc})") from None
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise GhostmapsError(f"images must be a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
-    return x
-
-
-def _rel(pred: torch.Tensor, target: torch.Tensor) -> float:
-    t = target.double()
-    sse = float(((pred.double() - t) ** 2).sum())
-    dims = (0, *range(2, t.dim())) if t.dim() > 2 else (0,)
-    ss = float(((t - t.mean(dim=dims, keepdim=True)) ** 2).sum())
-    if ss > 0:
-        return sse / ss
-    return 0.0 if sse == 0 else math.inf
-
-
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     na, nb = float(a.norm()), float(b.norm())
@@ -191,26 +166,7 @@ def _changed_layers(original: nn.Module, replaced: nn.Module) -> list[str]:
 def _io(model: nn.Module, names: list[str], x: torch.Tensor
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Logits and the (first-call) inputs and outputs of ``names``, copied to the CPU; hooks always removed."""
-    modules = dict(model.named_modules())
-    ins: dict[str, torch.Tensor] = {}
-    outs: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):  # noqa: ANN202
-        def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if name in outs or not isinstance(out, torch.Tensor):
-                return
-            outs[name] = out.detach().to("cpu", copy=True)
-            if args and isinstance(args[0], torch.Tensor):
-                ins[name] = args[0].detach().to("cpu", copy=True)
-        return hook
-
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            logits = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    logits, ins, outs = first_call_io(model, names, x)
     if not isinstance(logits, torch.Tensor):
         raise GhostmapsError(f"{type(model).__name__} returned {type(logits).__name__}; verify_replacement "
                              "needs a model returning a logits tensor (N x classes)")
@@ -253,11 +209,8 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
         raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
     if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
         raise GhostmapsError(f"latency_runs must be an int >= 0 (0 skips timing), got {latency_runs!r}")
-    x = _images_tensor(images)
-    if device is None:
-        p = next(replaced.parameters(), None)
-        device = p.device if p is not None else "cpu"
-    x = x.to(device)
+    x = images_tensor(images, "images", GhostmapsError)
+    x = x.to(model_device(replaced) if device is None else device)
     names = _changed_layers(original, replaced) if layers is None else list(layers)
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
     missing = [n for n in names if n not in o_mods or n not in r_mods]
@@ -277,10 +230,10 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
             raise GhostmapsError(f"layer {n!r} produced no tensor output in one of the models on these images")
         mod = r_mods[n]
         with eval_mode(mod), torch.no_grad():
-            iso = mod(ins_o[n].to(device)).cpu() if n in ins_o else outs_r[n]
+            iso = mod(ins_o[n].to(x.device)).cpu() if n in ins_o else outs_r[n]
         checks.append(LayerCheck(
             name=n, type_before=type(o_mods[n]).__name__, type_after=type(mod).__name__,
-            rel_error=_rel(outs_r[n], outs_o[n]), isolated_rel_error=_rel(iso, outs_o[n]),
+            rel_error=rel_error(outs_r[n], outs_o[n]), isolated_rel_error=rel_error(iso, outs_o[n]),
             cosine=_cos(outs_r[n], outs_o[n]),
             params_before=sum(p.numel() for p in o_mods[n].parameters()),
             params_after=sum(p.numel() for p in mod.parameters())))

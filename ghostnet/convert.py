@@ -30,18 +30,26 @@ hundred Adam steps of MSE to the original conv's output on the same images.
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._utils import model_device, model_dtype
+from ._utils import (
+    check_odd_size,
+    check_ratio,
+    did_you_mean,
+    first_call_io,
+    images_tensor,
+    model_device,
+    model_dtype,
+    rel_error,
+)
 
 __all__ = [
     "GhostConv",
@@ -80,8 +88,8 @@ class GhostConv(nn.Module):
                  dilation: int | tuple[int, int] = 1, bias: bool = False, padding_mode: str = "zeros",
                  ratio: int = 2, dw_size: int = 3, order: Sequence[int] | None = None) -> None:
         super().__init__()
-        ratio = _check_ratio(ratio)
-        dw_size = _check_dw(dw_size)
+        ratio = check_ratio(ratio, "ratio", GhostifyError)
+        dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
         if out_channels < 2:
             raise GhostifyError(f"GhostConv: out_channels must be >= 2 to have a ghost map, got {out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -143,20 +151,6 @@ class GhostConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}, dw_size={self.dw_size}, "
                 f"intrinsic={self.init_channels}" + (", reordered" if self.order is not None else ""))
-
-
-def _check_ratio(ratio: Any) -> int:
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
-        raise GhostifyError(f"ratio must be an int >= 2 (s in the paper: 1/s of the maps come from the primary "
-                            f"conv; ratio 1 is the plain conv); got {ratio!r}, use ratio=2")
-    return ratio
-
-
-def _check_dw(d: Any) -> int:
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1 or d % 2 == 0:
-        raise GhostifyError(f"dw_size must be a positive odd int (the cheap d x d depthwise conv keeps the map "
-                            f"size only for odd d); got {d!r}, use dw_size=3 (the paper's d=3), or 1, 5, 7")
-    return d
 
 
 def ghost_conv_like(conv: nn.Conv2d, ratio: int = 2, dw_size: int = 3,
@@ -276,11 +270,6 @@ def _skip_reason(name: str, conv: nn.Conv2d, ratio: int, min_channels: int) -> s
     return None
 
 
-def _close(word: str, names: Iterable[str]) -> str:
-    found = difflib.get_close_matches(word, list(names), n=5, cutoff=0.6)
-    return f" Did you mean: {', '.join(found)}?" if found else ""
-
-
 def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
             min_channels: int) -> tuple[list[str], list[SkippedLayer]]:
     convs = {n: m for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)}
@@ -311,11 +300,11 @@ def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
         if any(ch in spec for ch in "*?["):
             hits = [n for n in fnmatch.filter(modules, spec) if n]
             if not hits:
-                raise GhostifyError(f"layer pattern {spec!r} matches no module.{_close(spec, convs)}")
+                raise GhostifyError(f"layer pattern {spec!r} matches no module.{did_you_mean(spec, convs)}")
             hit_convs = [n for n in hits if n in convs]
             if not hit_convs:
-                raise GhostifyError(f"layer pattern {spec!r} matches {len(hits)} modules but no Conv2d "
-                                    f"(e.g. {hits[0]!r} is {type(modules[hits[0]]).__name__}).{_close(spec, convs)}")
+                raise GhostifyError(f"layer pattern {spec!r} matches {len(hits)} modules but no Conv2d (e.g. "
+                                    f"{hits[0]!r} is {type(modules[hits[0]]).__name__}).{did_you_mean(spec, convs)}")
             for n in hit_convs:
                 reason = _skip_reason(n, convs[n], ratio, 0)
                 if reason:
@@ -324,11 +313,11 @@ def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
                     chosen.append(n)
             continue
         if spec not in modules or not spec:
-            raise GhostifyError(f"unknown layer {spec!r}.{_close(spec, convs)} List the convs with "
+            raise GhostifyError(f"unknown layer {spec!r}.{did_you_mean(spec, convs)} List the convs with "
                                 f"[n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)].")
         if spec not in convs:
             raise GhostifyError(f"layer {spec!r} is a {type(modules[spec]).__name__}, not a Conv2d; only convs can "
-                                f"be ghostified.{_close(spec, convs)}")
+                                f"be ghostified.{did_you_mean(spec, convs)}")
         reason = _skip_reason(spec, convs[spec], ratio, 0)
         if reason:  # named explicitly: refuse instead of silently skipping
             raise GhostifyError(f"layer {spec!r} cannot be ghostified: {reason}. Pick a dense conv.")
@@ -341,75 +330,27 @@ def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
 # fitting
 
 
-def _as_batches(images: Any) -> list[torch.Tensor]:
-    """Calibration images as a list of N x C x H x W batches (a tensor, a list of tensors, or an object with
-    ``.batches()`` such as ``analysis.load_images``'s ImageSource)."""
-    if isinstance(images, torch.Tensor):
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        if images.dim() != 4 or images.shape[0] == 0:
-            raise GhostifyError(f"calibration_images must be an N x C x H x W tensor, got shape "
-                                f"{tuple(images.shape)}")
-        return [images]
-    if hasattr(images, "batches"):
-        return [b for _, b in images.batches(16)]
-    if isinstance(images, Iterable):
-        out = [b if b.dim() == 4 else b.unsqueeze(0) for b in images if isinstance(b, torch.Tensor)]
-        if out:
-            return out
-    raise GhostifyError(f"calibration_images must be a tensor of images, a list of tensors or an image source "
-                        f"(analysis.load_images(...)); got {type(images).__name__}")
-
-
-def _record(model: nn.Module, names: list[str], batches: list[torch.Tensor],
-            keep_inputs: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Outputs (and inputs, when asked) of the first call of each named conv, concatenated over the batches.
-
-    Runs ``model`` in eval mode without gradients; hooks are removed and train flags restored in ``finally``.
-    """
+def _record(model: nn.Module, names: list[str], images: torch.Tensor, keep_inputs: bool,
+            batch_size: int = 16) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs (and inputs, when asked) of the first call of each named conv, as CPU float32, over the images
+    in batches (each batch on the model's device and dtype; eval mode, no gradients)."""
     outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     ins: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    seen: set[str] = set()
-    modules = dict(model.named_modules())
-    flags = [(m, m.training) for m in model.modules()]
-
-    def hook_for(name: str):  # noqa: ANN202
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if name in seen:
-                return
-            seen.add(name)
-            outs[name].append(out.detach().to("cpu", torch.float32, copy=True))
-            if keep_inputs:
-                ins[name].append(args[0].detach().to("cpu", torch.float32, copy=True))
-        return hook
-
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
     device, dtype = model_device(model), model_dtype(model)
-    try:
-        model.eval()
-        with torch.no_grad():
-            for b in batches:
-                seen.clear()
-                model(b.to(device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags:
-            m.training = flag
+    for b in images.split(batch_size):
+        _, b_ins, b_outs = first_call_io(model, names, b.to(device=device, dtype=dtype), keep_inputs=keep_inputs,
+                                         dtype=torch.float32)
+        for n in names:
+            if n in b_outs:
+                outs[n].append(b_outs[n])
+            if n in b_ins:
+                ins[n].append(b_ins[n])
     missing = [n for n in names if not outs[n]]
     if missing:
         raise GhostifyError(f"layers {missing} never ran in a forward pass of the calibration images, so they "
                             "cannot be fitted; leave them out of layers")
     return ({n: torch.cat(v) for n, v in outs.items()},
             {n: torch.cat(v) for n, v in ins.items() if v})
-
-
-def _rel_error(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Sum of squared errors over the centred sum of squares (per-channel means), as ``ghostability``."""
-    t = target.double()
-    sse = float(((pred.double() - t) ** 2).sum())
-    ss = float(((t - t.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum())
-    return sse / ss if ss > 0 else (0.0 if sse == 0 else math.inf)
 
 
 def _calibrate(module: GhostConv, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
@@ -472,8 +413,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     Returns:
         ``(new_model, GhostifyResult)``; the new model is in eval mode.
     """
-    ratio = _check_ratio(ratio)
-    dw_size = _check_dw(dw_size)
+    ratio = check_ratio(ratio, "ratio", GhostifyError)
+    dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
     if init not in (None, "fit"):
         raise GhostifyError(f"init must be None (random) or 'fit' (from the pretrained conv), got {init!r}")
     if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or calibrate_steps < 0:
@@ -499,7 +440,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     if init == "fit":
         from analysis.reconstruct import ghostability  # lazy: ghostnet never imports analysis at import time
 
-        outs, ins = _record(model, chosen, _as_batches(calibration_images), keep_inputs=calibrate_steps > 0)
+        images = images_tensor(calibration_images, "calibration_images", GhostifyError)
+        outs, ins = _record(model, chosen, images, keep_inputs=calibrate_steps > 0)
         for n in chosen:
             fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size)
 
@@ -531,7 +473,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                 _calibrate(ghost, ins[n], outs[n], calibrate_steps, calibrate_lr, calibrate_batch)
                 with torch.no_grad():
                     pred = ghost(ins[n].to(conv.weight)).cpu()
-                entry.calibrated_error = _rel_error(pred, outs[n])
+                entry.calibrated_error = rel_error(pred, outs[n])
         ghost.train(conv.training)
         _set_submodule(new, n, ghost)
         result.replaced.append(entry)
@@ -552,7 +494,7 @@ def rebuild(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         old = modules.get(name)
         if not isinstance(old, nn.Conv2d):
             raise GhostifyError(f"spec layer {name!r} is not a Conv2d of this model; rebuild from the same "
-                                f"architecture that was ghostified.{_close(name, modules)}")
+                                f"architecture that was ghostified.{did_you_mean(name, modules)}")
         ghost = GhostConv.from_config(cfg).to(device=old.weight.device, dtype=old.weight.dtype)
         _set_submodule(new, name, ghost)
     return new

@@ -1,0 +1,126 @@
+"""ghostnet._utils: the helpers ghostnet and analysis share, checked against direct computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from analysis import errors
+from analysis.capture import single_entry
+from analysis.errors import GhostmapsError
+from ghostnet import _utils
+from ghostnet._utils import (
+    check_odd_size,
+    check_ratio,
+    did_you_mean,
+    first_call_io,
+    images_tensor,
+    rel_error,
+)
+from ghostnet.convert import GhostifyError
+
+
+def test_rel_error_matches_a_direct_formula():
+    gen = torch.Generator().manual_seed(0)
+    target, pred = torch.randn(3, 4, 5, 6, generator=gen), torch.randn(3, 4, 5, 6, generator=gen)
+    t, p = target.numpy().astype(np.float64), pred.numpy().astype(np.float64)
+    want = ((p - t) ** 2).sum() / ((t - t.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum()
+    assert rel_error(pred, target) == pytest.approx(want, rel=1e-12)
+    t2, p2 = t[:, :, 0, 0], p[:, :, 0, 0]  # 2-D: per-column means
+    assert rel_error(pred[:, :, 0, 0], target[:, :, 0, 0]) == pytest.approx(
+        ((p2 - t2) ** 2).sum() / ((t2 - t2.mean(0)) ** 2).sum(), rel=1e-12)
+    const = torch.ones(2, 3, 4, 4)
+    assert rel_error(const, const) == 0.0 and rel_error(const * 2, const) == math.inf
+
+
+class _Source:
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def batches(self, n: int):
+        for i in range(0, len(self.x), n):
+            yield [str(i)], self.x[i:i + n]
+
+
+def test_images_tensor_accepts_tensors_lists_and_sources():
+    x = torch.randn(20, 3, 4, 4)
+    keep = x.clone()
+    assert images_tensor(x) is x
+    assert images_tensor(x[0]).shape == (1, 3, 4, 4)
+    assert torch.equal(images_tensor([x[0], x[1:3]]), x[:3])
+    assert torch.equal(images_tensor(_Source(x)), x)
+    assert torch.equal(x, keep)
+    with pytest.raises(GhostifyError, match="calibration_images must be an N x C x H x W") as info:
+        images_tensor(42, "calibration_images", GhostifyError)
+    assert "int" in str(info.value)
+    with pytest.raises(GhostmapsError, match="images must be a non-empty"):
+        images_tensor(torch.zeros(0, 3, 4, 4), "images", GhostmapsError)
+    with pytest.raises(ValueError, match="must be an N x C"):
+        images_tensor(["a"])
+
+
+def test_validators_raise_the_callers_error_and_accept_numpy_ints():
+    assert check_ratio(np.int64(3)) == 3 and type(check_ratio(np.int64(3))) is int
+    assert check_odd_size(np.int32(5), "dw_size") == 5
+    for bad in (1, 2.0, True, "2"):
+        with pytest.raises(GhostmapsError, match="each of ratios must be an int >= 2"):
+            check_ratio(bad, "each of ratios", GhostmapsError)
+    for bad in (0, 2, 3.0, False):
+        with pytest.raises(GhostifyError, match="dw_size must be a positive odd int") as info:
+            check_odd_size(bad, "dw_size", GhostifyError)
+        assert "use e.g. 3" in str(info.value)
+
+
+def test_did_you_mean_is_shared_with_analysis_errors():
+    assert errors.did_you_mean is _utils.did_you_mean and errors.close_matches is _utils.close_matches
+    assert did_you_mean("conv_c", ["conv_a", "bn_a"]) == " Did you mean: conv_a?"
+    assert did_you_mean("layer", ["x.layer1.conv"]) == " Did you mean: x.layer1.conv?"  # substring hit
+    assert did_you_mean("zzz", ["conv_a"]) == ""
+
+
+class _Reuse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
+        self.pair = nn.Identity()
+
+    def forward(self, x):
+        x = self.bn(self.conv(self.conv(x)))
+        return self.pair((x, x)), x.sum()
+
+
+def test_first_call_io_records_first_calls_on_cpu_and_cleans_up():
+    torch.manual_seed(0)
+    model = _Reuse().train()
+    x = torch.randn(3, 2, 4, 4)
+    stats = model.bn.running_mean.clone()
+    out, ins, outs = first_call_io(model, ["conv", "bn", "pair"], x, dtype=torch.float64)
+    with torch.no_grad():
+        first = model.conv(x)
+    assert torch.equal(ins["conv"], x.double()) and torch.equal(outs["conv"], first.double())
+    assert outs["conv"].dtype == torch.float64 and outs["conv"].device.type == "cpu"
+    assert "pair" not in outs  # a tuple output is not recorded
+    assert isinstance(out, tuple) and not out[1].requires_grad
+    assert model.training and model.bn.training and torch.equal(model.bn.running_mean, stats)  # eval mode used
+    assert not any(m._forward_hooks for m in model.modules())
+    _, ins, _ = first_call_io(model, ["conv"], x, keep_inputs=False)
+    assert ins == {}
+
+
+def test_single_entry_picks_one_layer_output():
+    maps = {"a": torch.zeros(1, 2, 3, 3), "b": torch.zeros(1, 4), "r": torch.zeros(1), "r#1": torch.zeros(1),
+            "t[0]": torch.zeros(1, 2, 3, 3)}
+    name, tensor = single_entry(maps, "a", ndim=4)
+    assert name == "a" and tensor is maps["a"]
+    assert single_entry(maps, "t")[0] == "t[0]"
+    with pytest.raises(GhostmapsError, match="produced no tensor output"):
+        single_entry(maps, "c")
+    with pytest.raises(GhostmapsError, match=r"gives 2 outputs \(r, r#1…\); pick one, e.g. 'r'"):
+        single_entry(maps, "r")
+    with pytest.raises(GhostmapsError, match=r"outputs shape \(1, 4\), not feature maps"):
+        single_entry(maps, "b", ndim=4)
