@@ -366,7 +366,8 @@ def _calibrate(module: GhostConv, x: torch.Tensor, y: torch.Tensor, steps: int, 
     gen = torch.Generator().manual_seed(0)
     module.train()
     with torch.inference_mode(False), torch.enable_grad():
-        x, y = x.clone(), y.clone()  # inference tensors (recorded under inference_mode) cannot enter autograd
+        # maps recorded under inference_mode are inference tensors, which autograd refuses: copy those
+        x, y = (t.clone() if t.is_inference() else t for t in (x, y))
         opt = torch.optim.Adam(module.parameters(), lr=lr)
         for _ in range(steps):
             idx = torch.randperm(x.shape[0], generator=gen)[:batch_size]
