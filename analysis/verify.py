@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ghostnet._utils import eval_mode, first_call_io, images_tensor, model_device, rel_error
+from ghostnet._utils import eval_mode, first_call_io, images_tensor, model_device, model_dtype, rel_error
 
 from .errors import GhostmapsError
 from .macs import count_macs
@@ -210,7 +210,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
     if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
         raise GhostmapsError(f"latency_runs must be an int >= 0 (0 skips timing), got {latency_runs!r}")
     x = images_tensor(images, "images", GhostmapsError)
-    x = x.to(model_device(replaced) if device is None else device)
+    x = x.to(device=model_device(replaced) if device is None else device, dtype=model_dtype(replaced))
     names = _changed_layers(original, replaced) if layers is None else list(layers)
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
     missing = [n for n in names if n not in o_mods or n not in r_mods]
@@ -230,7 +230,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
             raise GhostmapsError(f"layer {n!r} produced no tensor output in one of the models on these images")
         mod = r_mods[n]
         with eval_mode(mod), torch.no_grad():
-            iso = mod(ins_o[n].to(x.device)).cpu() if n in ins_o else outs_r[n]
+            iso = mod(ins_o[n].to(x)).cpu() if n in ins_o else outs_r[n]
         checks.append(LayerCheck(
             name=n, type_before=type(o_mods[n]).__name__, type_after=type(mod).__name__,
             rel_error=rel_error(outs_r[n], outs_o[n]), isolated_rel_error=rel_error(iso, outs_o[n]),

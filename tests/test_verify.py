@@ -178,3 +178,13 @@ def test_cuda_latency_times_the_kernels_not_the_launch():
     torch.cuda.synchronize()
     want_ms = 1000 * (time.perf_counter() - t0)
     assert _latency_ms(model, x, runs=3) >= 0.5 * want_ms
+
+
+def test_low_precision_models_are_verified_in_their_dtype(pair):
+    net, new, x, _ = pair
+    import copy
+
+    rep = verify_replacement(copy.deepcopy(net).to(torch.bfloat16), copy.deepcopy(new).to(torch.bfloat16), x,
+                             latency_runs=0)
+    ref = verify_replacement(net, new, x, latency_runs=0)
+    assert rep.logits_cosine == pytest.approx(ref.logits_cosine, abs=0.02)
