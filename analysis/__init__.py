@@ -8,19 +8,23 @@ Data flow: ``models`` (load a network) -> ``images`` (load photos) -> ``capture`
 from . import plots
 from .capture import LayerInfo, capture, capture_maps, eval_mode, list_layers
 from .errors import GhostmapsError, NoImagesError, UnknownLayerError, WeightsUnavailableError
+from .groups import GhostGroups, ghost_groups
 from .images import ImageSkippedWarning, ImageSource, NamedImage, load_images, sample_images
 from .models import LoadedModel, ModelInfo, load_model
 from .pairs import GhostPair, GhostPairs, ghost_pairs
 from .pipeline import Figure1Result, run_figure1, suggest_layer
+from .scores import Redundancy, Score, redundancy
 from .similarity import ChannelSimilarity, channel_similarity
-from .stats import LayerStats
+from .stats import GroupedStats, LayerStats
+from .survey import LayerSurvey, Survey, survey
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChannelSimilarity", "Figure1Result", "GhostPair", "GhostPairs", "GhostmapsError", "ImageSkippedWarning",
-    "ImageSource", "LayerInfo", "LayerStats", "LoadedModel", "ModelInfo", "NamedImage", "NoImagesError",
-    "UnknownLayerError", "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity",
-    "eval_mode", "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "run_figure1",
-    "sample_images", "suggest_layer",
+    "ChannelSimilarity", "Figure1Result", "GhostGroups", "GhostPair", "GhostPairs", "GhostmapsError",
+    "GroupedStats", "ImageSkippedWarning", "ImageSource", "LayerInfo", "LayerStats", "LayerSurvey", "LoadedModel",
+    "ModelInfo", "NamedImage", "NoImagesError", "Redundancy", "Score", "Survey", "UnknownLayerError",
+    "WeightsUnavailableError", "capture", "capture_maps", "channel_similarity", "eval_mode", "ghost_groups",
+    "ghost_pairs", "list_layers", "load_images", "load_model", "plots", "redundancy", "run_figure1",
+    "sample_images", "suggest_layer", "survey",
 ]
