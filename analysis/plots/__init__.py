@@ -2,5 +2,8 @@
 
 from ._common import save_figure
 from .figure1 import figure1
+from .gallery import pair_gallery
+from .heatmap import similarity_heatmap
+from .profile import redundancy_profile
 
-__all__ = ["figure1", "save_figure"]
+__all__ = ["figure1", "pair_gallery", "redundancy_profile", "save_figure", "similarity_heatmap"]
