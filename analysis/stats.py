@@ -236,6 +236,40 @@ def block_size(total_images: int | None, groups: int = DEFAULT_GROUPS) -> int:
     return max(1, min(MAX_CHUNK, -(-int(total_images) // max(1, groups))))
 
 
+SPLIT_CHANNELS = 256
+
+
+def _row_blocks(c: int) -> list[int]:
+    """Start rows of the blocks the symmetric product is split into: 1 block below ``SPLIT_CHANNELS`` channels,
+    2 below twice that, else 4."""
+    nb = 1 if c < SPLIT_CHANNELS else 2 if c < 2 * SPLIT_CHANNELS else 4
+    return [c * i // nb for i in range(nb)] + [c]
+
+
+def _gram(y: torch.Tensor) -> torch.Tensor:
+    """Σ_k y[k] y[k]ᵀ for y of shape m×C×P (each y[k] a contiguous C×P matrix), in y's precision.
+
+    One product per image, straight from the N×C×H×W layout (no transposed copy of the maps). The result is
+    symmetric, so with b row blocks only block i times rows i.. are multiplied: (b + 1)/(2b) of the work
+    (b = 2 from ``SPLIT_CHANNELS`` channels on, 4 from twice that)."""
+    m, c, _ = y.shape
+    edges = _row_blocks(c)
+    rows = [torch.zeros(edges[i + 1] - edges[i], c - edges[i], dtype=y.dtype, device=y.device)
+            for i in range(len(edges) - 1)]
+    for k in range(m):
+        yk = y[k]
+        for i, out in enumerate(rows):
+            out.addmm_(yk[edges[i]:edges[i + 1]], yk[edges[i]:].T)
+    if len(rows) == 1:
+        return rows[0]
+    full = torch.empty(c, c, dtype=y.dtype, device=y.device)
+    for i, out in enumerate(rows):
+        lo, hi = edges[i], edges[i + 1]
+        full[lo:hi, lo:] = out
+        full[hi:, lo:hi] = out[:, hi - lo:].T
+    return full
+
+
 @dataclass
 class GroupedStats:
     """``LayerStats`` split over K groups of images, plus per-position sums over images.
@@ -307,9 +341,11 @@ class GroupedStats:
         """The group of the image with this position in the image set."""
         return (index // self.chunk) % self.groups
 
-    def update(self, maps: torch.Tensor, first_index: int | Sequence[int] = 0) -> GroupedStats:
+    def update(self, maps: torch.Tensor, first_index: int | Sequence[int] = 0, *, owned: bool = False
+               ) -> GroupedStats:
         """Fold a batch of maps (N×C×H×W or N×C). ``first_index``: the position of its first image in the image
-        set (the others follow), or the N positions themselves."""
+        set (the others follow), or the N positions themselves. ``owned=True`` lets the statistics shift the
+        maps in place (the caller's copy is then spent; ``survey`` passes the copy ``capture`` made)."""
         if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 4):
             shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise GhostmapsError(f"maps must be an N×C×H×W (or N×C) tensor, got {shape}.")
@@ -324,45 +360,44 @@ class GroupedStats:
             p *= s
         if n == 0 or p == 0:
             return self
-        x = maps if maps.dtype in (torch.float32, torch.float64) else maps.float()
-        x3 = x.reshape(n, c, p)
-        if self.total_count == 0:
-            self.shift = x3.mean(dim=(0, 2), dtype=torch.float64).to(self.device)
-        if self.position_sums is not None:
-            if spatial == self.spatial:
-                self.position_sums += x3.sum(dim=0, dtype=torch.float64)
-            else:
-                self.position_sums = None  # images of different sizes: no position-aligned baseline
-        # the maps as one contiguous C×(N·P) matrix (our own copy), its exact min/max, then y = x − shift in place
-        y = torch.empty((c, n, p), dtype=x.dtype, device=x.device)
-        y.copy_(x3.transpose(0, 1))
-        y2 = y.view(c, n * p)
-        lo, hi = torch.aminmax(y2, dim=1)
-        self.min = torch.minimum(self.min, lo.to(torch.float64))
-        self.max = torch.maximum(self.max, hi.to(torch.float64))
-        y2.sub_(self.shift.to(x.dtype).view(c, 1))
-        if self.tol > 0:
-            self.nonzero += (x3.abs() > self.tol).sum(dim=(0, 2))
-        else:
-            self.nonzero += torch.count_nonzero(x3, dim=(0, 2))
         if isinstance(first_index, int):
             positions = range(first_index, first_index + n)
         else:
             positions = [int(i) for i in first_index]
             if len(positions) != n:
                 raise GhostmapsError(f"got {len(positions)} image positions for a batch of {n} images.")
+        x = maps
+        if x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
+            x, owned = x.float().contiguous(), True
+        x3 = x.view(n, c, p)  # image k's channels are the contiguous C×P matrix x3[k]
+        if self.total_count == 0:
+            self.shift = x3.mean(dim=(0, 2), dtype=torch.float64).to(self.device)
+        # statistics of the raw values
+        self.min = torch.minimum(self.min, x3.amin(dim=(0, 2)).to(torch.float64))
+        self.max = torch.maximum(self.max, x3.amax(dim=(0, 2)).to(torch.float64))
+        if self.tol > 0:
+            self.nonzero += torch.gt(x3.abs(), self.tol).sum(dim=(0, 2), dtype=torch.int32)
+        else:
+            self.nonzero += torch.count_nonzero(x3, dim=(0, 2))
+        if self.position_sums is not None:
+            if spatial == self.spatial:
+                self.position_sums += x3.sum(dim=0)  # ≤ one batch in the working precision, then float64
+            else:
+                self.position_sums = None  # images of different sizes: no position-aligned baseline
+        # shifted moments, one run of consecutive images of the same group at a time
+        k = self.shift.to(x.dtype).view(1, c, 1)
+        y = x3.sub_(k) if owned else x3 - k
         groups = [self.group_of(i) for i in positions]
         start = 0
-        while start < n:  # runs of consecutive images in the same group: one product each
+        while start < n:
             g, stop = groups[start], start + 1
             while stop < n and groups[stop] == g:
                 stop += 1
-            block = y2[:, start * p:stop * p]
-            product = block @ block.T
+            product = _gram(y[start:stop])
             self.gram += product
             if self.group_gram is not None:
                 self.group_gram[g] += product
-            self.sums[g] += block.sum(dim=1, dtype=torch.float64)
+            self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
             start = stop

@@ -446,7 +446,7 @@ def survey(
         if stats is None:
             stats = found[name] = GroupedStats(groups=groups, chunk=chunk, tol=tol)
             order.append(name)
-        stats.update(maps, current)
+        stats.update(maps, current, owned=True)  # capture's copy, used once
 
     from tqdm.auto import tqdm
 

@@ -130,3 +130,14 @@ def test_state_dict_round_trip_and_errors():
 def test_block_size():
     assert block_size(7, 8) == 1 and block_size(64, 8) == 8 and block_size(10_000, 8) == 16
     assert block_size(None) == 16
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_wide_layers_use_the_blocked_product_and_still_match(owned):
+    maps = relu_maps(8, (3, 300 if owned else 700, 2, 2)).float()  # 2 and 4 blocks of the symmetric product
+    reference = maps.clone()
+    stats = GroupedStats(groups=2, chunk=1).update(maps, owned=owned)
+    raw, _ = np_moments(reference.double().numpy())
+    np.testing.assert_allclose(stats.total().second_moment.numpy() * 12, raw, rtol=1e-4, atol=1e-4)
+    assert torch.equal(stats.gram, stats.gram.T)
+    assert torch.equal(maps, reference) != owned  # only an owned batch is used up
