@@ -246,28 +246,31 @@ def _row_blocks(c: int) -> list[int]:
     return [c * i // nb for i in range(nb)] + [c]
 
 
-def _gram(y: torch.Tensor) -> torch.Tensor:
-    """Σ_k y[k] y[k]ᵀ for y of shape m×C×P (each y[k] a contiguous C×P matrix), in y's precision.
+def _add_gram(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None) -> None:
+    """Add Σ_k y[k] y[k]ᵀ for y of shape m×C×P (each y[k] a contiguous C×P matrix) to ``gram`` (and ``group``).
 
-    One product per image, straight from the N×C×H×W layout (no transposed copy of the maps). The result is
-    symmetric, so with b row blocks only block i times rows i.. are multiplied: (b + 1)/(2b) of the work
-    (b = 2 from ``SPLIT_CHANNELS`` channels on, 4 from twice that)."""
-    m, c, _ = y.shape
-    edges = _row_blocks(c)
-    rows = [torch.zeros(edges[i + 1] - edges[i], c - edges[i], dtype=y.dtype, device=y.device)
-            for i in range(len(edges) - 1)]
-    for k in range(m):
-        yk = y[k]
-        for i, out in enumerate(rows):
-            out.addmm_(yk[edges[i]:edges[i + 1]], yk[edges[i]:].T)
-    if len(rows) == 1:
-        return rows[0]
-    full = torch.empty(c, c, dtype=y.dtype, device=y.device)
-    for i, out in enumerate(rows):
-        lo, hi = edges[i], edges[i + 1]
-        full[lo:hi, lo:] = out
-        full[hi:, lo:hi] = out[:, hi - lo:].T
-    return full
+    Products run per image straight from the N×C×H×W layout (no transposed copy of the maps). The result is
+    symmetric, so with b row blocks only block i times rows i.. is computed and added: (b + 1)/(2b) of the
+    work (b = 2 from ``SPLIT_CHANNELS`` channels on, 4 from twice that). The blocks below the diagonal of the
+    accumulators are left stale; ``_mirror`` fills them from those above when the matrix is read."""
+    m = y.shape[0]
+    edges = _row_blocks(y.shape[1])
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        out = torch.mm(y[0, lo:hi], y[0, lo:].T)
+        for k in range(1, m):
+            out.addmm_(y[k, lo:hi], y[k, lo:].T)
+        gram[lo:hi, lo:] += out
+        if group is not None:
+            group[lo:hi, lo:] += out
+
+
+def _mirror(gram: torch.Tensor) -> torch.Tensor:
+    """A full symmetric copy of an accumulator filled by ``_add_gram`` (upper row blocks valid)."""
+    out = gram.clone()
+    edges = _row_blocks(gram.shape[-1])
+    for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
+        out[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
+    return out
 
 
 @dataclass
@@ -393,10 +396,7 @@ class GroupedStats:
             g, stop = groups[start], start + 1
             while stop < n and groups[stop] == g:
                 stop += 1
-            product = _gram(y[start:stop])
-            self.gram += product
-            if self.group_gram is not None:
-                self.group_gram[g] += product
+            _add_gram(y[start:stop], self.gram, None if self.group_gram is None else self.group_gram[g])
             self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
@@ -414,7 +414,7 @@ class GroupedStats:
     def total(self) -> LayerStats:
         """The ``LayerStats`` of all images (the sum of the groups)."""
         self._require()
-        return self._stats(self.gram.clone(), self.sums.sum(0), self.total_count, self.total_images)
+        return self._stats(_mirror(self.gram), self.sums.sum(0), self.total_count, self.total_images)
 
     def group(self, k: int) -> LayerStats:
         """The moments of group ``k`` alone (dead/constant masks stay those of all images)."""
@@ -433,11 +433,12 @@ class GroupedStats:
         if w.shape != (self.groups,):
             raise GhostmapsError(f"resample needs one weight per group ({self.groups}), got shape {tuple(w.shape)}.")
         if self.group_gram is None:
-            gram = self.gram * float(w[0])
+            gram = _mirror(self.gram) * float(w[0])
         else:
             gram = torch.zeros_like(self.gram)
             for k in torch.nonzero(w).flatten().tolist():
                 gram += float(w[k]) * self.group_gram[k]
+            gram = _mirror(gram)
         count = int(round(float((w * self.count.to(torch.float64)).sum())))
         images = int(round(float((w * self.images.to(torch.float64)).sum())))
         return self._stats(gram, w @ self.sums, count, images)

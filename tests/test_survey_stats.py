@@ -139,5 +139,8 @@ def test_wide_layers_use_the_blocked_product_and_still_match(owned):
     stats = GroupedStats(groups=2, chunk=1).update(maps, owned=owned)
     raw, _ = np_moments(reference.double().numpy())
     np.testing.assert_allclose(stats.total().second_moment.numpy() * 12, raw, rtol=1e-4, atol=1e-4)
-    assert torch.equal(stats.gram, stats.gram.T)
+    assert torch.equal(stats.total().gram, stats.total().gram.T)
     assert torch.equal(maps, reference) != owned  # only an owned batch is used up
+    raw0, _ = np_moments(reference.double().numpy()[[0, 2]])  # group 0 holds images 0 and 2
+    group0 = stats.group(0)
+    np.testing.assert_allclose(group0.second_moment.numpy() * group0.count, raw0, rtol=1e-4, atol=1e-4)
