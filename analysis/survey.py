@@ -189,19 +189,21 @@ class Survey:
 
     def rescore(self, threshold: float | None = None, metric: str | None = None, bootstrap: int | None = None,
                 level: float | None = None, linkage: str | None = None, pairs: int | None = None,
-                seed: int | None = None) -> Survey:
-        """The same survey scored with other settings, from the kept statistics (no forward pass)."""
+                seed: int | None = None, layers: Sequence[str] | None = None) -> Survey:
+        """The same survey scored with other settings, from the kept statistics (no forward pass); ``layers``
+        keeps only those layers."""
         settings = {k: self.meta.get(k) for k in ("threshold", "metric", "bootstrap", "level", "linkage", "pairs",
                                                   "seed")}
         for k, v in {"threshold": threshold, "metric": metric, "bootstrap": bootstrap, "level": level,
                      "linkage": linkage, "pairs": pairs, "seed": seed}.items():
             if v is not None:
                 settings[k] = v
-        missing = [layer.name for layer in self if layer.stats is None]
+        chosen = [self[name] for name in layers] if layers is not None else list(self)
+        missing = [layer.name for layer in chosen if layer.stats is None]
         if missing:
             raise GhostmapsError(f"layers {missing[:3]} have no statistics (saved with stats=False); survey again.")
-        layers = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, **settings) for layer in self}
-        return Survey(layers, {**self.meta, **settings})
+        done = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, **settings) for layer in chosen}
+        return Survey(done, {**self.meta, **settings})
 
     def __str__(self) -> str:
         m = self.meta

@@ -101,6 +101,7 @@ def test_results_are_plain_data_and_round_trip_through_a_file(tiny, tmp_path):
     again = back.rescore(threshold=0.5, bootstrap=0)
     assert again.meta["threshold"] == 0.5 and again["conv2"].redundancy.scores["groups"].low is None
     assert again["conv2"].redundancy.scores["groups"].observed <= result["conv2"].redundancy.scores["groups"].observed
+    assert back.rescore(layers=["conv2"]).names == ["conv2"]
     light = Survey.load(result.save(tmp_path / "light.pt", stats=False))
     assert light.to_dict() == result.to_dict()
     with pytest.raises(GhostmapsError, match="statistics"):
