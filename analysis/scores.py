@@ -261,7 +261,9 @@ def redundancy(
 
     draws: dict[str, list[float]] = {k: [] for k in observed}
     filled = grouped.filled_groups
-    if bootstrap and len(filled) < 2:
+    if bootstrap and grouped.groups == 1:
+        notes.append("no confidence interval: these statistics keep no image groups (groups=1 or a compact file)")
+    elif bootstrap and len(filled) < 2:
         notes.append("no confidence interval: it needs at least two images")
     elif bootstrap:
         rng = np.random.default_rng(seed)

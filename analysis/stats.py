@@ -542,6 +542,17 @@ class GroupedStats:
         dist.all_reduce(self.max, op=dist.ReduceOp.MAX)
         return self
 
+    def collapsed(self) -> GroupedStats:
+        """A copy with all images in one group: the same totals and baseline, no group matrices (and so no
+        bootstrap intervals); (8 + 4K)·C² bytes become 8·C²."""
+        out = self._copy()
+        out.groups, out.group_gram = 1, None
+        if out.sums is not None:
+            out.sums = out.sums.sum(0, keepdim=True)
+            out.count = out.count.sum(0, keepdim=True)
+            out.images = out.images.sum(0, keepdim=True)
+        return out
+
     def state_dict(self) -> dict[str, object]:
         """Plain tensors and numbers (for ``torch.save`` / ``torch.load(weights_only=True)``)."""
         return {k: (v.cpu() if isinstance(v, torch.Tensor) else (str(v) if k == "device" else v))

@@ -152,12 +152,17 @@ class Survey:
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
-    def save(self, path: str | os.PathLike, stats: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, stats: bool = True, groups: bool = True) -> Path:
         """Write the survey to one file (``torch.save`` of plain data), atomically. With ``stats`` the per-layer
-        statistics come along, so ``load`` can give similarity matrices and ``rescore``."""
+        statistics come along, so ``load`` can give similarity matrices and ``rescore``; ``groups=False`` leaves
+        out the per-group matrices (a file of 8·C² instead of (8 + 4K)·C² bytes per layer; a rescore then has
+        no intervals)."""
         payload = self.to_dict()
         for entry, layer in zip(payload["layers"], self, strict=True):
-            entry["stats"] = layer.stats.state_dict() if stats and layer.stats is not None else None
+            kept = None
+            if stats and layer.stats is not None:
+                kept = (layer.stats if groups else layer.stats.collapsed()).state_dict()
+            entry["stats"] = kept
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = Path(path)

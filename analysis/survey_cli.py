@@ -21,7 +21,7 @@ def most_redundant(survey: Any) -> str:
 
 
 def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images: Any = None,
-                         heatmaps: list[str] | None = None, save: bool = True) -> list[Path]:
+                         heatmaps: list[str] | None = None, save: bool = True, compact: bool = False) -> list[Path]:
     """Write the survey file (``survey.pt``), the per-layer CSV, the JSON, the profile, heatmaps (default: the
     most redundant layer) and, given the model and images, a pair gallery of that layer. Returns the paths."""
     from .plots import pair_gallery, redundancy_profile, save_figure, similarity_heatmap
@@ -31,7 +31,7 @@ def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if save:
-        written.append(survey.save(out / "survey.pt", stats=True))
+        written.append(survey.save(out / "survey.pt", stats=True, groups=not compact))
     csv_path = out / "survey.csv"
     survey.to_csv(csv_path)
     written.append(csv_path)
@@ -65,7 +65,8 @@ def cmd_survey(args: argparse.Namespace) -> int:
     layers = args.heatmap or None
     for name in layers or []:
         result[name]  # noqa: B018 - fail early, naming the layer, before writing anything
-    written = write_survey_outputs(result, args.out, model=loaded, images=args.images, heatmaps=layers)
+    written = write_survey_outputs(result, args.out, model=loaded, images=args.images, heatmaps=layers,
+                                   compact=args.compact)
     print(f"survey of {result.meta['images']} images written to {args.out}/:")
     for path in written:
         print(f"  {path}")
@@ -103,6 +104,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--heatmap", nargs="+", metavar="LAYER",
                    help="layers to draw heatmaps and galleries for (default: the most redundant)")
+    p.add_argument("--compact", action="store_true",
+                   help="leave the per-group matrices out of survey.pt (smaller file; a later rescore has no "
+                        "intervals)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: split the images over the processes and all-reduce the statistics")

@@ -102,6 +102,12 @@ def test_results_are_plain_data_and_round_trip_through_a_file(tiny, tmp_path):
     assert again.meta["threshold"] == 0.5 and again["conv2"].redundancy.scores["groups"].low is None
     assert again["conv2"].redundancy.scores["groups"].observed <= result["conv2"].redundancy.scores["groups"].observed
     assert back.rescore(layers=["conv2"]).names == ["conv2"]
+    compact = Survey.load(result.save(tmp_path / "compact.pt", groups=False))
+    assert compact["conv2"].stats.groups == 1 and compact["conv2"].stats.group_gram is None
+    np.testing.assert_allclose(compact["conv2"].similarity.matrix, result["conv2"].similarity.matrix)
+    rescored = compact.rescore(bootstrap=10)["conv2"].redundancy
+    assert rescored.scores["groups"].low is None and rescored.notes
+    assert rescored.scores["groups"].baseline == result["conv2"].redundancy.scores["groups"].baseline
     light = Survey.load(result.save(tmp_path / "light.pt", stats=False))
     assert light.to_dict() == result.to_dict()
     with pytest.raises(GhostmapsError, match="statistics"):
@@ -110,6 +116,12 @@ def test_results_are_plain_data_and_round_trip_through_a_file(tiny, tmp_path):
         Survey.load(tmp_path / "missing.pt")
     print(result)  # printable
     assert "conv2" in str(result)
+
+
+def test_progress_bar_counts_images(tiny, capsys):
+    survey(tiny, images(5), layers="conv2", bootstrap=0, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "survey" in err and "5/5" in err and "img" in err
 
 
 def test_dataloader_source_and_limit(tiny):
