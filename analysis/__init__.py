@@ -2,6 +2,7 @@
 
 Data flow: ``models`` (load a network) -> ``images`` (load photos) -> ``capture`` (forward hooks)
 -> ``stats`` (streaming per-layer moments) -> ``similarity`` (C x C matrices) -> ``pairs`` (ghost pairs)
+-> ``groups`` / ``scores`` (ghost groups, redundancy with baselines) -> ``survey`` (a network over an image set)
 -> ``plots`` / ``pipeline`` / ``cli``.
 """
 

@@ -281,6 +281,10 @@ def redundancy(
         if draws[k]:
             low, high = (float(v) for v in np.quantile(draws[k], q))
         scores[k] = Score(value, None if baseline is None else baseline[k], low, high)
+    outside = [k for k, sc in scores.items() if sc.low is not None and not sc.low - 1e-12 <= sc.observed <= sc.high + 1e-12]
+    if outside:
+        notes.append(f"observed {', '.join(outside)} outside the bootstrap interval: these scores depend on the "
+                     "number of images (replicates repeat images); survey more images before relying on them")
     return Redundancy(
         channels=int(total.channels), valid=int(valid.sum()), dead=torch.nonzero(dead).flatten().tolist(),
         constant=torch.nonzero(constant).flatten().tolist(), images=total.images, metric=metric,

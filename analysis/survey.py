@@ -274,12 +274,13 @@ def _source_length(images: Any) -> int | None:
         return 1 if images.dim() == 3 else int(images.shape[0])
     if isinstance(images, ImageSource):
         return len(images)
-    dataset = getattr(images, "dataset", None)
-    if dataset is not None:
-        try:
-            return len(dataset)
-        except TypeError:
-            return None
+    for attr in ("sampler", "dataset"):  # a DataLoader: the sampler says how many images it yields
+        part = getattr(images, attr, None)
+        if part is not None:
+            try:
+                return len(part)
+            except TypeError:
+                continue
     return None
 
 
@@ -437,6 +438,9 @@ def survey(
         images = ImageSource(images._items[:limit], images.transform, images.description)
     elif limit is not None:
         images = images[:limit] if isinstance(images, torch.Tensor) else _limited(images, limit)
+    if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
+        raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
+                             "the images over the processes itself.")
     rank, world, started = _distributed_context(distributed)
     total = _source_length(images)
     chunk = block_size(total, groups)

@@ -160,6 +160,10 @@ def test_bad_input_is_a_clear_error(tiny):
         survey(tiny, images(2), distributed=True, progress=False)
     with pytest.raises(GhostmapsError, match="batch_size"):
         survey(tiny, images(2), batch_size=0, progress=False)
+    data = torch.utils.data.TensorDataset(images(4))
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=0)
+    with pytest.raises(GhostmapsError, match="DistributedSampler"):
+        survey(tiny, torch.utils.data.DataLoader(data, sampler=sampler), distributed=True, progress=False)
 
 
 # -- distributed: two gloo processes on the CPU ---------------------------------------------------------------

@@ -149,6 +149,17 @@ def test_fp16_maps_score_like_their_float32_copy():
         assert a.scores[k].observed == pytest.approx(b.scores[k].observed, rel=1e-6)
 
 
+def test_scores_outside_their_interval_are_flagged():
+    g = torch.Generator().manual_seed(7)
+    maps = torch.randn(5, 40, 2, 2, generator=g, dtype=torch.float64)  # 20 positions, 40 channels: rank-limited
+    r = redundancy(maps, bootstrap=30)
+    pr = r.scores["participation_ratio"]
+    assert pr.high < pr.observed  # repeated images lower the rank of every replicate...
+    assert any("participation_ratio" in note for note in r.notes)  # ...and the result says so
+    clean = redundancy(torch.randn(40, 3, 4, 4, generator=g, dtype=torch.float64), bootstrap=30)
+    assert not any("outside" in note for note in clean.notes)
+
+
 def test_bootstrap_is_deterministic_and_bad_input_is_an_error():
     maps = planted_maps(n=10, seed=6)
     a, b = redundancy(maps, bootstrap=15, seed=3), redundancy(maps, bootstrap=15, seed=3)
