@@ -485,10 +485,12 @@ def survey(
         settings = {"metric": metric, "threshold": float(threshold), "bootstrap": int(bootstrap),
                     "level": float(level), "linkage": linkage, "pairs": int(pairs), "seed": int(seed)}
         results = {}
+        _release_free_memory()
         for name in order:
             stats = found[name]
             shape = (stats.channels, *(stats.spatial or ()))
             results[name] = _score_layer(name, shape, stats, **settings)
+            _release_free_memory()
         images_seen = next(iter(results.values())).redundancy.images
         meta = {"model": info.name, "weights": info.weights, "images": images_seen, "layers": layers
                 if isinstance(layers, str) else [str(x) for x in layers] if isinstance(layers, Sequence)
@@ -501,6 +503,23 @@ def survey(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The per-batch temporaries of a long stream leave the heap fragmented (glibc raises its mmap threshold after
+    large frees, so later large blocks come from the heap); without this, the scoring's temporaries would push
+    the peak memory of a long survey a little above that of a short one."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        if name:
+            ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _limited(images: Iterable[Any], limit: int) -> Iterator[torch.Tensor]:
