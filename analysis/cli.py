@@ -15,7 +15,7 @@ from .errors import GhostmapsError
 DEMO_OUT = Path("ghostmaps-out") / "demo"
 # Further subcommands live beside the code they drive: each module has `register(subparsers)`, which adds its
 # parser(s) with `set_defaults(func=...)`; the function returns the exit code.
-COMMAND_MODULES: tuple[str, ...] = ("reconstruct_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("reconstruct_cli", "survey_cli")
 
 
 def positive_int(text: str) -> int:
@@ -130,6 +130,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     written = result.save(out / "figure1.png")
     print(f"Figure 1 and its pairs are in {out}/:")
     for path in written:
+        print(f"  {path}")
+    from .survey import survey
+    from .survey_cli import write_survey_outputs
+
+    print("survey: every Conv2d output over the sample photos (cross-image baselines, bootstrap intervals)")
+    result = survey(loaded, "samples", bootstrap=20, progress=False)
+    print(result)
+    for path in write_survey_outputs(result, out, model=loaded, images="samples", save=False):
         print(f"  {path}")
     return 0
 

@@ -23,3 +23,21 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
     return model
+
+
+class TinyNet(nn.Module):
+    """A small CNN with a reused in-place ReLU, a tuple-returning submodule and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.conv2(x))
+        return self.fc(self.pool(x).flatten(1))

@@ -1,0 +1,107 @@
+"""The strongest ghost pairs of a layer, side by side over several images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..errors import GhostmapsError
+from ._common import pair_colour
+
+
+def _tile(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def pair_gallery(
+    survey: Any = None,
+    layer: str | None = None,
+    *,
+    maps: torch.Tensor | None = None,
+    model: Any = None,
+    images: Any = "samples",
+    pairs: Sequence[Any] | None = None,
+    k: int = 4,
+    n_images: int = 4,
+    image_names: Sequence[str] | None = None,
+    tile_inches: float = 0.9,
+) -> Figure:
+    """For the ``k`` strongest pairs of ``layer``, show channel i and channel j next to each other on each of
+    ``n_images`` images (one row per pair, one column pair per image; each tile min-max normalised, as in
+    GhostNet's Figure 1). A true ghost pair looks alike on every image, not only on one.
+
+    Args:
+        survey: a ``Survey`` giving the pairs of ``layer`` (or pass ``pairs``).
+        layer: the layer's name.
+        maps: the layer's maps, N×C×H×W, if already captured; otherwise ``model`` and ``images`` are used.
+        model: a ``load_model`` result or ``nn.Module`` to capture ``layer`` with (the survey keeps no maps).
+        images: an image source for ``load_images`` or an N×3×H×W tensor (the first ``n_images`` are used).
+        pairs: ghost pairs (``GhostPair`` or (i, j) tuples) instead of the survey's.
+        k, n_images: pairs (rows) and images shown; image_names: column labels.
+    """
+    from ..capture import capture_maps
+    from ..images import load_images
+    from ..models import LoadedModel, default_preprocess
+
+    if pairs is None:
+        if survey is None or layer is None:
+            raise GhostmapsError("pair_gallery needs a survey and a layer, or explicit pairs.")
+        pairs = list(survey[layer].pairs)
+    chosen = [(int(p.i), int(p.j)) if hasattr(p, "i") else (int(p[0]), int(p[1])) for p in list(pairs)[:k]]
+    scores = [getattr(p, "score", None) for p in list(pairs)[:k]]
+    if not chosen:
+        raise GhostmapsError(f"no pairs to show for layer {layer!r}.")
+    if maps is None:
+        if model is None or layer is None:
+            raise GhostmapsError("pair_gallery needs maps=..., or model= and layer= to capture them.")
+        net, preprocess = (model.model, model.preprocess) if isinstance(model, LoadedModel) else \
+            (model, default_preprocess())
+        if isinstance(images, torch.Tensor):
+            batch = images[:n_images]
+        else:
+            source = load_images(images, transform=preprocess, limit=n_images)
+            names, tensors = [], []
+            for img in source:
+                names.append(img.name)
+                tensors.append(img.tensor)
+            batch = torch.stack(tensors)
+            image_names = image_names or names
+        captured = capture_maps(net, layer, batch)
+        key = layer if layer in captured else next((n for n in captured if n.startswith(layer)), None)
+        if key is None:
+            raise GhostmapsError(f"layer {layer!r} produced no output.")
+        maps = captured[key]
+    if maps.dim() != 4:
+        raise GhostmapsError(f"pair_gallery needs N×C×H×W maps, got shape {tuple(maps.shape)}.")
+    maps = maps[:n_images].detach().float().cpu()
+    n, c = maps.shape[:2]
+    for i, j in chosen:
+        if not (0 <= i < c and 0 <= j < c):
+            raise GhostmapsError(f"pair ({i}, {j}) is outside the layer's {c} channels.")
+    names = list(image_names or [f"image {t}" for t in range(n)])[:n]
+    fig = Figure(figsize=(tile_inches * 2 * n + 0.6 * (n - 1) + 1.2, tile_inches * len(chosen) + 1.0))
+    axes = fig.subplots(len(chosen), 2 * n, squeeze=False)
+    for row, (i, j) in enumerate(chosen):
+        for t in range(n):
+            for side, ch in enumerate((i, j)):
+                ax = axes[row, 2 * t + side]
+                ax.imshow(_tile(maps[t, ch].numpy()), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                h, w = maps.shape[2:]
+                ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor=pair_colour(row), linewidth=2))
+                if row == 0:
+                    ax.set_title(f"{names[t]}\nch {ch}" if side == 0 else f"\nch {ch}", fontsize=7)
+                else:
+                    ax.set_title(f"ch {ch}", fontsize=7)
+        score = scores[row]
+        axes[row, 0].set_ylabel(f"{i}~{j}" + (f"\n{score:.3f}" if score is not None else ""), fontsize=7)
+    fig.suptitle(f"strongest ghost pairs of {layer or 'the layer'} over {n} images", fontsize=9)
+    fig.tight_layout()
+    return fig

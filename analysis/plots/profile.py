@@ -1,0 +1,83 @@
+"""The redundancy profile: scores along the network's depth, with null baselines and confidence bands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..errors import GhostmapsError
+
+# score -> (panel title, divide by the channel count?)
+PANELS = {
+    "ghost_fraction": ("channels with a ghost partner (|s| ≥ τ)", False),
+    "participation_ratio": ("effective rank / C (participation ratio)", True),
+    "rank99": ("99%-variance rank / C", True),
+    "ratio": ("C / ghost groups (Ghost ratio s)", False),
+    "mean_abs_similarity": ("mean |s| over channel pairs", False),
+    "groups": ("ghost groups / C", True),
+}
+
+
+def _values(survey: Any, score: str, per_channel: bool) -> dict[str, np.ndarray]:
+    out: dict[str, list[float]] = {"observed": [], "baseline": [], "low": [], "high": []}
+    for layer in survey:
+        s = layer.redundancy.scores[score]
+        scale = max(layer.redundancy.channels, 1) if per_channel else 1
+        for key in out:
+            value = getattr(s, key)
+            out[key].append(np.nan if value is None else value / scale)
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
+def redundancy_profile(
+    survey: Any,
+    scores: Sequence[str] = ("ghost_fraction", "participation_ratio", "ratio"),
+    title: str | None = None,
+    width: float | None = None,
+) -> Figure:
+    """Plot each score per layer in network order: the observed value (line and dots), its bootstrap interval
+    (band) and its cross-image null baseline (dashed). Where the line rises above the dashed baseline, beyond
+    the band, the layer holds more duplicated channels than unrelated maps would show.
+
+    Args:
+        survey: a ``Survey``.
+        scores: which scores, one panel each (``ghost_fraction``, ``participation_ratio``, ``rank99``,
+            ``ratio``, ``mean_abs_similarity``, ``groups``); rank-like scores are shown divided by C.
+        title: figure title (default: model, images, metric, τ).
+        width: figure width in inches (default grows with the number of layers).
+    """
+    if len(survey) == 0:
+        raise GhostmapsError("the survey has no layers to plot.")
+    unknown = [s for s in scores if s not in PANELS]
+    if unknown or not scores:
+        raise GhostmapsError(f"unknown scores {unknown}; choose from {', '.join(PANELS)}.")
+    names = survey.names
+    x = np.arange(len(names))
+    width = width or min(24.0, max(7.0, 0.22 * len(names) + 3))
+    fig = Figure(figsize=(width, 2.4 * len(scores) + 1.2))
+    axes = fig.subplots(len(scores), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, score in zip(axes, scores, strict=True):
+        label, per_channel = PANELS[score]
+        v = _values(survey, score, per_channel)
+        if np.isfinite(v["low"]).any():
+            ax.fill_between(x, v["low"], v["high"], color="#377eb8", alpha=0.25, linewidth=0,
+                            label=f"{int(round(100 * survey[names[0]].redundancy.level))}% bootstrap interval")
+        ax.plot(x, v["observed"], "-o", color="#377eb8", markersize=3, linewidth=1.2, label="observed")
+        if np.isfinite(v["baseline"]).any():
+            ax.plot(x, v["baseline"], "--", color="#e41a1c", linewidth=1.0, label="null (channels of different images)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7, loc="upper left", ncol=3, frameon=False)
+    step = max(1, len(names) // 60)
+    axes[-1].set_xticks(x[::step])
+    axes[-1].set_xticklabels(names[::step], rotation=90, fontsize=6)
+    axes[-1].set_xlabel("layer (network order)")
+    m = survey.meta
+    fig.suptitle(title or f"redundancy profile · {m.get('model', '')} · {m.get('images', '?')} images · "
+                          f"{m.get('metric', '')} · τ = {m.get('threshold', '')}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,206 @@
+"""analysis.survey end to end on a tiny CNN: numerics against independent computations, plain-data results,
+no side effects on the model, and the distributed run against the single-process one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import GhostmapsError, Survey, UnknownLayerError, survey
+from tests.helpers import TinyNet
+
+
+def images(n: int = 10, size: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_maps(model: TinyNet, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """The two conv outputs, computed by calling the modules by hand (no hooks), in float64."""
+    with torch.no_grad():
+        c1 = model.conv1(x)
+        c2 = model.conv2(torch.relu(model.bn1(c1)))
+    return {"conv1": c1.double().numpy(), "conv2": c2.double().numpy()}
+
+
+def numpy_similarity(maps: np.ndarray, metric: str) -> np.ndarray:
+    c = maps.shape[1]
+    flat = maps.transpose(1, 0, 2, 3).reshape(c, -1)
+    if metric == "pearson":
+        flat = flat - flat.mean(1, keepdims=True)
+    norm = np.sqrt((flat ** 2).sum(1))
+    return flat @ flat.T / np.outer(norm, norm)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "pearson"])
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_survey_similarity_equals_concatenated_maps(tiny, metric, batch):
+    x = images()
+    result = survey(tiny, x, layers=["conv1", "conv2"], metric=metric, batch_size=batch, bootstrap=0,
+                    progress=False)
+    assert result.names == ["conv1", "conv2"]
+    for name, maps in reference_maps(tiny, x).items():
+        layer = result[name]
+        np.testing.assert_allclose(layer.similarity.matrix.numpy(), numpy_similarity(maps, metric), atol=2e-5)
+        assert layer.shape == maps.shape[1:] and layer.redundancy.images == 10
+        flat = maps.transpose(1, 0, 2, 3).reshape(maps.shape[1], -1)
+        np.testing.assert_allclose(layer.stats.total().std.numpy(), flat.std(1), rtol=1e-4)
+
+
+def assert_same_scores(a, b) -> None:
+    assert a.scores.keys() == b.scores.keys()
+    for k, s in a.scores.items():
+        for field in ("observed", "baseline", "low", "high"):
+            want, got = getattr(s, field), getattr(b.scores[k], field)
+            assert (got is None) == (want is None), (k, field)
+            if want is not None:
+                assert got == pytest.approx(want, rel=1e-5, abs=1e-8), (k, field)
+
+
+def test_scores_and_intervals_do_not_depend_on_batch_size(tiny):
+    x = images(12)
+    runs = [survey(tiny, x, layers="conv2", batch_size=b, bootstrap=25, progress=False) for b in (1, 5, 12)]
+    for other in runs[1:]:
+        assert_same_scores(runs[0]["conv2"].redundancy, other["conv2"].redundancy)
+
+
+def test_survey_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    model.bn1.eval()  # a mixed state must come back exactly
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    survey(model, images(6), layers="Conv2d", bootstrap=5, progress=False)
+    assert model.training and not model.bn1.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_results_are_plain_data_and_round_trip_through_a_file(tiny, tmp_path):
+    result = survey(tiny, images(8), layers=["conv1", "conv2", "pool"], bootstrap=10, progress=False)
+    assert result["pool"].shape == (16, 1, 1)  # 1×1 spatial maps are fine
+    text = result.to_csv(tmp_path / "s.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "pool"]
+    assert float(rows[1]["ghost_fraction"]) == result["conv2"].redundancy.scores["ghost_fraction"].observed
+    assert (tmp_path / "s.csv").read_text() == text
+    frame = result.to_frame()
+    assert list(frame.index) == ["conv1", "conv2", "pool"] and "participation_ratio_baseline" in frame
+    data = json.loads(result.to_json())
+    assert data["meta"]["images"] == 8 and len(data["layers"]) == 3
+    path = result.save(tmp_path / "s.pt")
+    assert not list(tmp_path.glob(".*tmp"))
+    back = Survey.load(path)
+    assert back.to_dict() == result.to_dict()
+    assert torch.equal(back["conv1"].similarity.matrix, result["conv1"].similarity.matrix)
+    again = back.rescore(threshold=0.5, bootstrap=0)
+    assert again.meta["threshold"] == 0.5 and again["conv2"].redundancy.scores["groups"].low is None
+    assert again["conv2"].redundancy.scores["groups"].observed <= result["conv2"].redundancy.scores["groups"].observed
+    assert back.rescore(layers=["conv2"]).names == ["conv2"]
+    compact = Survey.load(result.save(tmp_path / "compact.pt", groups=False))
+    assert compact["conv2"].stats.groups == 1 and compact["conv2"].stats.group_gram is None
+    np.testing.assert_allclose(compact["conv2"].similarity.matrix, result["conv2"].similarity.matrix)
+    rescored = compact.rescore(bootstrap=10)["conv2"].redundancy
+    assert rescored.scores["groups"].low is None and rescored.notes
+    assert rescored.scores["groups"].baseline == result["conv2"].redundancy.scores["groups"].baseline
+    light = Survey.load(result.save(tmp_path / "light.pt", stats=False))
+    assert light.to_dict() == result.to_dict()
+    with pytest.raises(GhostmapsError, match="statistics"):
+        light["conv1"].similarity  # noqa: B018
+    with pytest.raises(GhostmapsError, match="survey file"):
+        Survey.load(tmp_path / "missing.pt")
+    print(result)  # printable
+    assert "conv2" in str(result)
+
+
+def test_progress_bar_counts_images(tiny, capsys):
+    survey(tiny, images(5), layers="conv2", bootstrap=0, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "survey" in err and "5/5" in err and "img" in err
+
+
+def test_dataloader_source_and_limit(tiny):
+    x = images(9)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(9)), batch_size=4)
+    a = survey(tiny, loader, layers="conv2", bootstrap=5, progress=False)
+    b = survey(tiny, x, layers="conv2", bootstrap=5, progress=False, batch_size=2)
+    assert_same_scores(a["conv2"].redundancy, b["conv2"].redundancy)
+    np.testing.assert_allclose(a["conv2"].similarity.matrix, b["conv2"].similarity.matrix, atol=1e-6)
+    limited = survey(tiny, loader, layers="conv2", bootstrap=0, progress=False, limit=5)
+    assert limited.meta["images"] == 5
+
+
+def test_image_files_and_sample_photos(tiny):
+    result = survey(tiny, "samples:chelsea,china", layers="conv2", bootstrap=0, progress=False)
+    assert result.meta["images"] == 2 and result["conv2"].shape == (16, 112, 112)
+
+
+def test_fp16_model_and_input_give_finite_scores(tiny):
+    result = survey(tiny.half(), images(4).half(), layers=["conv1", "conv2"], bootstrap=5, progress=False)
+    for layer in result:
+        assert torch.isfinite(layer.similarity.matrix).all()
+        assert all(math.isfinite(s.observed) for s in layer.redundancy.scores.values())
+
+
+def test_bad_input_is_a_clear_error(tiny):
+    with pytest.raises(GhostmapsError, match="metric"):
+        survey(tiny, images(2), metric="euclid", progress=False)
+    with pytest.raises(UnknownLayerError, match="conv9"):
+        survey(tiny, images(2), layers="conv9", progress=False)
+    with pytest.raises(GhostmapsError, match="device"):
+        survey(tiny, images(2), device="meta", progress=False)
+    with pytest.raises(GhostmapsError, match="N×C×H×W"):
+        survey(tiny, torch.zeros(2, 3), progress=False)
+    with pytest.raises(GhostmapsError, match="torchrun"):
+        survey(tiny, images(2), distributed=True, progress=False)
+    with pytest.raises(GhostmapsError, match="batch_size"):
+        survey(tiny, images(2), batch_size=0, progress=False)
+    data = torch.utils.data.TensorDataset(images(4))
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=0)
+    with pytest.raises(GhostmapsError, match="DistributedSampler"):
+        survey(tiny, torch.utils.data.DataLoader(data, sampler=sampler), distributed=True, progress=False)
+
+
+# -- distributed: two gloo processes on the CPU ---------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = TinyNet().eval()
+        result = survey(model, images(11), layers=["conv1", "conv2"], batch_size=3, bootstrap=20,
+                        progress=False, distributed=True)
+        if rank == 1:  # every process holds the full result; check the one that is not rank 0
+            result.save(out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_survey_equals_single_process(tmp_path):
+    out = tmp_path / "dist.pt"
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = survey(TinyNet().eval(), images(11), layers=["conv1", "conv2"], batch_size=4, bootstrap=20,
+                    progress=False)
+    dist_result = Survey.load(out)
+    assert dist_result.meta["world_size"] == 2 and dist_result.meta["images"] == 11
+    for name in ("conv1", "conv2"):
+        a, b = single[name], dist_result[name]
+        np.testing.assert_allclose(b.similarity.matrix, a.similarity.matrix, atol=1e-5)  # float32 products
+        assert b.groups.to_dict() == a.groups.to_dict()
+        assert [(p.i, p.j) for p in b.pairs] == [(p.i, p.j) for p in a.pairs]
+        assert [p.score for p in b.pairs] == pytest.approx([p.score for p in a.pairs], abs=1e-5)
+        assert_same_scores(a.redundancy, b.redundancy)

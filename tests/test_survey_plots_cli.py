@@ -1,0 +1,126 @@
+"""Survey figures (read back from the matplotlib objects) and the `ghostmaps survey` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import matplotlib.colors as mcolors
+import numpy as np
+import pytest
+import torch
+from matplotlib.collections import PolyCollection
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+
+from analysis import GhostmapsError, Survey, plots, survey
+from analysis.cli import main
+from analysis.plots._common import pair_colour
+from tests.helpers import TinyNet
+
+
+@pytest.fixture(scope="module")
+def tiny_survey():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    with torch.no_grad():
+        model.conv1.weight[3] = 0.0  # channel 3 of conv1 is dead
+        model.conv1.bias[3] = 0.0
+        model.conv2.weight[5] = model.conv2.weight[2] * 2  # channel 5 of conv2 = 2 × channel 2 (+ bias)
+        model.conv2.bias[5] = model.conv2.bias[2] * 2
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return model, x, survey(model, x, layers=["conv1", "conv2"], bootstrap=10, progress=False, threshold=0.95)
+
+
+def test_redundancy_profile_draws_observed_baseline_and_band(tiny_survey):
+    _, _, s = tiny_survey
+    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "rank99"))
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    observed, baseline = ax.lines[0], ax.lines[1]
+    want = [layer.redundancy.scores["ghost_fraction"] for layer in s]
+    np.testing.assert_allclose(observed.get_ydata(), [w.observed for w in want])
+    np.testing.assert_allclose(baseline.get_ydata(), [w.baseline for w in want])
+    assert baseline.get_linestyle() == "--"
+    assert any(isinstance(c, PolyCollection) for c in ax.collections)  # the bootstrap band
+    ranks = fig.axes[1].lines[0].get_ydata()  # rank-like scores are per channel
+    np.testing.assert_allclose(ranks, [layer.redundancy.scores["rank99"].observed / layer.channels for layer in s])
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["conv1", "conv2"]
+    with pytest.raises(GhostmapsError, match="unknown scores"):
+        plots.redundancy_profile(s, scores=("nope",))
+
+
+def test_similarity_heatmap_is_reordered_outlined_and_marks_dead(tiny_survey):
+    _, _, s = tiny_survey
+    fig = plots.similarity_heatmap(s, "conv1")
+    image = next(a for a in fig.axes[0].get_children() if isinstance(a, AxesImage))
+    order = s["conv1"].groups.order
+    assert order[-1] == 3  # the dead channel goes last
+    np.testing.assert_allclose(image.get_array(), s["conv1"].similarity.to_numpy()[np.ix_(order, order)])
+    labels = [p.get_label() for p in fig.axes[0].patches]
+    assert "dead / constant" in labels
+    fig2 = plots.similarity_heatmap(s, "conv2")
+    boxes = [p for p in fig2.axes[0].patches if isinstance(p, Rectangle) and p.get_label().startswith("group")]
+    groups = s["conv2"].groups
+    assert [2, 5] in groups.multi and len(boxes) == len(groups.multi)
+    assert mcolors.to_hex(boxes[0].get_edgecolor()) == pair_colour(0)
+
+
+def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
+    model, x, s = tiny_survey
+    fig = plots.pair_gallery(s, "conv2", model=model, images=x, k=2, n_images=3)
+    assert len(fig.axes) == 2 * 2 * 3
+    first = s["conv2"].pairs[0]
+    assert {first.i, first.j} == {2, 5}
+    with torch.no_grad():
+        maps = model.conv2(torch.relu(model.bn1(model.conv1(x[:3]))))
+    tile = fig.axes[2].images[0].get_array()  # row 0, image 1, channel i
+    ref = maps[1, first.i].numpy()
+    np.testing.assert_allclose(tile, (ref - ref.min()) / (ref.max() - ref.min()), atol=1e-6)
+    fig2 = plots.pair_gallery(maps=maps, pairs=[(0, 1)], layer="conv2")
+    assert len(fig2.axes) == 2 * 3
+    with pytest.raises(GhostmapsError, match="outside"):
+        plots.pair_gallery(maps=maps, pairs=[(0, 99)])
+    with pytest.raises(GhostmapsError, match="survey and a layer"):
+        plots.pair_gallery()
+
+
+def test_survey_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["survey", "--images", "samples:chelsea,china", "--layers", "features.1.conv.0.0",
+                 "features.2.conv.0.0", "--out", str(out), "--bootstrap", "5", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "features.2.conv.0.0" in printed and "written to" in printed
+    rows = list(csv.DictReader((out / "survey.csv").open()))
+    assert [r["layer"] for r in rows] == ["features.1.conv.0.0", "features.2.conv.0.0"]
+    assert all(r["images"] == "2" for r in rows)
+    loaded = Survey.load(out / "survey.pt")
+    assert loaded.names == ["features.1.conv.0.0", "features.2.conv.0.0"] and loaded.meta["images"] == 2
+    assert json.loads((out / "survey.json").read_text())["meta"]["model"] == "mobilenet_v2"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "profile.png" in pngs and any(p.startswith("heatmap-") for p in pngs)
+    assert any(p.startswith("gallery-") for p in pngs)
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_survey_command_interrupted_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    import analysis.plots.profile as profile
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(profile, "redundancy_profile", interrupted)
+    monkeypatch.setattr(plots, "redundancy_profile", interrupted)
+    out = tmp_path / "run"
+    code = main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
+                 "--out", str(out), "--bootstrap", "0", "--no-progress"])
+    assert code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["survey.csv", "survey.json", "survey.pt"]
+    Survey.load(out / "survey.pt")  # what is there is whole
+
+
+def test_survey_command_bad_layer_is_exit_code_2(tmp_path, capsys):
+    assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "nolayer",
+                 "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "nolayer" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""GroupedStats (image groups + position sums) against independent numpy computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import GhostmapsError
+from analysis.stats import GroupedStats, block_size
+
+
+def relu_maps(seed: int, shape=(10, 5, 4, 3)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(shape, generator=g, dtype=torch.float64) + 0.2)
+
+
+def np_moments(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Σ x xᵀ and Σ x over all positions of all images (brute force, float64)."""
+    n, c = maps.shape[:2]
+    flat = maps.transpose(1, 0, 2, 3).reshape(c, -1)
+    return flat @ flat.T, flat.sum(1)
+
+
+def fill(maps: torch.Tensor, batch: int, groups: int = 4, chunk: int = 2) -> GroupedStats:
+    stats = GroupedStats(groups=groups, chunk=chunk)
+    for start in range(0, maps.shape[0], batch):
+        stats.update(maps[start:start + batch], start)
+    return stats
+
+
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_total_and_groups_do_not_depend_on_batch_size(batch):
+    maps = relu_maps(0)
+    stats = fill(maps, batch)
+    raw, sums = np_moments(maps.numpy())
+    total = stats.total()
+    m = maps.shape[0] * 12
+    np.testing.assert_allclose(total.second_moment.numpy(), raw / m, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(total.mean.numpy(), sums / m, rtol=1e-10)
+    assert total.images == 10 and total.count == m
+    flat = maps.numpy().transpose(1, 0, 2, 3).reshape(5, -1)
+    np.testing.assert_allclose(total.apoz.numpy(), (np.abs(flat) <= 1e-6).mean(1), rtol=1e-12)  # many zeros
+    np.testing.assert_array_equal(total.min.numpy(), flat.min(1))
+    np.testing.assert_array_equal(total.max.numpy(), flat.max(1))
+    # image i is in group (i // 2) % 4: images {0,1,8,9}, {2,3}, {4,5}, {6,7}
+    for k, members in enumerate([[0, 1, 8, 9], [2, 3], [4, 5], [6, 7]]):
+        raw_k, sums_k = np_moments(maps.numpy()[members])
+        group = stats.group(k)
+        assert group.images == len(members)
+        np.testing.assert_allclose(group.second_moment.numpy() * group.count, raw_k, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(group.mean.numpy() * group.count, sums_k, rtol=1e-10, atol=1e-10)
+
+
+def test_explicit_positions_and_order_do_not_matter():
+    maps = relu_maps(1)
+    a = fill(maps, 4)
+    b = GroupedStats(groups=4, chunk=2)
+    perm = [7, 2, 9, 0, 5, 1, 8, 3, 6, 4]
+    b.update(maps[perm[:6]], perm[:6])
+    b.update(maps[perm[6:]], perm[6:])
+    np.testing.assert_allclose(b.total().covariance.numpy(), a.total().covariance.numpy(), atol=1e-12)
+    for k in range(4):
+        np.testing.assert_allclose(b.group(k).second_moment.numpy(), a.group(k).second_moment.numpy(), atol=1e-6)
+
+
+def test_resample_equals_the_moments_of_repeated_images():
+    maps = relu_maps(2, (6, 4, 3, 3))
+    stats = fill(maps, 2, groups=6, chunk=1)  # one image per group
+    weights = torch.tensor([2.0, 0.0, 1.0, 3.0, 0.0, 0.0])
+    repeated = maps[[0, 0, 2, 3, 3, 3]].numpy()
+    raw, sums = np_moments(repeated)
+    rep = stats.resample(weights)
+    assert rep.images == 6 and rep.count == 6 * 9
+    np.testing.assert_allclose(rep.second_moment.numpy() * rep.count, raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rep.mean.numpy() * rep.count, sums, rtol=1e-9)
+
+
+def test_cross_image_moment_is_the_brute_force_average_over_pairs_of_different_images():
+    maps = relu_maps(3, (5, 4, 2, 3)).numpy()
+    stats = GroupedStats(groups=2, chunk=1).update(torch.from_numpy(maps))
+    n, c = maps.shape[:2]
+    expected = np.zeros((c, c))
+    for i in range(c):
+        for j in range(c):
+            total = sum((maps[a, i] * maps[b, j]).sum() for a in range(n) for b in range(n) if a != b)
+            expected[i, j] = total / (n * (n - 1)) / maps[0, 0].size
+    np.fill_diagonal(expected, (maps.transpose(1, 0, 2, 3).reshape(c, -1) ** 2).mean(1))
+    np.testing.assert_allclose(stats.cross_image_moment().numpy(), expected, rtol=1e-10)
+    assert GroupedStats().update(torch.from_numpy(maps[:1])).cross_image_moment() is None
+
+
+def test_mixed_image_sizes_drop_only_the_baseline():
+    stats = GroupedStats().update(relu_maps(4, (2, 3, 4, 4)))
+    stats.update(relu_maps(5, (2, 3, 5, 5)), 2)
+    assert stats.position_sums is None and stats.cross_image_moment() is None
+    assert stats.total().images == 4
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_merge_is_associative_and_matches_one_pass(dtype, atol):
+    maps = relu_maps(6, (9, 5, 3, 3)).to(dtype)
+    parts = []
+    for s in (slice(0, 2), slice(2, 5), slice(5, 9)):
+        parts.append(GroupedStats(groups=3, chunk=1).update(maps[s], s.start))
+    whole = GroupedStats(groups=3, chunk=1).update(maps, 0)
+    a, b, c = parts
+    before = a.gram.clone()
+    for merged in ((a + b) + c, a + (b + c)):
+        np.testing.assert_allclose(merged.total().covariance.numpy(), whole.total().covariance.numpy(), atol=atol)
+        np.testing.assert_allclose(merged.cross_image_moment().numpy(), whole.cross_image_moment().numpy(),
+                                   atol=atol)
+        for k in range(3):
+            np.testing.assert_allclose(merged.group(k).covariance.numpy(), whole.group(k).covariance.numpy(),
+                                       atol=1e-5)
+        assert torch.equal(merged.nonzero, whole.nonzero) and torch.equal(merged.max, whole.max)
+    assert torch.equal(a.gram, before)
+
+
+def test_state_dict_round_trip_and_errors():
+    stats = fill(relu_maps(7), 3)
+    back = GroupedStats.from_state_dict(stats.state_dict())
+    assert torch.equal(back.gram, stats.gram) and back.spatial == stats.spatial and back.chunk == 2
+    with pytest.raises(GhostmapsError, match="channels"):
+        stats.update(torch.zeros(1, 3, 4, 3))
+    with pytest.raises(GhostmapsError, match="N×C×H×W"):
+        stats.update(torch.zeros(2, 5, 1))
+    with pytest.raises(GhostmapsError, match="empty"):
+        GroupedStats().total()
+    with pytest.raises(GhostmapsError, match="at least 1"):
+        GroupedStats(groups=0)
+
+
+def test_block_size():
+    assert block_size(7, 8) == 1 and block_size(64, 8) == 8 and block_size(10_000, 8) == 16
+    assert block_size(None) == 16
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_wide_layers_use_the_blocked_product_and_still_match(owned):
+    maps = relu_maps(8, (3, 300 if owned else 700, 2, 2)).float()  # 2 and 4 blocks of the symmetric product
+    reference = maps.clone()
+    stats = GroupedStats(groups=2, chunk=1).update(maps, owned=owned)
+    raw, _ = np_moments(reference.double().numpy())
+    np.testing.assert_allclose(stats.total().second_moment.numpy() * 12, raw, rtol=1e-4, atol=1e-4)
+    assert torch.equal(stats.total().gram, stats.total().gram.T)
+    assert torch.equal(maps, reference) != owned  # only an owned batch is used up
+    raw0, _ = np_moments(reference.double().numpy()[[0, 2]])  # group 0 holds images 0 and 2
+    group0 = stats.group(0)
+    np.testing.assert_allclose(group0.second_moment.numpy() * group0.count, raw0, rtol=1e-4, atol=1e-4)
