@@ -30,6 +30,22 @@ from .errors import GhostmapsError
 DEFAULT_TOL = 1e-6
 
 
+def _representable_shift(mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The shift as the working precision stores it (in float64), so the value subtracted from every batch and
+    the value added back when the raw moments are recovered are the same number."""
+    return mean.to(dtype).to(torch.float64)
+
+
+def _require_finite(sums: torch.Tensor) -> None:
+    """Refuse maps with NaN or inf (a NaN or inf anywhere makes its channel's float64 sum non-finite)."""
+    if not torch.isfinite(sums).all():
+        bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
+        raise GhostmapsError(
+            f"the feature maps hold NaN or inf values (channels {bad[:8]}{'…' if len(bad) > 8 else ''}); check the "
+            "inputs and weights (fp16 overflow is a common cause, try float32)."
+        )
+
+
 def as_channel_matrix(maps: torch.Tensor) -> torch.Tensor:
     """View N×C×H×W (or N×C, or C×H×W treated as one image) maps as a C×M matrix of positions."""
     if not isinstance(maps, torch.Tensor):
@@ -87,10 +103,12 @@ class LayerStats:
             return self
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
         if self.count == 0:
-            self.shift = work.mean(dim=1, dtype=torch.float64).to(self.device)
+            self.shift = _representable_shift(work.mean(dim=1, dtype=torch.float64), work.dtype).to(self.device)
         y = work - self.shift.to(work.dtype).unsqueeze(1)
+        batch_sums = y.sum(dim=1, dtype=torch.float64)
+        _require_finite(batch_sums)
         self.gram += (y @ y.T).to(torch.float64)
-        self.sums += y.sum(dim=1, dtype=torch.float64)
+        self.sums += batch_sums
         self.nonzero += (work.abs() > self.tol).sum(dim=1)
         self.min = torch.minimum(self.min, work.amin(dim=1).to(torch.float64))
         self.max = torch.maximum(self.max, work.amax(dim=1).to(torch.float64))
@@ -374,7 +392,7 @@ class GroupedStats:
             x, owned = x.float().contiguous(), True
         x3 = x.view(n, c, p)  # image k's channels are the contiguous C×P matrix x3[k]
         if self.total_count == 0:
-            self.shift = x3.mean(dim=(0, 2), dtype=torch.float64).to(self.device)
+            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
         # statistics of the raw values
         # (reducing the contiguous last axis first, then the images, is the faster order)
         self.min = torch.minimum(self.min, x3.amin(dim=2).amin(dim=0).to(torch.float64))
@@ -398,7 +416,9 @@ class GroupedStats:
             while stop < n and groups[stop] == g:
                 stop += 1
             _add_gram(y[start:stop], self.gram, None if self.group_gram is None else self.group_gram[g])
-            self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
+            run_sums = y[start:stop].sum(dim=(0, 2)).to(torch.float64)
+            _require_finite(run_sums)
+            self.sums[g] += run_sums
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
             start = stop

@@ -77,7 +77,7 @@ def test_pearson_is_accurate_for_channels_with_a_large_offset():
     for k in range(6):
         stats.update(maps[k:k + 1].float())
     ref = numpy_similarity(maps.double().numpy(), "pearson")
-    assert stats.similarity_matrix("pearson")[0, 1].item() == pytest.approx(ref[0, 1], abs=2e-3)
+    assert stats.similarity_matrix("pearson")[0, 1].item() == pytest.approx(ref[0, 1], abs=1e-6)
 
 
 def test_planted_duplicates_are_the_most_similar():
@@ -148,3 +148,22 @@ def test_to_dict_and_json_round_trip():
     assert data["layer"] == "x" and len(data["matrix"]) == 7
     assert np.allclose(sim.to_numpy(), np.array(data["matrix"]))
     assert "channels=7" in repr(sim)
+
+
+def test_non_finite_maps_are_refused():
+    maps = random_maps()
+    maps[0, 2, 1, 1] = float("nan")
+    with pytest.raises(GhostmapsError, match=r"NaN or inf values \(channels \[2\]"):
+        channel_similarity(maps)
+    maps[0, 2, 1, 1] = float("inf")
+    with pytest.raises(GhostmapsError, match="NaN or inf"):
+        LayerStats().update(maps)
+
+
+def test_mean_and_second_moment_are_exact_for_large_offsets():
+    g = torch.Generator().manual_seed(8)
+    maps = (torch.randn(3, 4, 6, 6, generator=g) + 1000.0).float()
+    stats = LayerStats.from_maps(maps)
+    ref = maps.double().numpy().transpose(1, 0, 2, 3).reshape(4, -1)
+    np.testing.assert_allclose(stats.mean.numpy(), ref.mean(1), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(stats.second_moment.numpy(), ref @ ref.T / ref.shape[1], rtol=1e-9)
