@@ -20,6 +20,9 @@ def test_demo_writes_figure_and_pairs(tmp_path, capsys, monkeypatch):
     data = json.loads(js.read_text())
     assert data["model"]["weights"].endswith("IMAGENET1K_V1") and len(data["pairs"]) == 3
     assert all(0.0 < p["score"] <= 1.0 for p in data["pairs"])
+    rows = (tmp_path / "ghostmaps-out/demo/survey.csv").read_text().splitlines()
+    assert len(rows) == 1 + 52  # a header and every Conv2d of mobilenet_v2
+    assert (tmp_path / "ghostmaps-out/demo/profile.png").stat().st_size > 10_000
 
 
 def test_figure1_command(tmp_path, capsys):
