@@ -165,8 +165,7 @@ def cmd_ghostify(args: argparse.Namespace) -> int:
     }
     written = [out / STATE_FILE, _write_text(out / GHOSTIFY_JSON, json.dumps(meta, indent=2) + "\n"),
                _write_text(out / "verification.json", report.to_json() + "\n")]
-    frame = report.to_frame()
-    written.append(_write_text(out / "verification.csv", frame.to_csv(index=False)))
+    written.append(_write_text(out / "verification.csv", report.to_csv()))
     fig = verification(report, title=f"ghostify {info.name}: {len(result.replaced)} convs, ratio {args.ratio}, "
                                       f"d {args.d}")
     written += save_figure(fig, out / "verification.png")

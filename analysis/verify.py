@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import statistics
@@ -115,6 +117,15 @@ class VerificationReport:
 
         cols = list(LayerCheck.__dataclass_fields__)
         return pd.DataFrame([asdict(layer) for layer in self.layers], columns=cols)
+
+    def to_csv(self) -> str:
+        """Per-layer table as CSV text (no pandas needed)."""
+        cols = list(LayerCheck.__dataclass_fields__)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(asdict(layer) for layer in self.layers)
+        return buf.getvalue()
 
     def __str__(self) -> str:
         lat = self.latency_ratio

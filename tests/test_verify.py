@@ -188,3 +188,15 @@ def test_low_precision_models_are_verified_in_their_dtype(pair):
                              latency_runs=0)
     ref = verify_replacement(net, new, x, latency_runs=0)
     assert rep.logits_cosine == pytest.approx(ref.logits_cosine, abs=0.02)
+
+
+def test_csv_without_pandas_matches_the_frame(pair):
+    import csv
+    import io
+
+    net, new, x, _ = pair
+    rep = verify_replacement(net, new, x, latency_runs=0)
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv())))
+    frame = rep.to_frame()
+    assert [r["name"] for r in rows] == list(frame["name"]) == ["conv", "head"]
+    assert [float(r["rel_error"]) for r in rows] == pytest.approx(list(frame["rel_error"]))
