@@ -42,6 +42,7 @@ from .errors import GhostmapsError
 from .groups import GhostGroups, ghost_groups
 from .similarity import METRICS
 from .stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
+from .stats import normalised_moment as _normalise
 
 SCORE_NAMES = ("ghost_fraction", "groups", "ratio", "participation_ratio", "rank99", "mean_abs_similarity")
 DEFAULT_THRESHOLD = 0.9
@@ -138,17 +139,6 @@ class Redundancy:
 
 
 # -- the scores of one matrix ---------------------------------------------------------------------------------
-def _normalise(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """moment_ij / √(moment_ii moment_jj) over valid channels; 0 elsewhere, clipped to [−1, 1]."""
-    diag = moment.diagonal().clamp_min(0)
-    ok = valid & (diag > 0)
-    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
-    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
-    sim = sim.clamp(-1.0, 1.0)
-    sim.diagonal().copy_(ok.to(sim.dtype))
-    return sim
-
-
 def _moments(stats: LayerStats, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(the matrix the metric normalises, the covariance)."""
     cov = stats.covariance
@@ -219,6 +209,7 @@ def redundancy(
     layer: str | None = None,
     groups: int = DEFAULT_GROUPS,
     tol: float = DEFAULT_TOL,
+    observed_groups: GhostGroups | None = None,
 ) -> Redundancy:
     """A layer's redundancy scores with null baselines and bootstrap intervals (formulas: module docstring).
 
@@ -232,6 +223,10 @@ def redundancy(
         seed: seed of the bootstrap draws (results are deterministic).
         layer: a name to carry along.
         groups, tol: for maps only — image groups and zero tolerance of the statistics.
+        observed_groups: the ghost groups of the observed similarity at ``threshold`` and ``linkage`` when the
+            caller already has them (``survey`` does), so the clustering is not run twice.
+
+    Scoring runs on the CPU in float64 whatever device the statistics are on (they are C×C matrices).
     """
     if metric not in METRICS:
         raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -240,12 +235,14 @@ def redundancy(
     if bootstrap < 0:
         raise GhostmapsError(f"bootstrap must be 0 or more replicates, got {bootstrap}.")
     grouped = _as_grouped(source, groups, tol)
+    if grouped.device != torch.device("cpu"):
+        grouped = grouped.to("cpu")  # C×C moments: scoring on the CPU keeps every mask and moment on one device
     total = grouped.total()
-    dead, constant = total.dead.cpu(), total.constant.cpu()
+    dead, constant = total.dead, total.constant
     valid = ~(dead | constant)
     moment, cov = _moments(total, metric)
     sim = _normalise(moment, valid)
-    observed = matrix_scores(sim, valid, cov, threshold, linkage)
+    observed = matrix_scores(sim, valid, cov, threshold, linkage, groups=observed_groups)
     notes: list[str] = []
 
     baseline: dict[str, float] | None = None

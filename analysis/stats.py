@@ -229,15 +229,20 @@ class LayerStats:
             moment = self.covariance
         else:
             raise GhostmapsError(f"unknown metric {metric!r}; use 'cosine' or 'pearson'.")
-        valid = ~(self.dead | self.constant)
-        diag = moment.diagonal().clamp_min(0)
-        valid &= diag > 0
-        norm = torch.where(valid, diag.sqrt(), torch.ones_like(diag))
-        sim = moment / torch.outer(norm, norm)
-        mask = torch.outer(valid, valid)
-        sim = torch.where(mask, sim, torch.zeros_like(sim)).clamp(-1.0, 1.0)
-        sim.diagonal().copy_(valid.to(sim.dtype))
-        return sim
+        return normalised_moment(moment, ~(self.dead | self.constant))
+
+
+def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """moment_ij / √(moment_ii moment_jj) over ``valid`` channels with a positive diagonal; 0 elsewhere (never
+    NaN), clipped to [−1, 1], with 1 on the diagonal of those channels. The mask moves to the moment's device."""
+    valid = valid.to(moment.device)
+    diag = moment.diagonal().clamp_min(0)
+    ok = valid & (diag > 0)
+    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
+    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
+    sim = sim.clamp(-1.0, 1.0)
+    sim.diagonal().copy_(ok.to(sim.dtype))
+    return sim
 
 
 # -- image groups and cross-image sums: what a survey needs for confidence intervals and null baselines ------
@@ -497,6 +502,13 @@ class GroupedStats:
         out.shift, out.sums = shift.clone(), s + cnt.view(-1, 1) * delta
         return out
 
+    def to(self, device: str | torch.device) -> GroupedStats:
+        """A copy on another device (the statistics are unchanged)."""
+        moved = {k: (v.to(device, copy=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
+        moved["device"] = torch.device(device)
+        return GroupedStats(**moved)
+
     def _copy(self) -> GroupedStats:
         return GroupedStats(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
 
@@ -510,7 +522,7 @@ class GroupedStats:
             raise GhostmapsError("cannot merge statistics with different channels, groups, chunk or tol: "
                                  f"{(self.channels, self.groups, self.chunk, self.tol)} vs "
                                  f"{(other.channels, other.groups, other.chunk, other.tol)}.")
-        o = other.with_shift(self.shift)
+        o = (other if other.device == self.device else other.to(self.device)).with_shift(self.shift)
         out = self._copy()
         out.gram += o.gram
         if out.group_gram is not None:

@@ -34,8 +34,8 @@ from .groups import GhostGroups, ghost_groups
 from .images import ImageSource, load_images
 from .models import LoadedModel, ModelInfo, default_preprocess, load_model
 from .pairs import GhostPairs, ghost_pairs
-from .scores import DEFAULT_THRESHOLD, Redundancy, _normalise, redundancy
-from .similarity import METRICS, ChannelSimilarity
+from .scores import DEFAULT_THRESHOLD, Redundancy, redundancy
+from .similarity import METRICS, ChannelSimilarity, channel_similarity
 from .stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 
 FORMAT = "ghostmaps-survey"
@@ -65,11 +65,7 @@ class LayerSurvey:
             if self.stats is None:
                 raise GhostmapsError(f"layer {self.name!r} was saved without statistics; save with stats=True to "
                                      "keep the similarity matrices.")
-            total = self.stats.total()
-            dead, constant = total.dead.cpu(), total.constant.cpu()
-            moment = total.second_moment if self.redundancy.metric == "cosine" else total.covariance
-            self._similarity = ChannelSimilarity(_normalise(moment, ~(dead | constant)).cpu(),
-                                                 self.redundancy.metric, dead, constant, self.name)
+            self._similarity = channel_similarity(self.stats.total(), self.redundancy.metric, layer=self.name)
         return self._similarity
 
     @property
@@ -246,11 +242,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # -- scoring one layer --------------------------------------------------------------------------------------
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
                  bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
+    sim = channel_similarity(stats.total(), metric, layer=name)
+    found = ghost_groups(sim, threshold, linkage)
     red = redundancy(stats, metric=metric, threshold=threshold, bootstrap=bootstrap, level=level,
-                     linkage=linkage, seed=seed, layer=name)
-    out = LayerSurvey(name, tuple(shape), red, None, None, stats)  # type: ignore[arg-type]
-    sim = out.similarity
-    out.groups = ghost_groups(sim, threshold, linkage)
+                     linkage=linkage, seed=seed, layer=name, observed_groups=found)
+    out = LayerSurvey(name, tuple(shape), red, None, None, stats, sim)  # type: ignore[arg-type]
+    out.groups = found
     out.pairs = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
     return out
 
@@ -334,6 +331,13 @@ def _resolve_model(model: Any) -> tuple[nn.Module, Any, ModelInfo]:
         return model, default_preprocess(), ModelInfo(type(model).__name__, "as given", "module")
     raise GhostmapsError(f"model must be an nn.Module, a load_model result or a model name, got "
                          f"{type(model).__name__}.")
+
+
+def _full_device(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:<current>`` (what a parameter's ``.device`` says), so devices compare whole."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _distributed_context(distributed: bool) -> tuple[int, int, bool]:
@@ -427,8 +431,8 @@ def survey(
     net, preprocess, info = _resolve_model(model)
     param = next(net.parameters(), None)
     model_device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device) if device is not None else model_device
-    if param is not None and model_device.type != device.type:
+    device = _full_device(torch.device(device)) if device is not None else model_device
+    if param is not None and model_device != device:
         raise GhostmapsError(f"the model is on {model_device} but device={device}; move it first with "
                              f"model.to({str(device)!r}).")
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images

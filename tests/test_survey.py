@@ -3,6 +3,7 @@ no side effects on the model, and the distributed run against the single-process
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -204,3 +205,15 @@ def test_distributed_survey_equals_single_process(tmp_path):
         assert [(p.i, p.j) for p in b.pairs] == [(p.i, p.j) for p in a.pairs]
         assert [p.score for p in b.pairs] == pytest.approx([p.score for p in a.pairs], abs=1e-5)
         assert_same_scores(a.redundancy, b.redundancy)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_survey_on_cuda_matches_the_cpu():
+    model = TinyNet().eval()
+    x = images(6)
+    a = survey(model, x, layers=["conv1", "conv2"], bootstrap=10, progress=False)
+    b = survey(copy.deepcopy(model).cuda(), x, layers=["conv1", "conv2"], bootstrap=10, progress=False,
+               device="cuda")
+    for name in a.names:
+        np.testing.assert_allclose(b[name].similarity.matrix, a[name].similarity.matrix, atol=1e-5)
+        assert b[name].redundancy.scores["groups"].observed == a[name].redundancy.scores["groups"].observed
