@@ -261,7 +261,10 @@ def redundancy(
     if bootstrap and grouped.groups == 1:
         notes.append("no confidence interval: these statistics keep no image groups (groups=1 or a compact file)")
     elif bootstrap and len(filled) < 2:
-        notes.append("no confidence interval: it needs at least two images")
+        notes.append("no confidence interval: it needs at least two images" if grouped.total_images < 2 else
+                     f"no confidence interval: it needs images in at least two image groups, and all "
+                     f"{grouped.total_images} images fell into one (blocks of {grouped.chunk}); survey more "
+                     "images or use smaller blocks")
     elif bootstrap:
         rng = np.random.default_rng(seed)
         for _ in range(bootstrap):

@@ -253,9 +253,10 @@ MAX_CHUNK = 16
 def block_size(total_images: int | None, groups: int = DEFAULT_GROUPS) -> int:
     """Images per contiguous block when ``total_images`` are spread over ``groups`` groups: enough blocks that
     every group gets some (one image per block for small sets), at most ``MAX_CHUNK`` so that large sets
-    still interleave blocks over the groups (block b goes to group b mod K)."""
+    still interleave blocks over the groups (block b goes to group b mod K). An unknown number of images gets
+    blocks of one image."""
     if total_images is None:
-        return MAX_CHUNK
+        return 1  # unknown length: single images dealt round-robin, so every group fills from K images on
     return max(1, min(MAX_CHUNK, -(-int(total_images) // max(1, groups))))
 
 

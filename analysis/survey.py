@@ -199,6 +199,7 @@ class Survey:
                      "linkage": linkage, "pairs": pairs, "seed": seed}.items():
             if v is not None:
                 settings[k] = v
+        check_settings(**{k: v for k, v in settings.items() if k != "seed" and v is not None})
         chosen = [self[name] for name in layers] if layers is not None else list(self)
         missing = [layer.name for layer in chosen if layer.stats is None]
         if missing:
@@ -275,9 +276,13 @@ def _source_length(images: Any) -> int | None:
         part = getattr(images, attr, None)
         if part is not None:
             try:
-                return len(part)
+                n = len(part)
             except TypeError:
                 continue
+            size = getattr(images, "batch_size", None)
+            if getattr(images, "drop_last", False) and isinstance(size, int) and size > 0:
+                n -= n % size  # the last, partial batch is never yielded
+            return n
     return None
 
 
@@ -379,6 +384,34 @@ def _sync_layers(found: dict[str, GroupedStats], order: list[str], groups: int, 
 
 
 # -- the survey ---------------------------------------------------------------------------------------------
+def check_settings(*, metric: str = "cosine", threshold: float = DEFAULT_THRESHOLD, bootstrap: int = 0,
+                   level: float = 0.95, linkage: str = "complete", pairs: int = 0, batch_size: int = 1,
+                   groups: int = DEFAULT_GROUPS, tol: float = DEFAULT_TOL, limit: int | None = None) -> None:
+    """Refuse bad survey settings before any forward pass (each error names the setting and what it takes)."""
+    from .groups import LINKAGES
+
+    if metric not in METRICS:
+        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+        raise GhostmapsError(f"threshold must be a |similarity| in [0, 1], got {threshold!r}; e.g. 0.9.")
+    if not isinstance(bootstrap, int) or bootstrap < 0:
+        raise GhostmapsError(f"bootstrap must be 0 (no intervals) or a number of replicates, got {bootstrap!r}.")
+    if not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+        raise GhostmapsError(f"level must be a confidence level in (0, 1), got {level!r}; e.g. 0.95.")
+    if linkage not in LINKAGES:
+        raise GhostmapsError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}.")
+    if not isinstance(pairs, int) or pairs < 0:
+        raise GhostmapsError(f"pairs must be 0 or more ghost pairs per layer, got {pairs!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise GhostmapsError(f"batch_size must be at least 1, got {batch_size!r}.")
+    if not isinstance(groups, int) or groups < 1:
+        raise GhostmapsError(f"groups must be at least 1, got {groups!r}.")
+    if not isinstance(tol, (int, float)) or not float(tol) >= 0.0:
+        raise GhostmapsError(f"tol must be a tolerance ≥ 0, got {tol!r}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise GhostmapsError(f"limit must be a number of images ≥ 1 (or None for all), got {limit!r}.")
+
+
 def survey(
     model: nn.Module | LoadedModel | str,
     images: Any = "samples",
@@ -422,12 +455,8 @@ def survey(
     Returns:
         A ``Survey`` (see the module docstring; formulas of the scores in ``analysis.scores``).
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if batch_size < 1:
-        raise GhostmapsError(f"batch_size must be at least 1, got {batch_size}.")
-    if groups < 1:
-        raise GhostmapsError(f"groups must be at least 1, got {groups}.")
+    check_settings(metric=metric, threshold=threshold, bootstrap=bootstrap, level=level, linkage=linkage,
+                   pairs=pairs, batch_size=batch_size, groups=groups, tol=tol, limit=limit)
     net, preprocess, info = _resolve_model(model)
     param = next(net.parameters(), None)
     model_device = param.device if param is not None else torch.device("cpu")
@@ -435,6 +464,7 @@ def survey(
     if param is not None and model_device != device:
         raise GhostmapsError(f"the model is on {model_device} but device={device}; move it first with "
                              f"model.to({str(device)!r}).")
+    known = None if isinstance(images, (str, os.PathLike)) else _source_length(images)  # before any wrapping
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images
                                                   and all(isinstance(s, (str, os.PathLike)) for s in images)):
         images = load_images(images, transform=preprocess, limit=limit)
@@ -447,7 +477,9 @@ def survey(
                              "the images over the processes itself.")
     rank, world, started = _distributed_context(distributed)
     total = _source_length(images)
-    chunk = block_size(total, groups)
+    if total is None and known is not None:
+        total = known if limit is None else min(limit, known)
+    chunk = block_size(total, groups)  # unknown length: one image per block, image i in group i mod K
     found: dict[str, GroupedStats] = {}
     order: list[str] = []
     skipped: set[str] = set()

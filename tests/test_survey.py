@@ -217,3 +217,56 @@ def test_survey_on_cuda_matches_the_cpu():
     for name in a.names:
         np.testing.assert_allclose(b[name].similarity.matrix, a[name].similarity.matrix, atol=1e-5)
         assert b[name].redundancy.scores["groups"].observed == a[name].redundancy.scores["groups"].observed
+
+
+def _filled(result, name: str = "conv2") -> list[int]:
+    return result[name].stats.filled_groups
+
+
+def test_generator_source_spreads_its_images_over_every_group(tiny):
+    x = images(10)
+    result = survey(tiny, (x[i:i + 2] for i in range(0, 10, 2)), layers="conv2", bootstrap=5, progress=False)
+    assert result.meta["chunk"] == 1 and _filled(result) == list(range(8))  # image i in group i mod 8
+    red = result["conv2"].redundancy
+    assert red.scores["groups"].low is not None and not any("two images" in n for n in red.notes)
+
+
+def test_dataloader_with_limit_uses_the_limited_length(tiny):
+    x = images(40)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(40)), batch_size=4)
+    a = survey(tiny, loader, layers="conv2", bootstrap=5, progress=False, limit=20)
+    b = survey(tiny, x[:20], layers="conv2", bootstrap=5, progress=False)
+    assert a.meta["chunk"] == b.meta["chunk"] == 3 and _filled(a) == list(range(7))
+    assert_same_scores(a["conv2"].redundancy, b["conv2"].redundancy)
+
+
+def test_dataloader_drop_last_counts_only_the_images_it_yields(tiny):
+    x = images(42)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(42)), batch_size=4,
+                                         drop_last=True)
+    result = survey(tiny, loader, layers="conv2", bootstrap=0, progress=False)
+    assert result.meta["images"] == 40 and result.meta["chunk"] == 5  # ⌈40 / 8⌉, not ⌈42 / 8⌉
+    assert _filled(result) == list(range(8))  # 42 would give blocks of 6 and leave group 7 empty
+
+
+def test_one_group_note_says_how_many_images_were_seen():
+    from analysis.scores import redundancy
+    from analysis.stats import GroupedStats
+
+    maps = torch.relu(torch.randn(10, 4, 3, 3, generator=torch.Generator().manual_seed(0)))
+    stats = GroupedStats(groups=4, chunk=16).update(maps)
+    notes = redundancy(stats, bootstrap=5).notes
+    assert any("all 10 images fell into one" in n for n in notes) and not any("at least two images" in n
+                                                                            for n in notes)
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": float("nan")}, {"bootstrap": -1},
+                                 {"level": 1.0}, {"linkage": "ward"}, {"groups": 0}, {"metric": "l2"},
+                                 {"batch_size": 0}, {"pairs": -2}])
+def test_bad_settings_are_refused_before_any_forward_pass(bad):
+    model = TinyNet().eval()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(GhostmapsError, match=next(iter(bad))):
+        survey(model, images(4), layers="conv2", progress=False, **bad)
+    assert calls == []

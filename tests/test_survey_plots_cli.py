@@ -124,3 +124,17 @@ def test_survey_command_bad_layer_is_exit_code_2(tmp_path, capsys):
     assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "nolayer",
                  "--out", str(tmp_path), "--no-progress"]) == 2
     assert "nolayer" in capsys.readouterr().err
+
+
+def test_survey_command_bad_heatmap_layer_fails_before_the_forward_pass(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    survey_module = importlib.import_module("analysis.survey")  # the module (the package exports the function)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the survey ran before --heatmap was checked")
+
+    monkeypatch.setattr(survey_module, "survey", never)
+    assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
+                 "--heatmap", "features.1.conv.0.0", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "features.1.conv.0.0" in capsys.readouterr().err

@@ -133,7 +133,7 @@ def test_state_dict_round_trip_and_errors():
 
 def test_block_size():
     assert block_size(7, 8) == 1 and block_size(64, 8) == 8 and block_size(10_000, 8) == 16
-    assert block_size(None) == 16
+    assert block_size(None) == 1  # unknown length: image i goes to group i mod K
 
 
 @pytest.mark.parametrize("owned", [False, True])
