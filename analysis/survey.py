@@ -28,6 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ghostnet._utils import model_dtype
+
+from ._io import atomic_write as _atomic_write
 from .capture import LayerSpec, capture, eval_mode
 from .errors import GhostmapsError
 from .groups import GhostGroups, ghost_groups
@@ -228,18 +231,6 @@ def _pair(d: dict[str, Any]) -> Any:
     return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename: an interrupted write leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 # -- scoring one layer --------------------------------------------------------------------------------------
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
                  bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
@@ -392,8 +383,8 @@ def check_settings(*, metric: str = "cosine", threshold: float = DEFAULT_THRESHO
 
     if metric not in METRICS:
         raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
-        raise GhostmapsError(f"threshold must be a |similarity| in [0, 1], got {threshold!r}; e.g. 0.9.")
+    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) <= 1.0:
+        raise GhostmapsError(f"threshold must be a |similarity| in (0, 1], got {threshold!r}; e.g. 0.9.")
     if not isinstance(bootstrap, int) or bootstrap < 0:
         raise GhostmapsError(f"bootstrap must be 0 (no intervals) or a number of replicates, got {bootstrap!r}.")
     if not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
@@ -499,13 +490,14 @@ def survey(
 
     share = None if total is None else sum(1 for i in range(total) if (i // chunk) % world == rank)
     bar = tqdm(total=share, unit="img", desc="survey", disable=not progress or rank != 0, dynamic_ncols=True)
+    dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
     start_time = time.perf_counter()
     n_images = 0
     try:
         with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
             for positions, batch in _batches(images, batch_size, chunk, rank, world):
                 current[:] = positions
-                net(batch.to(device))
+                net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
                 n_images += len(positions)
                 bar.update(len(positions))
     finally:

@@ -270,3 +270,13 @@ def test_bad_settings_are_refused_before_any_forward_pass(bad):
     with pytest.raises(GhostmapsError, match=next(iter(bad))):
         survey(model, images(4), layers="conv2", progress=False, **bad)
     assert calls == []
+
+
+def test_bf16_model_with_image_files_runs_in_the_model_dtype():
+    model = TinyNet().eval()
+    reference = survey(model, "samples:chelsea,china", layers="conv2", bootstrap=0, progress=False)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    result = survey(low, "samples:chelsea,china", layers="conv2", bootstrap=0, progress=False)
+    assert result.meta["images"] == 2 and next(low.parameters()).dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits: the pooled similarities agree to about 1e-2
+    np.testing.assert_allclose(result["conv2"].similarity.matrix, reference["conv2"].similarity.matrix, atol=3e-2)

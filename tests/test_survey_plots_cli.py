@@ -138,3 +138,24 @@ def test_survey_command_bad_heatmap_layer_fails_before_the_forward_pass(tmp_path
     assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
                  "--heatmap", "features.1.conv.0.0", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "features.1.conv.0.0" in capsys.readouterr().err
+
+
+def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from analysis._io import atomic_write
+
+    fig = plt.figure()
+    target = tmp_path / "profile.png"
+    atomic_write(target, b"old")
+
+    def interrupted(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(fig), "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plots.save_figure(fig, target)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["profile.png"]
+    plt.close(fig)
