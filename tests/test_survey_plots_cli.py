@@ -159,3 +159,11 @@ def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, 
         plots.save_figure(fig, target)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["profile.png"]
     plt.close(fig)
+
+
+def test_profile_panels_say_which_way_is_redundant(tiny_survey):
+    _, _, s = tiny_survey
+    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups"))
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False]
+    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:])
