@@ -298,8 +298,10 @@ def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int
         position = {name: i for i, name in enumerate(images.names)}
         src = images
         if world > 1:
-            src = ImageSource([it for i, it in enumerate(images._items) if mine(i)], images.transform,
-                              images.description)
+            share = [it for i, it in enumerate(images._items) if mine(i)]
+            if not share:  # fewer blocks than processes: this one has nothing to do (not an error)
+                return
+            src = ImageSource(share, images.transform, images.description)
         for names, batch in src.batches(batch_size):
             yield [position[n] for n in names], batch
         return
@@ -336,8 +338,13 @@ def _full_device(device: torch.device) -> torch.device:
     return device
 
 
-def _distributed_context(distributed: bool) -> tuple[int, int, bool]:
-    """(rank, world size, whether we started the process group)."""
+def _backend(device: torch.device) -> str:
+    """The process-group backend for a survey on ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _distributed_context(distributed: bool, device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether we started the process group); the backend follows the survey's device."""
     if not distributed:
         return 0, 1, False
     import torch.distributed as dist
@@ -349,26 +356,41 @@ def _distributed_context(distributed: bool) -> tuple[int, int, bool]:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise GhostmapsError("distributed=True: no process group and no RANK/WORLD_SIZE; launch with torchrun "
                                  "or call torch.distributed.init_process_group first.")
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=_backend(device))
         started = True
     return dist.get_rank(), dist.get_world_size(), started
 
 
 def _sync_layers(found: dict[str, GroupedStats], order: list[str], groups: int, chunk: int, tol: float,
-                 device: torch.device) -> list[str]:
-    """Make every process hold the same layers (zero statistics where it saw none), then all-reduce them."""
+                 device: torch.device, error: BaseException | None = None) -> list[str]:
+    """Make every process hold the same layers (zero statistics where it saw none), then all-reduce them.
+
+    Every process first shares its layers (with their map sizes) and whether its forward pass failed, so one
+    process's error is raised on all of them instead of leaving the others waiting in a collective. A layer whose
+    map size differs between processes keeps no position sums (no null baseline), as in one process."""
     import torch.distributed as dist
 
-    mine = [(name, found[name].channels, found[name].spatial) for name in order]
+    mine = {"error": None if error is None else f"{type(error).__name__}: {error}",
+            "layers": [(name, found[name].channels, found[name].spatial) for name in order]}
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
+    failed = [(r, e["error"]) for r, e in enumerate(everyone) if e["error"] is not None]
+    if failed:
+        rank, message = failed[0]
+        raise GhostmapsError(f"the survey failed on process {rank} ({message}); every process stops.") from error
     layers: dict[str, tuple[int, tuple[int, ...]]] = {}
+    sizes: dict[str, set[tuple[int, ...]]] = {}
     for entries in everyone:
-        for name, channels, spatial in entries:
+        for name, channels, spatial in entries["layers"]:
             layers.setdefault(name, (channels, tuple(spatial)))
+            sizes.setdefault(name, set()).add(tuple(spatial))
     for name, (channels, spatial) in layers.items():
         if name not in found:
             found[name] = GroupedStats(groups=groups, chunk=chunk, tol=tol).init(channels, spatial, device)
+        if len(sizes[name]) > 1:
+            found[name].position_sums = None  # maps of different sizes: no position-aligned baseline
     for name in layers:
         found[name].all_reduce()
     return list(layers)
@@ -466,7 +488,7 @@ def survey(
     if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
         raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
                              "the images over the processes itself.")
-    rank, world, started = _distributed_context(distributed)
+    rank, world, started = _distributed_context(distributed, device)
     total = _source_length(images)
     if total is None and known is not None:
         total = known if limit is None else min(limit, known)
@@ -493,6 +515,7 @@ def survey(
     dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
     start_time = time.perf_counter()
     n_images = 0
+    error: Exception | None = None
     try:
         with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
             for positions, batch in _batches(images, batch_size, chunk, rank, world):
@@ -500,11 +523,15 @@ def survey(
                 net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
                 n_images += len(positions)
                 bar.update(len(positions))
+    except Exception as exc:
+        if world == 1:
+            raise
+        error = exc  # raised below on every process, after they have all been told
     finally:
         bar.close()
     try:
         if world > 1:
-            order = _sync_layers(found, order, groups, chunk, tol, device)
+            order = _sync_layers(found, order, groups, chunk, tol, device, error)
         if not order:
             raise GhostmapsError(f"no feature maps were captured from layers {layers!r}"
                                  f"{' (outputs: ' + ', '.join(sorted(skipped)[:4]) + ')' if skipped else ''}; "

@@ -280,3 +280,54 @@ def test_bf16_model_with_image_files_runs_in_the_model_dtype():
     assert result.meta["images"] == 2 and next(low.parameters()).dtype == torch.bfloat16
     # bf16 keeps ~3 significant digits: the pooled similarities agree to about 1e-2
     np.testing.assert_allclose(result["conv2"].similarity.matrix, reference["conv2"].similarity.matrix, atol=3e-2)
+
+
+def _edge_worker(rank: int, world: int, port: int, out: str) -> None:
+    import json as json_
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    report: dict[str, object] = {}
+    try:
+        model = TinyNet().eval()
+        # one photo for two processes: process 1's share is empty and must not raise
+        one = survey(model, "samples:chelsea", layers="conv2", bootstrap=0, progress=False, distributed=True)
+        report["one_photo_images"] = one.meta["images"]
+        # a generator of images of two sizes: image 0 (12 px) goes to process 0, image 1 (16 px) to process 1
+        mixed = survey(model, iter([images(1, 12), images(1, 16, seed=1)]), layers="conv2", bootstrap=0,
+                       progress=False, distributed=True)
+        report["mixed_images"] = mixed.meta["images"]
+        report["mixed_baseline"] = mixed["conv2"].redundancy.scores["groups"].baseline
+
+        class FailsOnOne(TinyNet):
+            def forward(self, x):
+                if dist.get_rank() == 1:
+                    raise RuntimeError("boom on purpose")
+                return super().forward(x)
+
+        try:
+            survey(FailsOnOne().eval(), images(4), layers="conv2", bootstrap=0, progress=False, distributed=True)
+        except GhostmapsError as exc:
+            report["error"] = str(exc)
+    finally:
+        with open(f"{out}.{rank}.json", "w") as f:
+            json_.dump(report, f)
+        dist.destroy_process_group()
+
+
+def test_distributed_edge_cases_neither_hang_nor_disagree(tmp_path):
+    out = str(tmp_path / "edge")
+    torch.multiprocessing.spawn(_edge_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        report = json.loads(open(f"{out}.{rank}.json").read())
+        assert report["one_photo_images"] == 1 and report["mixed_images"] == 2
+        assert report["mixed_baseline"] is None  # position sums of different sizes are dropped, not summed
+        assert "process 1" in report["error"] and "boom on purpose" in report["error"]
+
+
+def test_backend_follows_the_survey_device():
+    from analysis.survey import _backend
+
+    assert _backend(torch.device("cpu")) == "gloo" and _backend(torch.device("cuda", 0)) == "nccl"
