@@ -331,6 +331,7 @@ class GroupedStats:
     max: torch.Tensor | None = None
     position_sums: torch.Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    started: bool = False  # whether the shift was set from data (kept on the host: no device read per batch)
 
     def __post_init__(self) -> None:
         if int(self.groups) < 1 or int(self.chunk) < 1:
@@ -339,6 +340,7 @@ class GroupedStats:
     def init(self, channels: int, spatial: tuple[int, ...], device: str | torch.device = "cpu") -> GroupedStats:
         """Allocate zero accumulators for ``channels`` channels with maps of shape ``spatial`` (H, W)."""
         self.channels, self.spatial, self.device = int(channels), tuple(spatial), torch.device(device)
+        self.started = False
         c, k = self.channels, self.groups
         f64 = {"dtype": torch.float64, "device": self.device}
         self.shift = torch.zeros(c, **f64)
@@ -397,12 +399,16 @@ class GroupedStats:
         if x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
             x, owned = x.float().contiguous(), True
         x3 = x.view(n, c, p)  # image k's channels are the contiguous C×P matrix x3[k]
-        if self.total_count == 0:
-            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
         # statistics of the raw values
         # (reducing the contiguous last axis first, then the images, is the faster order)
-        self.min = torch.minimum(self.min, x3.amin(dim=2).amin(dim=0).to(torch.float64))
-        self.max = torch.maximum(self.max, x3.amax(dim=2).amax(dim=0).to(torch.float64))
+        low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
+        high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
+        _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before changing anything
+        if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
+            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
+            self.started = True
+        self.min = torch.minimum(self.min, low)
+        self.max = torch.maximum(self.max, high)
         # |x| > tol counted as (x > tol) + (x < −tol): no |x| temporary
         above = torch.gt(x3, self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
         below = torch.lt(x3, -self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
@@ -422,9 +428,7 @@ class GroupedStats:
             while stop < n and groups[stop] == g:
                 stop += 1
             _add_gram(y[start:stop], self.gram, None if self.group_gram is None else self.group_gram[g])
-            run_sums = y[start:stop].sum(dim=(0, 2)).to(torch.float64)
-            _require_finite(run_sums)
-            self.sums[g] += run_sums
+            self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
             start = stop
@@ -557,6 +561,7 @@ class GroupedStats:
         dist.all_reduce(cnt)
         dist.all_reduce(weighted)
         common = weighted / cnt.clamp_min(1)
+        self.started = bool(cnt.item() > 0)
         if self.total_count:
             rebased = self.with_shift(common)
             self.gram, self.group_gram, self.sums = rebased.gram, rebased.group_gram, rebased.sums
@@ -597,4 +602,6 @@ class GroupedStats:
         state = dict(state)
         state["device"] = torch.device("cpu")
         state["spatial"] = tuple(state["spatial"]) if state.get("channels") is not None else None
+        count = state.get("count")
+        state.setdefault("started", isinstance(count, torch.Tensor) and int(count.sum()) > 0)  # older files
         return cls(**state)

@@ -174,3 +174,29 @@ def test_cuda_statistics_score_like_cpu_ones_and_merge_across_devices():
         assert b.scores[k].observed == pytest.approx(s.observed, rel=1e-6, abs=1e-9)
     merged = gpu.merge(fill(relu_maps(1), batch=2))
     assert merged.device.type == "cuda" and merged.gram.device.type == "cuda"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_refused_batch_leaves_the_statistics_unchanged(bad):
+    maps = relu_maps(0)
+    stats = fill(maps, batch=5)
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in stats.__dict__.items()}
+    poisoned = relu_maps(1)
+    poisoned[2, 3, 1, 1] = bad
+    with pytest.raises(GhostmapsError, match="NaN or inf"):
+        stats.update(poisoned, 10)
+    for k, v in before.items():
+        now = getattr(stats, k)
+        assert torch.equal(now, v) if isinstance(v, torch.Tensor) else now == v, k
+    stats.update(relu_maps(1), 10)  # and it goes on as if the bad batch never came
+    gram, _ = np_moments(torch.cat([maps, relu_maps(1)]).numpy())
+    np.testing.assert_allclose(stats.total().second_moment.numpy() * stats.total_count, gram, rtol=1e-10)
+
+
+def test_the_shift_is_set_once_and_survives_a_file_round_trip():
+    stats = fill(relu_maps(0), batch=4)
+    assert stats.started
+    back = GroupedStats.from_state_dict({k: v for k, v in stats.state_dict().items() if k != "started"})
+    assert back.started  # an older file without the flag: known from its counts
+    back.update(relu_maps(1), 10)
+    assert torch.equal(back.shift, stats.shift)
