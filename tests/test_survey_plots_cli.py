@@ -76,7 +76,8 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
         maps = model.conv2(torch.relu(model.bn1(model.conv1(x[:3]))))
     tile = fig.axes[2].images[0].get_array()  # row 0, image 1, channel i
     ref = maps[1, first.i].numpy()
-    np.testing.assert_allclose(tile, (ref - ref.min()) / (ref.max() - ref.min()), atol=1e-6)
+    lo, hi = np.percentile(ref, [1, 99])
+    np.testing.assert_allclose(tile, np.clip((ref - lo) / (hi - lo), 0, 1), atol=1e-6)
     fig2 = plots.pair_gallery(maps=maps, pairs=[(0, 1)], layer="conv2")
     assert len(fig2.axes) == 2 * 3
     with pytest.raises(GhostmapsError, match="outside"):
@@ -167,3 +168,20 @@ def test_profile_panels_say_which_way_is_redundant(tiny_survey):
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False]
     assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:])
+
+
+def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():
+    from analysis.plots.gallery import _tile
+
+    x = np.random.default_rng(0).uniform(0, 1, size=(20, 20))
+    x[0, 0] = 1000.0  # one hot border pixel
+    tile = _tile(x)
+    lo, hi = np.percentile(x, [1, 99])
+    np.testing.assert_allclose(tile, np.clip((x - lo) / (hi - lo), 0, 1))
+    assert tile[1:, 1:].std() > 0.25  # min–max scaling would squash the rest to ≈ 0.001
+
+
+def test_gallery_of_a_reused_module_names_its_outputs():
+    model = TinyNet().eval()
+    with pytest.raises(GhostmapsError, match="gives 2 outputs"):
+        plots.pair_gallery(layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])
