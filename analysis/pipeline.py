@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from ._io import atomic_write
 from .capture import LayerInfo, capture_maps, list_layers, single_entry
 from .errors import GhostmapsError
 from .images import NamedImage, load_images
@@ -70,9 +71,7 @@ class Figure1Result:
         """Write the figure (PNG, plus SVG when asked) and a JSON of the pairs beside it."""
         written = save_figure(self.figure, path, svg=svg)
         json_path = written[0].with_suffix(".json")
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(self.to_json(indent=2) + "\n")
-        os.replace(tmp, json_path)
+        atomic_write(json_path, self.to_json(indent=2) + "\n")
         return [*written, json_path]
 
 

@@ -22,10 +22,13 @@ norm (and for Pearson and Σ⁰, its own mean and variance). This keeps what mak
 non-negativity, sparsity, a shared spatial layout — and removes only what ties two channels *within an
 image*. A layer is redundant where the observed score is far beyond its baseline, not merely high.
 
-**Confidence interval.** Percentile bootstrap over images: the images fall into K groups (blocks of consecutive
-images, or single images for small sets); each replicate redraws K groups with replacement, adds their moments
-and recomputes every score; the interval is the (1 − level)/2 and (1 + level)/2 quantiles. Dead and constant
-channels are those of all images in every replicate.
+**Confidence interval.** Bias-corrected (BC) percentile bootstrap over images: the images fall into K groups
+(blocks of consecutive images, or single images for small sets); each replicate redraws the filled groups with
+replacement, adds their moments and recomputes every score. Replicates repeat images, which biases several
+scores (e.g. ``groups`` and ``participation_ratio`` fall when images repeat), so the plain (1 ± level)/2
+quantiles often miss the observed value; BC shifts the quantiles by z₀ = Φ⁻¹(fraction of replicates below the
+observed value) to Φ(2z₀ ± z_{(1+level)/2}) (``bc_interval``). Where the observed value is still outside, a
+note says so. Dead and constant channels are those of all images in every replicate.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from .errors import GhostmapsError
 from .groups import GhostGroups, ghost_groups
 from .similarity import METRICS
 from .stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
+from .stats import normalised_moment as _normalise
 
 SCORE_NAMES = ("ghost_fraction", "groups", "ratio", "participation_ratio", "rank99", "mean_abs_similarity")
 DEFAULT_THRESHOLD = 0.9
@@ -138,17 +142,6 @@ class Redundancy:
 
 
 # -- the scores of one matrix ---------------------------------------------------------------------------------
-def _normalise(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """moment_ij / √(moment_ii moment_jj) over valid channels; 0 elsewhere, clipped to [−1, 1]."""
-    diag = moment.diagonal().clamp_min(0)
-    ok = valid & (diag > 0)
-    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
-    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
-    sim = sim.clamp(-1.0, 1.0)
-    sim.diagonal().copy_(ok.to(sim.dtype))
-    return sim
-
-
 def _moments(stats: LayerStats, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(the matrix the metric normalises, the covariance)."""
     cov = stats.covariance
@@ -194,6 +187,33 @@ def matrix_scores(similarity: torch.Tensor, valid: torch.Tensor, covariance: tor
             "participation_ratio": pr, "rank99": float(rank99), "mean_abs_similarity": mean_abs}
 
 
+TIE_RTOL = 1e-6  # replicates use float32 group matrices: closer than this to the observed value is a tie
+
+
+def bc_interval(replicates: Any, observed: float, level: float = 0.95, rtol: float = TIE_RTOL
+                ) -> tuple[float, float]:
+    """Bias-corrected percentile bootstrap interval (Efron's BC): with z₀ = Φ⁻¹(p), p the fraction of
+    replicates below ``observed`` (ties — within ``rtol`` relative — count one half; p kept within
+    [1/(2B), 1 − 1/(2B)] for B replicates), the interval is the replicates' Φ(2z₀ + z_{(1−level)/2}) and
+    Φ(2z₀ + z_{(1+level)/2}) quantiles. With p = ½ it is the plain percentile interval; it follows the observed
+    value where the replicates are shifted (a replicate that redraws every group once is a tie)."""
+    from statistics import NormalDist
+
+    values = np.asarray(replicates, dtype=np.float64)
+    b = values.size
+    if b == 0:
+        raise GhostmapsError("bc_interval needs at least one bootstrap replicate.")
+    tie = np.abs(values - observed) <= rtol * max(abs(observed), 1e-300)
+    p = (np.count_nonzero((values < observed) & ~tie) + 0.5 * np.count_nonzero(tie)) / b
+    p = min(max(p, 0.5 / b), 1 - 0.5 / b)
+    norm = NormalDist()
+    z0 = norm.inv_cdf(p) if 0.0 < p < 1.0 else 0.0
+    lo_q = norm.cdf(2 * z0 + norm.inv_cdf((1 - level) / 2))
+    hi_q = norm.cdf(2 * z0 + norm.inv_cdf((1 + level) / 2))
+    low, high = np.quantile(values, [lo_q, hi_q])
+    return float(low), float(high)
+
+
 def _as_grouped(source: LayerStats | GroupedStats | torch.Tensor, groups: int, tol: float) -> GroupedStats:
     if isinstance(source, GroupedStats):
         return source
@@ -219,6 +239,7 @@ def redundancy(
     layer: str | None = None,
     groups: int = DEFAULT_GROUPS,
     tol: float = DEFAULT_TOL,
+    observed_groups: GhostGroups | None = None,
 ) -> Redundancy:
     """A layer's redundancy scores with null baselines and bootstrap intervals (formulas: module docstring).
 
@@ -232,6 +253,10 @@ def redundancy(
         seed: seed of the bootstrap draws (results are deterministic).
         layer: a name to carry along.
         groups, tol: for maps only — image groups and zero tolerance of the statistics.
+        observed_groups: the ghost groups of the observed similarity at ``threshold`` and ``linkage`` when the
+            caller already has them (``survey`` does), so the clustering is not run twice.
+
+    Scoring runs on the CPU in float64 whatever device the statistics are on (they are C×C matrices).
     """
     if metric not in METRICS:
         raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -240,12 +265,14 @@ def redundancy(
     if bootstrap < 0:
         raise GhostmapsError(f"bootstrap must be 0 or more replicates, got {bootstrap}.")
     grouped = _as_grouped(source, groups, tol)
+    if grouped.device != torch.device("cpu"):
+        grouped = grouped.to("cpu")  # C×C moments: scoring on the CPU keeps every mask and moment on one device
     total = grouped.total()
-    dead, constant = total.dead.cpu(), total.constant.cpu()
+    dead, constant = total.dead, total.constant
     valid = ~(dead | constant)
     moment, cov = _moments(total, metric)
     sim = _normalise(moment, valid)
-    observed = matrix_scores(sim, valid, cov, threshold, linkage)
+    observed = matrix_scores(sim, valid, cov, threshold, linkage, groups=observed_groups)
     notes: list[str] = []
 
     baseline: dict[str, float] | None = None
@@ -264,7 +291,10 @@ def redundancy(
     if bootstrap and grouped.groups == 1:
         notes.append("no confidence interval: these statistics keep no image groups (groups=1 or a compact file)")
     elif bootstrap and len(filled) < 2:
-        notes.append("no confidence interval: it needs at least two images")
+        notes.append("no confidence interval: it needs at least two images" if grouped.total_images < 2 else
+                     f"no confidence interval: it needs images in at least two image groups, and all "
+                     f"{grouped.total_images} images fell into one (blocks of {grouped.chunk}); survey more "
+                     "images or use smaller blocks")
     elif bootstrap:
         rng = np.random.default_rng(seed)
         for _ in range(bootstrap):
@@ -274,12 +304,11 @@ def redundancy(
             m_b, cov_b = _moments(rep, metric)
             for k, value in matrix_scores(_normalise(m_b, valid), valid, cov_b, threshold, linkage, fast=True).items():
                 draws[k].append(value)
-    q = ((1 - level) / 2, (1 + level) / 2)
     scores: dict[str, Score] = {}
     for k, value in observed.items():
         low = high = None
         if draws[k]:
-            low, high = (float(v) for v in np.quantile(draws[k], q))
+            low, high = bc_interval(draws[k], value, level)
         scores[k] = Score(value, None if baseline is None else baseline[k], low, high)
     outside = [k for k, sc in scores.items() if sc.low is not None and not sc.low - 1e-12 <= sc.observed <= sc.high + 1e-12]
     if outside:

@@ -229,15 +229,20 @@ class LayerStats:
             moment = self.covariance
         else:
             raise GhostmapsError(f"unknown metric {metric!r}; use 'cosine' or 'pearson'.")
-        valid = ~(self.dead | self.constant)
-        diag = moment.diagonal().clamp_min(0)
-        valid &= diag > 0
-        norm = torch.where(valid, diag.sqrt(), torch.ones_like(diag))
-        sim = moment / torch.outer(norm, norm)
-        mask = torch.outer(valid, valid)
-        sim = torch.where(mask, sim, torch.zeros_like(sim)).clamp(-1.0, 1.0)
-        sim.diagonal().copy_(valid.to(sim.dtype))
-        return sim
+        return normalised_moment(moment, ~(self.dead | self.constant))
+
+
+def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """moment_ij / √(moment_ii moment_jj) over ``valid`` channels with a positive diagonal; 0 elsewhere (never
+    NaN), clipped to [−1, 1], with 1 on the diagonal of those channels. The mask moves to the moment's device."""
+    valid = valid.to(moment.device)
+    diag = moment.diagonal().clamp_min(0)
+    ok = valid & (diag > 0)
+    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
+    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
+    sim = sim.clamp(-1.0, 1.0)
+    sim.diagonal().copy_(ok.to(sim.dtype))
+    return sim
 
 
 # -- image groups and cross-image sums: what a survey needs for confidence intervals and null baselines ------
@@ -248,9 +253,10 @@ MAX_CHUNK = 16
 def block_size(total_images: int | None, groups: int = DEFAULT_GROUPS) -> int:
     """Images per contiguous block when ``total_images`` are spread over ``groups`` groups: enough blocks that
     every group gets some (one image per block for small sets), at most ``MAX_CHUNK`` so that large sets
-    still interleave blocks over the groups (block b goes to group b mod K)."""
+    still interleave blocks over the groups (block b goes to group b mod K). An unknown number of images gets
+    blocks of one image."""
     if total_images is None:
-        return MAX_CHUNK
+        return 1  # unknown length: single images dealt round-robin, so every group fills from K images on
     return max(1, min(MAX_CHUNK, -(-int(total_images) // max(1, groups))))
 
 
@@ -325,6 +331,7 @@ class GroupedStats:
     max: torch.Tensor | None = None
     position_sums: torch.Tensor | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    started: bool = False  # whether the shift was set from data (kept on the host: no device read per batch)
 
     def __post_init__(self) -> None:
         if int(self.groups) < 1 or int(self.chunk) < 1:
@@ -333,6 +340,7 @@ class GroupedStats:
     def init(self, channels: int, spatial: tuple[int, ...], device: str | torch.device = "cpu") -> GroupedStats:
         """Allocate zero accumulators for ``channels`` channels with maps of shape ``spatial`` (H, W)."""
         self.channels, self.spatial, self.device = int(channels), tuple(spatial), torch.device(device)
+        self.started = False
         c, k = self.channels, self.groups
         f64 = {"dtype": torch.float64, "device": self.device}
         self.shift = torch.zeros(c, **f64)
@@ -391,12 +399,16 @@ class GroupedStats:
         if x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
             x, owned = x.float().contiguous(), True
         x3 = x.view(n, c, p)  # image k's channels are the contiguous C×P matrix x3[k]
-        if self.total_count == 0:
-            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
         # statistics of the raw values
         # (reducing the contiguous last axis first, then the images, is the faster order)
-        self.min = torch.minimum(self.min, x3.amin(dim=2).amin(dim=0).to(torch.float64))
-        self.max = torch.maximum(self.max, x3.amax(dim=2).amax(dim=0).to(torch.float64))
+        low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
+        high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
+        _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before changing anything
+        if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
+            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
+            self.started = True
+        self.min = torch.minimum(self.min, low)
+        self.max = torch.maximum(self.max, high)
         # |x| > tol counted as (x > tol) + (x < −tol): no |x| temporary
         above = torch.gt(x3, self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
         below = torch.lt(x3, -self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
@@ -416,9 +428,7 @@ class GroupedStats:
             while stop < n and groups[stop] == g:
                 stop += 1
             _add_gram(y[start:stop], self.gram, None if self.group_gram is None else self.group_gram[g])
-            run_sums = y[start:stop].sum(dim=(0, 2)).to(torch.float64)
-            _require_finite(run_sums)
-            self.sums[g] += run_sums
+            self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
             start = stop
@@ -497,6 +507,13 @@ class GroupedStats:
         out.shift, out.sums = shift.clone(), s + cnt.view(-1, 1) * delta
         return out
 
+    def to(self, device: str | torch.device) -> GroupedStats:
+        """A copy on another device (the statistics are unchanged)."""
+        moved = {k: (v.to(device, copy=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
+        moved["device"] = torch.device(device)
+        return GroupedStats(**moved)
+
     def _copy(self) -> GroupedStats:
         return GroupedStats(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
 
@@ -510,7 +527,7 @@ class GroupedStats:
             raise GhostmapsError("cannot merge statistics with different channels, groups, chunk or tol: "
                                  f"{(self.channels, self.groups, self.chunk, self.tol)} vs "
                                  f"{(other.channels, other.groups, other.chunk, other.tol)}.")
-        o = other.with_shift(self.shift)
+        o = (other if other.device == self.device else other.to(self.device)).with_shift(self.shift)
         out = self._copy()
         out.gram += o.gram
         if out.group_gram is not None:
@@ -544,6 +561,7 @@ class GroupedStats:
         dist.all_reduce(cnt)
         dist.all_reduce(weighted)
         common = weighted / cnt.clamp_min(1)
+        self.started = bool(cnt.item() > 0)
         if self.total_count:
             rebased = self.with_shift(common)
             self.gram, self.group_gram, self.sums = rebased.gram, rebased.group_gram, rebased.sums
@@ -584,4 +602,6 @@ class GroupedStats:
         state = dict(state)
         state["device"] = torch.device("cpu")
         state["spatial"] = tuple(state["spatial"]) if state.get("channels") is not None else None
+        count = state.get("count")
+        state.setdefault("started", isinstance(count, torch.Tensor) and int(count.sum()) > 0)  # older files
         return cls(**state)

@@ -28,14 +28,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ghostnet._utils import model_dtype
+
+from ._io import atomic_write as _atomic_write
 from .capture import LayerSpec, capture, eval_mode
 from .errors import GhostmapsError
 from .groups import GhostGroups, ghost_groups
 from .images import ImageSource, load_images
 from .models import LoadedModel, ModelInfo, default_preprocess, load_model
 from .pairs import GhostPairs, ghost_pairs
-from .scores import DEFAULT_THRESHOLD, Redundancy, _normalise, redundancy
-from .similarity import METRICS, ChannelSimilarity
+from .scores import DEFAULT_THRESHOLD, Redundancy, redundancy
+from .similarity import METRICS, ChannelSimilarity, channel_similarity
 from .stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 
 FORMAT = "ghostmaps-survey"
@@ -65,11 +68,7 @@ class LayerSurvey:
             if self.stats is None:
                 raise GhostmapsError(f"layer {self.name!r} was saved without statistics; save with stats=True to "
                                      "keep the similarity matrices.")
-            total = self.stats.total()
-            dead, constant = total.dead.cpu(), total.constant.cpu()
-            moment = total.second_moment if self.redundancy.metric == "cosine" else total.covariance
-            self._similarity = ChannelSimilarity(_normalise(moment, ~(dead | constant)).cpu(),
-                                                 self.redundancy.metric, dead, constant, self.name)
+            self._similarity = channel_similarity(self.stats.total(), self.redundancy.metric, layer=self.name)
         return self._similarity
 
     @property
@@ -203,6 +202,7 @@ class Survey:
                      "linkage": linkage, "pairs": pairs, "seed": seed}.items():
             if v is not None:
                 settings[k] = v
+        check_settings(**{k: v for k, v in settings.items() if k != "seed" and v is not None})
         chosen = [self[name] for name in layers] if layers is not None else list(self)
         missing = [layer.name for layer in chosen if layer.stats is None]
         if missing:
@@ -231,26 +231,15 @@ def _pair(d: dict[str, Any]) -> Any:
     return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename: an interrupted write leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 # -- scoring one layer --------------------------------------------------------------------------------------
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
                  bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
+    sim = channel_similarity(stats.total(), metric, layer=name)
+    found = ghost_groups(sim, threshold, linkage)
     red = redundancy(stats, metric=metric, threshold=threshold, bootstrap=bootstrap, level=level,
-                     linkage=linkage, seed=seed, layer=name)
-    out = LayerSurvey(name, tuple(shape), red, None, None, stats)  # type: ignore[arg-type]
-    sim = out.similarity
-    out.groups = ghost_groups(sim, threshold, linkage)
+                     linkage=linkage, seed=seed, layer=name, observed_groups=found)
+    out = LayerSurvey(name, tuple(shape), red, None, None, stats, sim)  # type: ignore[arg-type]
+    out.groups = found
     out.pairs = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
     return out
 
@@ -278,9 +267,13 @@ def _source_length(images: Any) -> int | None:
         part = getattr(images, attr, None)
         if part is not None:
             try:
-                return len(part)
+                n = len(part)
             except TypeError:
                 continue
+            size = getattr(images, "batch_size", None)
+            if getattr(images, "drop_last", False) and isinstance(size, int) and size > 0:
+                n -= n % size  # the last, partial batch is never yielded
+            return n
     return None
 
 
@@ -305,8 +298,10 @@ def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int
         position = {name: i for i, name in enumerate(images.names)}
         src = images
         if world > 1:
-            src = ImageSource([it for i, it in enumerate(images._items) if mine(i)], images.transform,
-                              images.description)
+            share = [it for i, it in enumerate(images._items) if mine(i)]
+            if not share:  # fewer blocks than processes: this one has nothing to do (not an error)
+                return
+            src = ImageSource(share, images.transform, images.description)
         for names, batch in src.batches(batch_size):
             yield [position[n] for n in names], batch
         return
@@ -336,8 +331,20 @@ def _resolve_model(model: Any) -> tuple[nn.Module, Any, ModelInfo]:
                          f"{type(model).__name__}.")
 
 
-def _distributed_context(distributed: bool) -> tuple[int, int, bool]:
-    """(rank, world size, whether we started the process group)."""
+def _full_device(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:<current>`` (what a parameter's ``.device`` says), so devices compare whole."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _backend(device: torch.device) -> str:
+    """The process-group backend for a survey on ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _distributed_context(distributed: bool, device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether we started the process group); the backend follows the survey's device."""
     if not distributed:
         return 0, 1, False
     import torch.distributed as dist
@@ -349,32 +356,75 @@ def _distributed_context(distributed: bool) -> tuple[int, int, bool]:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise GhostmapsError("distributed=True: no process group and no RANK/WORLD_SIZE; launch with torchrun "
                                  "or call torch.distributed.init_process_group first.")
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=_backend(device))
         started = True
     return dist.get_rank(), dist.get_world_size(), started
 
 
 def _sync_layers(found: dict[str, GroupedStats], order: list[str], groups: int, chunk: int, tol: float,
-                 device: torch.device) -> list[str]:
-    """Make every process hold the same layers (zero statistics where it saw none), then all-reduce them."""
+                 device: torch.device, error: BaseException | None = None) -> list[str]:
+    """Make every process hold the same layers (zero statistics where it saw none), then all-reduce them.
+
+    Every process first shares its layers (with their map sizes) and whether its forward pass failed, so one
+    process's error is raised on all of them instead of leaving the others waiting in a collective. A layer whose
+    map size differs between processes keeps no position sums (no null baseline), as in one process."""
     import torch.distributed as dist
 
-    mine = [(name, found[name].channels, found[name].spatial) for name in order]
+    mine = {"error": None if error is None else f"{type(error).__name__}: {error}",
+            "layers": [(name, found[name].channels, found[name].spatial) for name in order]}
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
+    failed = [(r, e["error"]) for r, e in enumerate(everyone) if e["error"] is not None]
+    if failed:
+        rank, message = failed[0]
+        raise GhostmapsError(f"the survey failed on process {rank} ({message}); every process stops.") from error
     layers: dict[str, tuple[int, tuple[int, ...]]] = {}
+    sizes: dict[str, set[tuple[int, ...]]] = {}
     for entries in everyone:
-        for name, channels, spatial in entries:
+        for name, channels, spatial in entries["layers"]:
             layers.setdefault(name, (channels, tuple(spatial)))
+            sizes.setdefault(name, set()).add(tuple(spatial))
     for name, (channels, spatial) in layers.items():
         if name not in found:
             found[name] = GroupedStats(groups=groups, chunk=chunk, tol=tol).init(channels, spatial, device)
+        if len(sizes[name]) > 1:
+            found[name].position_sums = None  # maps of different sizes: no position-aligned baseline
     for name in layers:
         found[name].all_reduce()
     return list(layers)
 
 
 # -- the survey ---------------------------------------------------------------------------------------------
+def check_settings(*, metric: str = "cosine", threshold: float = DEFAULT_THRESHOLD, bootstrap: int = 0,
+                   level: float = 0.95, linkage: str = "complete", pairs: int = 0, batch_size: int = 1,
+                   groups: int = DEFAULT_GROUPS, tol: float = DEFAULT_TOL, limit: int | None = None) -> None:
+    """Refuse bad survey settings before any forward pass (each error names the setting and what it takes)."""
+    from .groups import LINKAGES
+
+    if metric not in METRICS:
+        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) <= 1.0:
+        raise GhostmapsError(f"threshold must be a |similarity| in (0, 1], got {threshold!r}; e.g. 0.9.")
+    if not isinstance(bootstrap, int) or bootstrap < 0:
+        raise GhostmapsError(f"bootstrap must be 0 (no intervals) or a number of replicates, got {bootstrap!r}.")
+    if not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+        raise GhostmapsError(f"level must be a confidence level in (0, 1), got {level!r}; e.g. 0.95.")
+    if linkage not in LINKAGES:
+        raise GhostmapsError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}.")
+    if not isinstance(pairs, int) or pairs < 0:
+        raise GhostmapsError(f"pairs must be 0 or more ghost pairs per layer, got {pairs!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise GhostmapsError(f"batch_size must be at least 1, got {batch_size!r}.")
+    if not isinstance(groups, int) or groups < 1:
+        raise GhostmapsError(f"groups must be at least 1, got {groups!r}.")
+    if not isinstance(tol, (int, float)) or not float(tol) >= 0.0:
+        raise GhostmapsError(f"tol must be a tolerance ≥ 0, got {tol!r}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise GhostmapsError(f"limit must be a number of images ≥ 1 (or None for all), got {limit!r}.")
+
+
 def survey(
     model: nn.Module | LoadedModel | str,
     images: Any = "samples",
@@ -418,19 +468,16 @@ def survey(
     Returns:
         A ``Survey`` (see the module docstring; formulas of the scores in ``analysis.scores``).
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if batch_size < 1:
-        raise GhostmapsError(f"batch_size must be at least 1, got {batch_size}.")
-    if groups < 1:
-        raise GhostmapsError(f"groups must be at least 1, got {groups}.")
+    check_settings(metric=metric, threshold=threshold, bootstrap=bootstrap, level=level, linkage=linkage,
+                   pairs=pairs, batch_size=batch_size, groups=groups, tol=tol, limit=limit)
     net, preprocess, info = _resolve_model(model)
     param = next(net.parameters(), None)
     model_device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device) if device is not None else model_device
-    if param is not None and model_device.type != device.type:
+    device = _full_device(torch.device(device)) if device is not None else model_device
+    if param is not None and model_device != device:
         raise GhostmapsError(f"the model is on {model_device} but device={device}; move it first with "
                              f"model.to({str(device)!r}).")
+    known = None if isinstance(images, (str, os.PathLike)) else _source_length(images)  # before any wrapping
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images
                                                   and all(isinstance(s, (str, os.PathLike)) for s in images)):
         images = load_images(images, transform=preprocess, limit=limit)
@@ -441,9 +488,11 @@ def survey(
     if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
         raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
                              "the images over the processes itself.")
-    rank, world, started = _distributed_context(distributed)
+    rank, world, started = _distributed_context(distributed, device)
     total = _source_length(images)
-    chunk = block_size(total, groups)
+    if total is None and known is not None:
+        total = known if limit is None else min(limit, known)
+    chunk = block_size(total, groups)  # unknown length: one image per block, image i in group i mod K
     found: dict[str, GroupedStats] = {}
     order: list[str] = []
     skipped: set[str] = set()
@@ -463,20 +512,26 @@ def survey(
 
     share = None if total is None else sum(1 for i in range(total) if (i // chunk) % world == rank)
     bar = tqdm(total=share, unit="img", desc="survey", disable=not progress or rank != 0, dynamic_ncols=True)
+    dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
     start_time = time.perf_counter()
     n_images = 0
+    error: Exception | None = None
     try:
         with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
             for positions, batch in _batches(images, batch_size, chunk, rank, world):
                 current[:] = positions
-                net(batch.to(device))
+                net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
                 n_images += len(positions)
                 bar.update(len(positions))
+    except Exception as exc:
+        if world == 1:
+            raise
+        error = exc  # raised below on every process, after they have all been told
     finally:
         bar.close()
     try:
         if world > 1:
-            order = _sync_layers(found, order, groups, chunk, tol, device)
+            order = _sync_layers(found, order, groups, chunk, tol, device, error)
         if not order:
             raise GhostmapsError(f"no feature maps were captured from layers {layers!r}"
                                  f"{' (outputs: ' + ', '.join(sorted(skipped)[:4]) + ')' if skipped else ''}; "

@@ -52,6 +52,15 @@ def cmd_survey(args: argparse.Namespace) -> int:
     from .survey import survey
 
     loaded = load_model(args.model, weights=args.weights, device=args.device)
+    if args.heatmap:  # fail early, naming the layer, before the forward pass
+        from .capture import resolve_layers
+        from .errors import UnknownLayerError, did_you_mean
+
+        surveyed = resolve_layers(loaded.model, args.layers)
+        for name in args.heatmap:
+            if name.split("#")[0].split("[")[0] not in surveyed:
+                raise UnknownLayerError(f"--heatmap {name!r} is not among the surveyed layers "
+                                        f"({args.layers!r}).{did_you_mean(name, surveyed)}")
     result = survey(loaded, args.images, layers=args.layers, metric=args.metric, threshold=args.threshold,
                     batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
                     bootstrap=args.bootstrap, groups=args.groups, limit=args.limit, seed=args.seed,

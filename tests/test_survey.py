@@ -3,6 +3,7 @@ no side effects on the model, and the distributed run against the single-process
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -204,3 +205,129 @@ def test_distributed_survey_equals_single_process(tmp_path):
         assert [(p.i, p.j) for p in b.pairs] == [(p.i, p.j) for p in a.pairs]
         assert [p.score for p in b.pairs] == pytest.approx([p.score for p in a.pairs], abs=1e-5)
         assert_same_scores(a.redundancy, b.redundancy)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_survey_on_cuda_matches_the_cpu():
+    model = TinyNet().eval()
+    x = images(6)
+    a = survey(model, x, layers=["conv1", "conv2"], bootstrap=10, progress=False)
+    b = survey(copy.deepcopy(model).cuda(), x, layers=["conv1", "conv2"], bootstrap=10, progress=False,
+               device="cuda")
+    for name in a.names:
+        np.testing.assert_allclose(b[name].similarity.matrix, a[name].similarity.matrix, atol=1e-5)
+        assert b[name].redundancy.scores["groups"].observed == a[name].redundancy.scores["groups"].observed
+
+
+def _filled(result, name: str = "conv2") -> list[int]:
+    return result[name].stats.filled_groups
+
+
+def test_generator_source_spreads_its_images_over_every_group(tiny):
+    x = images(10)
+    result = survey(tiny, (x[i:i + 2] for i in range(0, 10, 2)), layers="conv2", bootstrap=5, progress=False)
+    assert result.meta["chunk"] == 1 and _filled(result) == list(range(8))  # image i in group i mod 8
+    red = result["conv2"].redundancy
+    assert red.scores["groups"].low is not None and not any("two images" in n for n in red.notes)
+
+
+def test_dataloader_with_limit_uses_the_limited_length(tiny):
+    x = images(40)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(40)), batch_size=4)
+    a = survey(tiny, loader, layers="conv2", bootstrap=5, progress=False, limit=20)
+    b = survey(tiny, x[:20], layers="conv2", bootstrap=5, progress=False)
+    assert a.meta["chunk"] == b.meta["chunk"] == 3 and _filled(a) == list(range(7))
+    assert_same_scores(a["conv2"].redundancy, b["conv2"].redundancy)
+
+
+def test_dataloader_drop_last_counts_only_the_images_it_yields(tiny):
+    x = images(42)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(42)), batch_size=4,
+                                         drop_last=True)
+    result = survey(tiny, loader, layers="conv2", bootstrap=0, progress=False)
+    assert result.meta["images"] == 40 and result.meta["chunk"] == 5  # ⌈40 / 8⌉, not ⌈42 / 8⌉
+    assert _filled(result) == list(range(8))  # 42 would give blocks of 6 and leave group 7 empty
+
+
+def test_one_group_note_says_how_many_images_were_seen():
+    from analysis.scores import redundancy
+    from analysis.stats import GroupedStats
+
+    maps = torch.relu(torch.randn(10, 4, 3, 3, generator=torch.Generator().manual_seed(0)))
+    stats = GroupedStats(groups=4, chunk=16).update(maps)
+    notes = redundancy(stats, bootstrap=5).notes
+    assert any("all 10 images fell into one" in n for n in notes) and not any("at least two images" in n
+                                                                            for n in notes)
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": float("nan")}, {"bootstrap": -1},
+                                 {"level": 1.0}, {"linkage": "ward"}, {"groups": 0}, {"metric": "l2"},
+                                 {"batch_size": 0}, {"pairs": -2}])
+def test_bad_settings_are_refused_before_any_forward_pass(bad):
+    model = TinyNet().eval()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(GhostmapsError, match=next(iter(bad))):
+        survey(model, images(4), layers="conv2", progress=False, **bad)
+    assert calls == []
+
+
+def test_bf16_model_with_image_files_runs_in_the_model_dtype():
+    model = TinyNet().eval()
+    reference = survey(model, "samples:chelsea,china", layers="conv2", bootstrap=0, progress=False)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    result = survey(low, "samples:chelsea,china", layers="conv2", bootstrap=0, progress=False)
+    assert result.meta["images"] == 2 and next(low.parameters()).dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits: the pooled similarities agree to about 1e-2
+    np.testing.assert_allclose(result["conv2"].similarity.matrix, reference["conv2"].similarity.matrix, atol=3e-2)
+
+
+def _edge_worker(rank: int, world: int, port: int, out: str) -> None:
+    import json as json_
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    report: dict[str, object] = {}
+    try:
+        model = TinyNet().eval()
+        # one photo for two processes: process 1's share is empty and must not raise
+        one = survey(model, "samples:chelsea", layers="conv2", bootstrap=0, progress=False, distributed=True)
+        report["one_photo_images"] = one.meta["images"]
+        # a generator of images of two sizes: image 0 (12 px) goes to process 0, image 1 (16 px) to process 1
+        mixed = survey(model, iter([images(1, 12), images(1, 16, seed=1)]), layers="conv2", bootstrap=0,
+                       progress=False, distributed=True)
+        report["mixed_images"] = mixed.meta["images"]
+        report["mixed_baseline"] = mixed["conv2"].redundancy.scores["groups"].baseline
+
+        class FailsOnOne(TinyNet):
+            def forward(self, x):
+                if dist.get_rank() == 1:
+                    raise RuntimeError("boom on purpose")
+                return super().forward(x)
+
+        try:
+            survey(FailsOnOne().eval(), images(4), layers="conv2", bootstrap=0, progress=False, distributed=True)
+        except GhostmapsError as exc:
+            report["error"] = str(exc)
+    finally:
+        with open(f"{out}.{rank}.json", "w") as f:
+            json_.dump(report, f)
+        dist.destroy_process_group()
+
+
+def test_distributed_edge_cases_neither_hang_nor_disagree(tmp_path):
+    out = str(tmp_path / "edge")
+    torch.multiprocessing.spawn(_edge_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        report = json.loads(open(f"{out}.{rank}.json").read())
+        assert report["one_photo_images"] == 1 and report["mixed_images"] == 2
+        assert report["mixed_baseline"] is None  # position sums of different sizes are dropped, not summed
+        assert "process 1" in report["error"] and "boom on purpose" in report["error"]
+
+
+def test_backend_follows_the_survey_device():
+    from analysis.survey import _backend
+
+    assert _backend(torch.device("cpu")) == "gloo" and _backend(torch.device("cuda", 0)) == "nccl"

@@ -76,7 +76,8 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
         maps = model.conv2(torch.relu(model.bn1(model.conv1(x[:3]))))
     tile = fig.axes[2].images[0].get_array()  # row 0, image 1, channel i
     ref = maps[1, first.i].numpy()
-    np.testing.assert_allclose(tile, (ref - ref.min()) / (ref.max() - ref.min()), atol=1e-6)
+    lo, hi = np.percentile(ref, [1, 99])
+    np.testing.assert_allclose(tile, np.clip((ref - lo) / (hi - lo), 0, 1), atol=1e-6)
     fig2 = plots.pair_gallery(maps=maps, pairs=[(0, 1)], layer="conv2")
     assert len(fig2.axes) == 2 * 3
     with pytest.raises(GhostmapsError, match="outside"):
@@ -124,3 +125,63 @@ def test_survey_command_bad_layer_is_exit_code_2(tmp_path, capsys):
     assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "nolayer",
                  "--out", str(tmp_path), "--no-progress"]) == 2
     assert "nolayer" in capsys.readouterr().err
+
+
+def test_survey_command_bad_heatmap_layer_fails_before_the_forward_pass(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    survey_module = importlib.import_module("analysis.survey")  # the module (the package exports the function)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the survey ran before --heatmap was checked")
+
+    monkeypatch.setattr(survey_module, "survey", never)
+    assert main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
+                 "--heatmap", "features.1.conv.0.0", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "features.1.conv.0.0" in capsys.readouterr().err
+
+
+def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from analysis._io import atomic_write
+
+    fig = plt.figure()
+    target = tmp_path / "profile.png"
+    atomic_write(target, b"old")
+
+    def interrupted(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(fig), "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plots.save_figure(fig, target)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["profile.png"]
+    plt.close(fig)
+
+
+def test_profile_panels_say_which_way_is_redundant(tiny_survey):
+    _, _, s = tiny_survey
+    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups"))
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False]
+    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:])
+
+
+def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():
+    from analysis.plots.gallery import _tile
+
+    x = np.random.default_rng(0).uniform(0, 1, size=(20, 20))
+    x[0, 0] = 1000.0  # one hot border pixel
+    tile = _tile(x)
+    lo, hi = np.percentile(x, [1, 99])
+    np.testing.assert_allclose(tile, np.clip((x - lo) / (hi - lo), 0, 1))
+    assert tile[1:, 1:].std() > 0.25  # min–max scaling would squash the rest to ≈ 0.001
+
+
+def test_gallery_of_a_reused_module_names_its_outputs():
+    model = TinyNet().eval()
+    with pytest.raises(GhostmapsError, match="gives 2 outputs"):
+        plots.pair_gallery(layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])

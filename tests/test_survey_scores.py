@@ -142,17 +142,105 @@ def test_degenerate_layers_give_clear_finite_results(maps):
             assert r.scores["ghost_fraction"].observed == 0 and r.scores["groups"].observed == 1
 
 
-def test_fp16_maps_score_like_their_float32_copy():
-    maps = torch.rand(6, 5, 4, 4).half()
-    a, b = redundancy(maps, bootstrap=0), redundancy(maps.float(), bootstrap=0)
-    for k in a.scores:
-        assert a.scores[k].observed == pytest.approx(b.scores[k].observed, rel=1e-6)
+def full_brute_scores(maps: np.ndarray, valid: np.ndarray, tau: float = 0.9) -> dict[str, float]:
+    """Every score of float64 maps N×C×H×W (cosine), with scipy's complete-linkage clustering for the groups."""
+    n, c = maps.shape[:2]
+    flat = maps.transpose(1, 0, 2, 3).reshape(c, -1)
+    raw = flat @ flat.T / flat.shape[1]
+    mu = flat.mean(1)
+    cov = raw - np.outer(mu, mu)
+    d = np.sqrt(np.clip(np.diag(raw), 0, None))
+    ok = valid & (d > 0)
+    dd = np.where(ok, d, 1.0)
+    sim = np.clip(raw / np.outer(dd, dd), -1, 1)
+    sim[~np.outer(ok, ok)] = 0
+    np.fill_diagonal(sim, ok)
+    idx = np.flatnonzero(valid)
+    dist = np.clip(1 - np.abs(sim[np.ix_(idx, idx)]), 0, 2)
+    np.fill_diagonal(dist, 0)
+    labels = fcluster(linkage(squareform(dist, checks=False), "complete"), t=1 - tau + 1e-12, criterion="distance")
+    out = brute_scores(sim, valid, cov, tau)
+    groups = len(set(labels))
+    return {**out, "groups": groups, "ratio": c / max(groups, 1)}
+
+
+def test_fp16_maps_score_like_the_float64_brute_force_of_their_values():
+    maps = (torch.rand(6, 5, 4, 4, generator=torch.Generator().manual_seed(0)) * 4 + 60).half()  # large mean
+    got = redundancy(maps, bootstrap=0)
+    want = full_brute_scores(maps.double().numpy(), np.ones(5, bool))
+    for k, v in want.items():
+        assert got.scores[k].observed == pytest.approx(v, rel=1e-5, abs=1e-9), k
+
+
+def linear_quantile(sorted_values: list[float], q: float) -> float:
+    """numpy's default (linear) quantile, by hand."""
+    h = (len(sorted_values) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def brute_bc(values: list[float], observed: float, level: float) -> tuple[float, float]:
+    from scipy.stats import norm
+
+    b = len(values)
+    ties = [abs(v - observed) <= 1e-6 * abs(observed) for v in values]  # float32 replicates: a near-tie is a tie
+    below = sum(1 for v, t in zip(values, ties, strict=True) if v < observed and not t) + 0.5 * sum(ties)
+    p = min(max(below / b, 0.5 / b), 1 - 0.5 / b)
+    z0 = norm.ppf(p)
+    qs = [norm.cdf(2 * z0 + norm.ppf(a)) for a in ((1 - level) / 2, (1 + level) / 2)]
+    ordered = sorted(values)
+    return linear_quantile(ordered, qs[0]), linear_quantile(ordered, qs[1])
+
+
+@pytest.mark.parametrize("case", ["centred", "shifted", "ties", "all_below"])
+def test_bc_interval_matches_the_formula_computed_by_hand(case):
+    from analysis.scores import bc_interval
+
+    rng = np.random.default_rng(1)
+    values = list(rng.normal(size=200))
+    observed = {"centred": float(np.median(values)), "shifted": 0.8, "ties": 3.0, "all_below": 9.0}[case]
+    if case == "ties":
+        values = list(np.round(rng.normal(3, 1, size=150)))  # many replicates equal to the observed value
+    low, high = bc_interval(values, observed, 0.9)
+    want = brute_bc(values, observed, 0.9)
+    assert (low, high) == pytest.approx(want, rel=1e-12, abs=1e-12)
+    if case == "centred":  # z₀ = 0: the plain percentile interval
+        assert (low, high) == pytest.approx(tuple(np.quantile(values, [0.05, 0.95])))
+    if case == "shifted":  # the interval moves towards the observed value
+        assert low > np.quantile(values, 0.05) and high > np.quantile(values, 0.95)
+
+
+def test_bootstrap_intervals_match_brute_force_replicates():
+    from analysis.stats import block_size
+
+    g = torch.Generator().manual_seed(4)
+    maps = torch.relu(planted_maps(n=12, seed=4) + 0.3 * torch.randn(12, 10, 8, 8, generator=g,
+                                                                      dtype=torch.float64))
+    r = redundancy(maps, bootstrap=40, seed=5, level=0.9)
+    m = maps.numpy()
+    n = m.shape[0]
+    chunk, k = block_size(n, 8), 8
+    valid = np.ones(10, bool)
+    valid[r.dead + r.constant] = False
+    group = [(i // chunk) % k for i in range(n)]
+    filled = sorted(set(group))
+    rng = np.random.default_rng(5)
+    draws: dict[str, list[float]] = {name: [] for name in r.scores}
+    for _ in range(40):
+        counts = rng.multinomial(len(filled), [1 / len(filled)] * len(filled))
+        chosen = [i for gr, cnt in zip(filled, counts, strict=True) for i in range(n) if group[i] == gr for _ in range(cnt)]
+        for name, value in full_brute_scores(m[chosen], valid).items():
+            draws[name].append(value)
+    for name, score in r.scores.items():
+        want = brute_bc(draws[name], score.observed, 0.9)
+        assert (score.low, score.high) == pytest.approx(want, rel=1e-5, abs=1e-9), name
 
 
 def test_scores_outside_their_interval_are_flagged():
     g = torch.Generator().manual_seed(7)
     maps = torch.randn(5, 40, 2, 2, generator=g, dtype=torch.float64)  # 20 positions, 40 channels: rank-limited
-    r = redundancy(maps, bootstrap=30)
+    r = redundancy(maps, bootstrap=30, seed=5)  # no replicate draws every image once (that one would be a tie)
     pr = r.scores["participation_ratio"]
     assert pr.high < pr.observed  # repeated images lower the rank of every replicate...
     assert any("participation_ratio" in note for note in r.notes)  # ...and the result says so

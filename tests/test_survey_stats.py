@@ -133,7 +133,7 @@ def test_state_dict_round_trip_and_errors():
 
 def test_block_size():
     assert block_size(7, 8) == 1 and block_size(64, 8) == 8 and block_size(10_000, 8) == 16
-    assert block_size(None) == 16
+    assert block_size(None) == 1  # unknown length: image i goes to group i mod K
 
 
 @pytest.mark.parametrize("owned", [False, True])
@@ -148,3 +148,55 @@ def test_wide_layers_use_the_blocked_product_and_still_match(owned):
     raw0, _ = np_moments(reference.double().numpy()[[0, 2]])  # group 0 holds images 0 and 2
     group0 = stats.group(0)
     np.testing.assert_allclose(group0.second_moment.numpy() * group0.count, raw0, rtol=1e-4, atol=1e-4)
+
+
+def test_to_copies_every_tensor_and_merge_accepts_other_devices():
+    stats = fill(relu_maps(0), batch=3)
+    moved = stats.to("cpu")
+    assert moved.device == torch.device("cpu") and moved.gram is not stats.gram
+    moved.gram += 1.0
+    assert not torch.equal(moved.gram, stats.gram)  # a copy: the original is untouched
+    other = fill(relu_maps(1), batch=4)
+    merged = stats.merge(other.to("cpu"))
+    gram, _ = np_moments(torch.cat([relu_maps(0), relu_maps(1)]).numpy())
+    np.testing.assert_allclose(merged.total().second_moment.numpy() * merged.total_count, gram, rtol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_statistics_score_like_cpu_ones_and_merge_across_devices():
+    from analysis.scores import redundancy
+
+    maps = relu_maps(0)
+    cpu = fill(maps, batch=3)
+    gpu = fill(maps.cuda(), batch=3)
+    a, b = redundancy(cpu, bootstrap=20), redundancy(gpu, bootstrap=20)
+    for k, s in a.scores.items():
+        assert b.scores[k].observed == pytest.approx(s.observed, rel=1e-6, abs=1e-9)
+    merged = gpu.merge(fill(relu_maps(1), batch=2))
+    assert merged.device.type == "cuda" and merged.gram.device.type == "cuda"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_refused_batch_leaves_the_statistics_unchanged(bad):
+    maps = relu_maps(0)
+    stats = fill(maps, batch=5)
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in stats.__dict__.items()}
+    poisoned = relu_maps(1)
+    poisoned[2, 3, 1, 1] = bad
+    with pytest.raises(GhostmapsError, match="NaN or inf"):
+        stats.update(poisoned, 10)
+    for k, v in before.items():
+        now = getattr(stats, k)
+        assert torch.equal(now, v) if isinstance(v, torch.Tensor) else now == v, k
+    stats.update(relu_maps(1), 10)  # and it goes on as if the bad batch never came
+    gram, _ = np_moments(torch.cat([maps, relu_maps(1)]).numpy())
+    np.testing.assert_allclose(stats.total().second_moment.numpy() * stats.total_count, gram, rtol=1e-10)
+
+
+def test_the_shift_is_set_once_and_survives_a_file_round_trip():
+    stats = fill(relu_maps(0), batch=4)
+    assert stats.started
+    back = GroupedStats.from_state_dict({k: v for k, v in stats.state_dict().items() if k != "started"})
+    assert back.started  # an older file without the flag: known from its counts
+    back.update(relu_maps(1), 10)
+    assert torch.equal(back.shift, stats.shift)

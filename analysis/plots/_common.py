@@ -12,6 +12,8 @@ if not os.environ.get("MPLBACKEND"):
 
 from matplotlib.figure import Figure  # noqa: E402
 
+from .._io import atomic_path  # noqa: E402
+
 # Red, green, blue first (as in GhostNet's Figure 1), then other colours that stand out on gray tiles.
 PAIR_COLOURS = ("#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffd92f", "#f781bf", "#a65628",
                 "#00ced1", "#7fff00")
@@ -28,11 +30,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, svg: bool = False, dpi: in
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     targets = [path] + ([path.with_suffix(".svg")] if svg and path.suffix.lower() != ".svg" else [])
     for target in targets:
-        tmp = target.with_name(f".{target.name}.tmp")
-        fig.savefig(tmp, format=target.suffix[1:].lower(), dpi=dpi, bbox_inches="tight",
-                    metadata={"Software": "ghostmaps"} if target.suffix.lower() == ".png" else None)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=target.suffix[1:].lower(), dpi=dpi, bbox_inches="tight",
+                        metadata={"Software": "ghostmaps"} if target.suffix.lower() == ".png" else None)
     return targets

@@ -14,9 +14,13 @@ from ..errors import GhostmapsError
 from ._common import pair_colour
 
 
-def _tile(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+def _tile(x: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """The tile scaled so its 1st–99th percentiles span [0, 1] (clipped): a few outlier pixels, e.g. a hot border,
+    do not wash out the rest as min–max scaling would."""
+    lo, hi = (float(v) for v in np.percentile(x, percentiles))
+    if hi <= lo:  # (almost) constant below the top percentile: fall back to the full range
+        lo, hi = float(x.min()), float(x.max())
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(x, dtype=float)
 
 
 def pair_gallery(
@@ -33,8 +37,8 @@ def pair_gallery(
     tile_inches: float = 0.9,
 ) -> Figure:
     """For the ``k`` strongest pairs of ``layer``, show channel i and channel j next to each other on each of
-    ``n_images`` images (one row per pair, one column pair per image; each tile min-max normalised, as in
-    GhostNet's Figure 1). A true ghost pair looks alike on every image, not only on one.
+    ``n_images`` images (one row per pair, one column pair per image; each tile scaled by its 1st–99th percentiles,
+    so that a few outlier pixels do not wash it out). A true ghost pair looks alike on every image, not only on one.
 
     Args:
         survey: a ``Survey`` giving the pairs of ``layer`` (or pass ``pairs``).
@@ -45,7 +49,7 @@ def pair_gallery(
         pairs: ghost pairs (``GhostPair`` or (i, j) tuples) instead of the survey's.
         k, n_images: pairs (rows) and images shown; image_names: column labels.
     """
-    from ..capture import capture_maps
+    from ..capture import capture_maps, single_entry
     from ..images import load_images
     from ..models import LoadedModel, default_preprocess
 
@@ -72,11 +76,7 @@ def pair_gallery(
                 tensors.append(img.tensor)
             batch = torch.stack(tensors)
             image_names = image_names or names
-        captured = capture_maps(net, layer, batch)
-        key = layer if layer in captured else next((n for n in captured if n.startswith(layer)), None)
-        if key is None:
-            raise GhostmapsError(f"layer {layer!r} produced no output.")
-        maps = captured[key]
+        _, maps = single_entry(capture_maps(net, layer, batch), layer, ndim=4)
     if maps.dim() != 4:
         raise GhostmapsError(f"pair_gallery needs N×C×H×W maps, got shape {tuple(maps.shape)}.")
     maps = maps[:n_images].detach().float().cpu()

@@ -10,15 +10,20 @@ from matplotlib.figure import Figure
 
 from ..errors import GhostmapsError
 
-# score -> (panel title, divide by the channel count?)
+# score -> (panel title, divide by the channel count?, does a higher value mean more redundancy?)
 PANELS = {
-    "ghost_fraction": ("channels with a ghost partner (|s| ≥ τ)", False),
-    "participation_ratio": ("effective rank / C (participation ratio)", True),
-    "rank99": ("99%-variance rank / C", True),
-    "ratio": ("C / ghost groups (Ghost ratio s)", False),
-    "mean_abs_similarity": ("mean |s| over channel pairs", False),
-    "groups": ("ghost groups / C", True),
+    "ghost_fraction": ("channels with a ghost partner (|s| ≥ τ)", False, True),
+    "participation_ratio": ("effective rank / C (participation ratio)", True, False),
+    "rank99": ("99%-variance rank / C", True, False),
+    "ratio": ("C / ghost groups (Ghost ratio s)", False, True),
+    "mean_abs_similarity": ("mean |s| over channel pairs", False, True),
+    "groups": ("ghost groups / C", True, False),
 }
+
+
+def direction(score: str) -> str:
+    """The panel's reading direction: ``"↑ more redundant"`` or ``"↓ more redundant"``."""
+    return "↑ more redundant" if PANELS[score][2] else "↓ more redundant"
 
 
 def _values(survey: Any, score: str, per_channel: bool) -> dict[str, np.ndarray]:
@@ -39,8 +44,10 @@ def redundancy_profile(
     width: float | None = None,
 ) -> Figure:
     """Plot each score per layer in network order: the observed value (line and dots), its bootstrap interval
-    (band) and its cross-image null baseline (dashed). Where the line rises above the dashed baseline, beyond
-    the band, the layer holds more duplicated channels than unrelated maps would show.
+    (band) and its cross-image null baseline (dashed). Each panel says which way is redundant: up for the ghost
+    fraction, the Ghost ratio and the mean |s|; *down* for the participation ratio, rank99 and ghost groups per
+    channel (fewer independent directions). Where the line departs from the dashed baseline in that direction,
+    beyond the band, the layer holds more duplicated channels than unrelated maps would show.
 
     Args:
         survey: a ``Survey``.
@@ -60,7 +67,7 @@ def redundancy_profile(
     fig = Figure(figsize=(width, 2.4 * len(scores) + 1.2))
     axes = fig.subplots(len(scores), 1, sharex=True, squeeze=False)[:, 0]
     for ax, score in zip(axes, scores, strict=True):
-        label, per_channel = PANELS[score]
+        label, per_channel, _ = PANELS[score]
         v = _values(survey, score, per_channel)
         if np.isfinite(v["low"]).any():
             ax.fill_between(x, v["low"], v["high"], color="#377eb8", alpha=0.25, linewidth=0,
@@ -68,7 +75,7 @@ def redundancy_profile(
         ax.plot(x, v["observed"], "-o", color="#377eb8", markersize=3, linewidth=1.2, label="observed")
         if np.isfinite(v["baseline"]).any():
             ax.plot(x, v["baseline"], "--", color="#e41a1c", linewidth=1.0, label="null (channels of different images)")
-        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylabel(f"{label}\n{direction(score)}", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7, loc="upper left", ncol=3, frameon=False)
