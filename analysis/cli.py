@@ -151,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ghostmaps {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="Figure 1 of pretrained mobilenet_v2 on a sample photo, offline",
+    p = sub.add_parser("demo", help="Figure 1 and a redundancy survey of pretrained mobilenet_v2, offline",
                        description="Run pretrained mobilenet_v2 (offline weights) on the sample photos, pick an "
                                    "early layer with many channels, and write the Figure 1 PNG and a JSON of the "
-                                   "ghost pairs into an output folder.")
+                                   "ghost pairs into an output folder; then survey every conv over the photos "
+                                   "and write the per-layer scores (CSV, JSON) and the redundancy plots beside it.")
     p.add_argument("--out", "-o", default=str(DEMO_OUT), help="output folder (default: %(default)s)")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
     p.set_defaults(func=cmd_demo)

@@ -38,6 +38,7 @@ CPU, which lacks float64 there) and return plain CPU data (numpy arrays, Python 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 
 from ghostnet._utils import check_odd_size, check_ratio
 
+from ._io import atomic_write
 from .errors import GhostmapsError
 
 __all__ = [
@@ -718,13 +720,13 @@ class ReconstructionTable:
         return pd.DataFrame(self.rows, columns=list(self._COLS))
 
     def to_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(self._COLS))
-            wr.writeheader()
-            for r in self.rows:
-                wr.writerow({k: ("" if r[k] is None else r[k]) for k in self._COLS})
-        return path
+        """Write the rows as CSV (atomically, no pandas needed); returns the path."""
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=list(self._COLS), lineterminator="\n")
+        wr.writeheader()
+        for r in self.rows:
+            wr.writerow({k: ("" if r[k] is None else r[k]) for k in self._COLS})
+        return atomic_write(path, buf.getvalue())
 
     def __str__(self) -> str:
         keys: list[tuple[str, Any, Any]] = []

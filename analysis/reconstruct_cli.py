@@ -14,6 +14,7 @@ from torch import nn
 
 from ghostnet._utils import images_tensor
 
+from ._io import atomic_path, atomic_write
 from .cli import positive_int
 from .errors import GhostmapsError
 
@@ -34,11 +35,7 @@ def non_negative_int(text: str) -> int:
 
 def _write_text(path: Path, text: str) -> Path:
     """Write atomically: the file appears complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, Any, Any]:
@@ -153,9 +150,8 @@ def cmd_ghostify(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{STATE_FILE}.tmp"
-    torch.save(new.state_dict(), tmp)
-    os.replace(tmp, out / STATE_FILE)
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(new.state_dict(), tmp)
     meta = {
         "model": info.to_dict(), "image_size": args.image_size, "calibration_images": args.images,
         "result": result.to_dict(),
