@@ -46,6 +46,12 @@ def _require_finite(sums: torch.Tensor) -> None:
         )
 
 
+def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: torch.Tensor) -> torch.Tensor:
+    """Σ (x − k′)(x − k′)ᵀ from Σ (x − k)(x − k)ᵀ (``gram``) and Σ (x − k) (``sums``) over ``count`` positions,
+    with δ = k − k′: G + δ sᵀ + s δᵀ + n δ δᵀ (exact in float64; k′ = 0 gives the raw Σ x xᵀ)."""
+    return gram + torch.outer(delta, sums) + torch.outer(sums, delta) + count * torch.outer(delta, delta)
+
+
 def as_channel_matrix(maps: torch.Tensor) -> torch.Tensor:
     """View N×C×H×W (or N×C, or C×H×W treated as one image) maps as a C×M matrix of positions."""
     if not isinstance(maps, torch.Tensor):
@@ -138,7 +144,7 @@ class LayerStats:
         shift = shift.to(device=self.device, dtype=torch.float64)
         delta = self.shift - shift
         s = self.sums
-        gram = self.gram + torch.outer(delta, s) + torch.outer(s, delta) + self.count * torch.outer(delta, delta)
+        gram = _reshift_gram(self.gram, s, self.count, delta)
         return LayerStats(self.tol, self.channels, self.count, self.images, shift.clone(), gram,
                           s + self.count * delta, self.nonzero.clone(), self.min.clone(), self.max.clone(),
                           self.device)
@@ -187,8 +193,7 @@ class LayerStats:
     def second_moment(self) -> torch.Tensor:
         """C×C uncentred second moment E[x xᵀ] over all positions (what cosine similarity uses)."""
         self._require()
-        k, s = self.shift, self.sums
-        raw = self.gram + torch.outer(k, s) + torch.outer(s, k) + self.count * torch.outer(k, k)
+        raw = _reshift_gram(self.gram, self.sums, self.count, self.shift)
         return (raw + raw.T) / (2 * self.count)
 
     @property
@@ -502,8 +507,7 @@ class GroupedStats:
             out.group_gram += (delta.view(1, -1, 1) * s.unsqueeze(1) + s.unsqueeze(2) * delta.view(1, 1, -1)
                                + cnt.view(-1, 1, 1) * torch.outer(delta, delta)).float()
         total_s, total_n = s.sum(0), float(cnt.sum())
-        out.gram = (self.gram + torch.outer(delta, total_s) + torch.outer(total_s, delta)
-                    + total_n * torch.outer(delta, delta))
+        out.gram = _reshift_gram(self.gram, total_s, total_n, delta)
         out.shift, out.sums = shift.clone(), s + cnt.view(-1, 1) * delta
         return out
 
