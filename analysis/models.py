@@ -68,6 +68,19 @@ class LoadedModel(NamedTuple):
     info: ModelInfo
 
 
+def as_loaded(model: LoadedModel | nn.Module | str) -> LoadedModel:
+    """``model`` as a ``LoadedModel``: a ``load_model`` result as it is, a model name loaded, and a bare
+    ``nn.Module`` used as it is (not copied) with ImageNet preprocessing."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model)
+    if isinstance(model, nn.Module):
+        return LoadedModel(model, default_preprocess(), ModelInfo(type(model).__name__, "as given", "module"))
+    raise GhostmapsError(f"model must be an nn.Module, a load_model result or a model name, got "
+                         f"{type(model).__name__}.")
+
+
 def default_preprocess(resize: int = 256, crop: int = 224) -> Callable[[Any], torch.Tensor]:
     """ImageNet evaluation preprocessing (resize, centre crop, normalise) for a PIL image."""
     return T.Compose(

@@ -16,7 +16,7 @@ from ._io import atomic_write
 from .capture import LayerInfo, capture_maps, list_layers, single_entry
 from .errors import GhostmapsError
 from .images import NamedImage, load_images
-from .models import LoadedModel, ModelInfo, default_preprocess
+from .models import LoadedModel, ModelInfo, as_loaded
 from .pairs import GhostPairs, ghost_pairs
 from .plots import figure1, save_figure
 from .similarity import ChannelSimilarity, channel_similarity
@@ -93,10 +93,7 @@ def run_figure1(
         image: an image path, ``"samples:NAME"``, or a ``NamedImage``; the first readable image is used.
         k: number of pairs; metric: ``"cosine"`` or ``"pearson"``; max_channels: tiles shown.
     """
-    if isinstance(model, LoadedModel):
-        net, preprocess, info = model
-    else:
-        net, preprocess, info = model, default_preprocess(), ModelInfo(type(model).__name__, "as given", "module")
+    net, preprocess, info = as_loaded(model)
     if not isinstance(image, NamedImage):
         image = next(iter(load_images(image, transform=preprocess)))
     if layer is None:

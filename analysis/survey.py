@@ -35,7 +35,7 @@ from .capture import LayerSpec, capture, eval_mode
 from .errors import GhostmapsError
 from .groups import GhostGroups, ghost_groups
 from .images import ImageSource, load_images
-from .models import LoadedModel, ModelInfo, default_preprocess, load_model
+from .models import LoadedModel, as_loaded
 from .pairs import GhostPairs, ghost_pairs
 from .scores import DEFAULT_THRESHOLD, Redundancy, redundancy
 from .similarity import METRICS, ChannelSimilarity, channel_similarity
@@ -320,17 +320,6 @@ def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int
         seen += n
 
 
-def _resolve_model(model: Any) -> tuple[nn.Module, Any, ModelInfo]:
-    if isinstance(model, str):
-        model = load_model(model)
-    if isinstance(model, LoadedModel):
-        return model.model, model.preprocess, model.info
-    if isinstance(model, nn.Module):
-        return model, default_preprocess(), ModelInfo(type(model).__name__, "as given", "module")
-    raise GhostmapsError(f"model must be an nn.Module, a load_model result or a model name, got "
-                         f"{type(model).__name__}.")
-
-
 def _full_device(device: torch.device) -> torch.device:
     """``cuda`` as ``cuda:<current>`` (what a parameter's ``.device`` says), so devices compare whole."""
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
@@ -470,7 +459,7 @@ def survey(
     """
     check_settings(metric=metric, threshold=threshold, bootstrap=bootstrap, level=level, linkage=linkage,
                    pairs=pairs, batch_size=batch_size, groups=groups, tol=tol, limit=limit)
-    net, preprocess, info = _resolve_model(model)
+    net, preprocess, info = as_loaded(model)
     param = next(net.parameters(), None)
     model_device = param.device if param is not None else torch.device("cpu")
     device = _full_device(torch.device(device)) if device is not None else model_device

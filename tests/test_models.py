@@ -122,3 +122,17 @@ def test_weights_that_cannot_apply_are_rejected():
         load_model(torchvision.models.resnet18(weights=None), weights="IMAGENET1K_V1")
     with pytest.raises(GhostmapsError, match="cannot be applied to model spec"):
         load_model("torchvision.models:resnet18", weights="IMAGENET1K_V1")
+
+
+def test_as_loaded_accepts_results_names_and_modules(mobilenet):
+    from PIL import Image
+
+    from analysis.models import as_loaded
+
+    assert as_loaded(mobilenet) is mobilenet
+    net = torchvision.models.resnet18(weights=None)
+    wrapped = as_loaded(net)
+    assert wrapped.model is net and wrapped.info.weights == "as given"
+    assert wrapped.preprocess(Image.new("RGB", (300, 260))).shape == (3, 224, 224)
+    with pytest.raises(GhostmapsError, match="nn.Module"):
+        as_loaded(42)

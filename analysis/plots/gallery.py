@@ -51,7 +51,7 @@ def pair_gallery(
     """
     from ..capture import capture_maps, single_entry
     from ..images import load_images
-    from ..models import LoadedModel, default_preprocess
+    from ..models import as_loaded
 
     if pairs is None:
         if survey is None or layer is None:
@@ -64,8 +64,7 @@ def pair_gallery(
     if maps is None:
         if model is None or layer is None:
             raise GhostmapsError("pair_gallery needs maps=..., or model= and layer= to capture them.")
-        net, preprocess = (model.model, model.preprocess) if isinstance(model, LoadedModel) else \
-            (model, default_preprocess())
+        net, preprocess, _ = as_loaded(model)
         if isinstance(images, torch.Tensor):
             batch = images[:n_images]
         else:
