@@ -12,14 +12,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ._io import atomic_write
-from .capture import LayerInfo, capture_maps, list_layers, single_entry
-from .errors import GhostmapsError
-from .images import NamedImage, load_images
-from .models import LoadedModel, ModelInfo, as_loaded
-from .pairs import GhostPairs, ghost_pairs
-from .plots import figure1, save_figure
-from .similarity import ChannelSimilarity, channel_similarity
+from analysis._core.errors import GhostmapsError
+from analysis._core.io import atomic_write
+from analysis.data.images import NamedImage, load_images
+from analysis.data.models import LoadedModel, ModelInfo, as_loaded
+from analysis.hooks import LayerInfo, capture_maps, list_layers, single_entry
+from analysis.measure.pairs import GhostPairs, ghost_pairs
+from analysis.measure.similarity import ChannelSimilarity, channel_similarity
+from analysis.plots import figure1, pair_gallery, save_figure
 
 ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "Hardswish", "GELU", "LeakyReLU", "Mish", "ELU", "PReLU"}
 DEFAULT_IMAGE = "samples:chelsea"
@@ -106,3 +106,65 @@ def run_figure1(
     title = f"{info.name} · {entry} · {image.name}  ({fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}, {metric})"
     fig = figure1(fmap, pairs, max_channels=max_channels, title=title, image=image.tensor)
     return Figure1Result(info, entry, image.name, fmap, sim, pairs, fig)
+
+
+def most_redundant(survey: Any) -> str:
+    """The layer whose ghost fraction exceeds its null baseline the most (the first layer on ties)."""
+    def excess(layer: Any) -> float:
+        s = layer.redundancy.scores["ghost_fraction"]
+        return s.observed - (s.baseline or 0.0)
+
+    return max(survey, key=excess).name
+
+
+def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images: Any = None,
+                         heatmaps: list[str] | None = None, save: bool = True, compact: bool = False) -> list[Path]:
+    """Write the survey file (``survey.pt``), the per-layer CSV, the JSON, the profile, heatmaps (default: the
+    most redundant layer) and, given the model and images, a pair gallery of that layer. Returns the paths."""
+    from analysis.plots import redundancy_profile, similarity_heatmap
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if save:
+        written.append(survey.save(out / "survey.pt", stats=True, groups=not compact))
+    csv_path = out / "survey.csv"
+    survey.to_csv(csv_path)
+    written.append(csv_path)
+    json_path = out / "survey.json"
+    atomic_write(json_path, (survey.to_json(indent=1) + "\n").encode())
+    written.append(json_path)
+    written += save_figure(redundancy_profile(survey), out / "profile.png")
+    for layer in heatmaps or [most_redundant(survey)]:
+        written += save_figure(similarity_heatmap(survey, layer), out / f"heatmap-{layer}.png")
+        if model is not None and images is not None and len(survey[layer].pairs):
+            fig = survey_gallery(survey, layer, model=model, images=images)
+            written += save_figure(fig, out / f"gallery-{layer}.png")
+    return written
+
+
+def layer_maps(model: LoadedModel | nn.Module | str, layer: str, images: Any = "samples", n_images: int = 4
+               ) -> tuple[torch.Tensor, list[str] | None]:
+    """One layer's maps (N×C×H×W) on the first ``n_images`` images of ``images`` (an image source for
+    ``load_images`` or an N×3×H×W tensor), with the image names when the source has them."""
+    net, preprocess, _ = as_loaded(model)
+    names: list[str] | None = None
+    if isinstance(images, torch.Tensor):
+        batch = images[:n_images]
+    else:
+        loaded = list(load_images(images, transform=preprocess, limit=n_images))
+        names = [img.name for img in loaded]
+        batch = torch.stack([img.tensor for img in loaded])
+    _, maps = single_entry(capture_maps(net, layer, batch), layer, ndim=4)
+    return maps, names
+
+
+def survey_gallery(survey: Any, layer: str | None = None, *, model: LoadedModel | nn.Module | str,
+                   images: Any = "samples", n_images: int = 4, **kwargs: Any) -> Figure:
+    """``plots.pair_gallery`` of ``layer``'s strongest pairs on maps captured from ``model`` on ``images``
+    (the survey keeps no maps). Other keyword arguments go to ``pair_gallery``."""
+    if layer is None:
+        raise GhostmapsError("survey_gallery needs the layer to show.")
+    maps, names = layer_maps(model, layer, images, n_images)
+    kwargs.setdefault("image_names", names)
+    return pair_gallery(survey, layer, maps=maps, n_images=n_images, **kwargs)

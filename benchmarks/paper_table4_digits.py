@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from analysis.macs import count_macs
+from analysis.convert.macs import count_macs
 from ghostnet import GhostModule
 
 WIDTHS = [(1, 32), (32, 32), "pool", (32, 64), (64, 64), "pool", (64, 128)]

@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from analysis import survey
-from analysis.capture import eval_mode
+from analysis.hooks import eval_mode
 
 
 def plain_forward(model: torch.nn.Module, x: torch.Tensor, batch: int) -> float:

@@ -3,11 +3,10 @@
 This package never imports ``analysis`` (the dependency runs analysis -> ghostnet only).
 """
 
-from .bottleneck import GhostBottleneck, SqueezeExcite
-from .convert import GhostConv, GhostifyResult, ghostify, rebuild
+from .bottleneck import GhostBottleneck
 from .fuse import fuse
-from .model import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
-from .module import GhostModule
+from .ghostnet import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
+from .layers import ConvBnAct, GhostConv, GhostModule, SqueezeExcite, make_divisible
 from .variants import ghost_resnet50, ghost_resnet56, ghost_vgg16
 from .weights import load_checkpoint
 
@@ -24,8 +23,17 @@ __all__ = [
     "ghost_resnet50",
     "fuse",
     "load_checkpoint",
-    "ghostify",
     "GhostConv",
-    "GhostifyResult",
-    "rebuild",
+    "ConvBnAct",
+    "make_divisible",
 ]
+
+#: Conversion of pretrained networks moved to ``analysis.convert`` (``ghostnet`` never imports ``analysis``).
+_MOVED = {"ghostify": "analysis.ghostify", "GhostifyResult": "analysis.GhostifyResult", "rebuild": "analysis.rebuild"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        raise AttributeError(f"ghostnet.{name} moved to {_MOVED[name]} (conversion of pretrained networks lives in "
+                             f"analysis.convert; ghostnet holds the architectures and layers only)")
+    raise AttributeError(f"module 'ghostnet' has no attribute {name!r}")

@@ -1,62 +1,17 @@
-"""GhostNet building blocks: squeeze-excite, the Ghost bottleneck and the final 1x1 ConvBnAct.
+"""The Ghost bottleneck (paper Fig. 3), GhostNet's repeated block.
 
 Submodule names follow the official release so its state dict loads with ``strict=True``
-(``ghost1``, ``conv_dw``, ``bn_dw``, ``se.conv_reduce``, ``se.conv_expand``, ``ghost2``, ``shortcut.{0..3}``,
-``conv``/``bn1``/``act1``).
+(``ghost1``, ``conv_dw``, ``bn_dw``, ``se.conv_reduce``, ``se.conv_expand``, ``ghost2``, ``shortcut.{0..3}``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .module import GhostModule
+from .layers import GhostModule, SqueezeExcite
 
-
-def make_divisible(value: float, divisor: int = 4, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``min_value``, default ``divisor``),
-    adding one ``divisor`` when rounding down lost more than 10 %. This is GhostNet's channel rounding."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-class SqueezeExcite(nn.Module):
-    """Channel gate: global average pool, 1x1 reduce (bias) + ReLU, 1x1 expand (bias), hard sigmoid
-    ``relu6(x + 3) / 6``, multiply. Reduced width = make_divisible(channels * se_ratio, divisor)."""
-
-    def __init__(self, channels: int, se_ratio: float = 0.25, divisor: int = 4) -> None:
-        super().__init__()
-        if channels < 1 or not 0 < se_ratio <= 1:
-            raise ValueError(
-                f"SqueezeExcite: need channels >= 1 and 0 < se_ratio <= 1, got channels={channels}, "
-                f"se_ratio={se_ratio}; GhostNet uses se_ratio=0.25."
-            )
-        self.reduced_channels = make_divisible(channels * se_ratio, divisor)
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_reduce = nn.Conv2d(channels, self.reduced_channels, 1, bias=True)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv_expand = nn.Conv2d(self.reduced_channels, channels, 1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.conv_expand(self.act1(self.conv_reduce(self.avg_pool(x))))
-        return x * F.hardsigmoid(gate)  # hardsigmoid(x) == relu6(x + 3) / 6
-
-
-class ConvBnAct(nn.Module):
-    """Conv (no bias) -> BN -> ReLU, the last GhostNet stage (``blocks.9.0``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.act1 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv(x)))
+__all__ = ["GhostBottleneck"]
 
 
 class GhostBottleneck(nn.Module):

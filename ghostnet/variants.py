@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .module import GhostModule
+from .layers import GhostModule
 
 ConvUnit = Callable[[int, int, int, int], nn.Module]  # (in, out, kernel, stride) -> conv + BN
 

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from analysis import UnknownLayerError, capture, capture_maps, eval_mode, list_layers
-from analysis.capture import resolve_layers
+from analysis.hooks import resolve_layers
 
 
 def hook_counts(model: nn.Module) -> int:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from analysis.cli import main
+from analysis.cli.main import main
 
 
 def test_demo_writes_figure_and_pairs(tmp_path, capsys, monkeypatch):

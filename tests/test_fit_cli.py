@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from analysis.cli import main
-from analysis.reconstruct_cli import load_ghostified
+from analysis.cli.main import main
+from analysis.convert.rebuild import load_ghostified
 
 SMALL = ["--image-size", "64", "--limit", "3"]
 
@@ -67,8 +67,8 @@ def test_ghostify_end_to_end(tmp_path, capsys):
     assert "calibration images" in report["note"]
     # the saved model rebuilds and gives the same logits as a fresh ghostify in Python
     from analysis import load_images, load_model
-    from analysis.models import default_preprocess
-    from ghostnet.convert import ghostify
+    from analysis.convert.ghostify import ghostify
+    from analysis.data.models import default_preprocess
 
     rebuilt = load_ghostified(out)
     model = load_model("mobilenet_v2").model
@@ -102,7 +102,7 @@ def test_bad_numbers_are_usage_errors(argv, words, capsys, tmp_path, monkeypatch
 
 
 def test_zero_counts_are_accepted():
-    from analysis.cli import build_parser
+    from analysis.cli.main import build_parser
 
     args = build_parser().parse_args(["ghostify", "--calibrate-steps", "0", "--latency-runs", "0",
                                       "--min-channels", "0"])

@@ -10,7 +10,7 @@ from torch import nn
 
 import ghostnet
 from ghostnet import GhostBottleneck, GhostNet, SqueezeExcite, ghostnet_050, ghostnet_100, ghostnet_130
-from ghostnet.bottleneck import make_divisible
+from ghostnet.layers import make_divisible
 from tests.helpers import randomize_
 
 # From /work/shared/reference/ghostnet-facts.md §3.4 (measured on the official code and timm).

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.macs import count_macs
+from analysis.convert.macs import count_macs
 from ghostnet import GhostModule, ghost_resnet50, ghost_resnet56, ghost_vgg16
 from ghostnet.variants import ResNetCifar, resnet56, vgg16_cifar
 

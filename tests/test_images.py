@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from analysis import GhostmapsError, ImageSkippedWarning, NoImagesError, load_images, sample_images
-from analysis.images import to_rgb
+from analysis.data.images import to_rgb
 
 
 def identity_tensor(img: Image.Image) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from analysis.errors import GhostmapsError
-from analysis.macs import CONVENTION, count_macs, format_stage_table, stage_table
+from analysis._core.errors import GhostmapsError
+from analysis.convert.macs import CONVENTION, count_macs, format_stage_table, stage_table
 from ghostnet import ghostnet_050, ghostnet_100, ghostnet_130
 
 
@@ -185,7 +185,7 @@ def test_stage_table_bad_expand_is_a_ghostmaps_error():
 
 
 def test_stage_table_reuses_a_given_report(monkeypatch):
-    import analysis.macs as macs
+    import analysis.convert.macs as macs
 
     model = ghostnet_050()
     report = count_macs(model, (1, 3, 64, 64))
@@ -196,8 +196,8 @@ def test_stage_table_reuses_a_given_report(monkeypatch):
 
 
 def test_info_command_counts_macs_once(monkeypatch, capsys):
-    import analysis.macs as macs
-    from analysis.cli import main
+    import analysis.convert.macs as macs
+    from analysis.cli.main import main
 
     calls = []
     real = macs.count_macs

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from analysis import GhostmapsError, WeightsUnavailableError, load_images, load_model
-from analysis import models as models_mod
+from analysis.data import models as models_mod
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 PALACE = 698
@@ -127,7 +127,7 @@ def test_weights_that_cannot_apply_are_rejected():
 def test_as_loaded_accepts_results_names_and_modules(mobilenet):
     from PIL import Image
 
-    from analysis.models import as_loaded
+    from analysis.data.models import as_loaded
 
     assert as_loaded(mobilenet) is mobilenet
     net = torchvision.models.resnet18(weights=None)

@@ -250,7 +250,7 @@ def test_dataloader_drop_last_counts_only_the_images_it_yields(tiny):
 
 
 def test_one_group_note_says_how_many_images_were_seen():
-    from analysis.scores import redundancy
+    from analysis.measure.scores import redundancy
     from analysis.stats import GroupedStats
 
     maps = torch.relu(torch.randn(10, 4, 3, 3, generator=torch.Generator().manual_seed(0)))
@@ -328,6 +328,6 @@ def test_distributed_edge_cases_neither_hang_nor_disagree(tmp_path):
 
 
 def test_backend_follows_the_survey_device():
-    from analysis.survey import _backend
+    from analysis.stats.distributed import _backend
 
     assert _backend(torch.device("cpu")) == "gloo" and _backend(torch.device("cuda", 0)) == "nccl"

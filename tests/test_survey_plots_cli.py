@@ -14,7 +14,8 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from analysis import GhostmapsError, Survey, plots, survey
-from analysis.cli import main
+from analysis.cli.main import main
+from analysis.pipeline import survey_gallery
 from analysis.plots._common import pair_colour
 from tests.helpers import TinyNet
 
@@ -68,7 +69,7 @@ def test_similarity_heatmap_is_reordered_outlined_and_marks_dead(tiny_survey):
 
 def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
     model, x, s = tiny_survey
-    fig = plots.pair_gallery(s, "conv2", model=model, images=x, k=2, n_images=3)
+    fig = survey_gallery(s, "conv2", model=model, images=x, k=2, n_images=3)
     assert len(fig.axes) == 2 * 2 * 3
     first = s["conv2"].pairs[0]
     assert {first.i, first.j} == {2, 5}
@@ -84,6 +85,8 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
         plots.pair_gallery(maps=maps, pairs=[(0, 99)])
     with pytest.raises(GhostmapsError, match="survey and a layer"):
         plots.pair_gallery()
+    with pytest.raises(GhostmapsError, match="needs the layer's maps"):
+        plots.pair_gallery(pairs=[(0, 1)])
 
 
 def test_survey_command_end_to_end(tmp_path, capsys):
@@ -130,7 +133,7 @@ def test_survey_command_bad_layer_is_exit_code_2(tmp_path, capsys):
 def test_survey_command_bad_heatmap_layer_fails_before_the_forward_pass(tmp_path, monkeypatch, capsys):
     import importlib
 
-    survey_module = importlib.import_module("analysis.survey")  # the module (the package exports the function)
+    survey_module = importlib.import_module("analysis.survey.run")  # the module the command calls
 
     def never(*args, **kwargs):
         raise AssertionError("the survey ran before --heatmap was checked")
@@ -144,7 +147,7 @@ def test_survey_command_bad_heatmap_layer_fails_before_the_forward_pass(tmp_path
 def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from analysis._io import atomic_write
+    from analysis._core.io import atomic_write
 
     fig = plt.figure()
     target = tmp_path / "profile.png"
@@ -184,4 +187,4 @@ def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():
 def test_gallery_of_a_reused_module_names_its_outputs():
     model = TinyNet().eval()
     with pytest.raises(GhostmapsError, match="gives 2 outputs"):
-        plots.pair_gallery(layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])
+        survey_gallery(None, layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])

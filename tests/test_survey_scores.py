@@ -12,7 +12,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from analysis import GhostmapsError, channel_similarity, ghost_groups, redundancy
-from analysis.scores import matrix_scores
+from analysis.measure.scores import matrix_scores
 
 
 def planted_maps(n: int = 12, seed: int = 0) -> torch.Tensor:
@@ -195,7 +195,7 @@ def brute_bc(values: list[float], observed: float, level: float) -> tuple[float,
 
 @pytest.mark.parametrize("case", ["centred", "shifted", "ties", "all_below"])
 def test_bc_interval_matches_the_formula_computed_by_hand(case):
-    from analysis.scores import bc_interval
+    from analysis.measure.scores import bc_interval
 
     rng = np.random.default_rng(1)
     values = list(rng.normal(size=200))

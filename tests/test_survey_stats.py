@@ -164,7 +164,7 @@ def test_to_copies_every_tensor_and_merge_accepts_other_devices():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_statistics_score_like_cpu_ones_and_merge_across_devices():
-    from analysis.scores import redundancy
+    from analysis.measure.scores import redundancy
 
     maps = relu_maps(0)
     cpu = fill(maps, batch=3)

@@ -1,4 +1,4 @@
-"""ghostnet._utils: the helpers ghostnet and analysis share, checked against direct computations."""
+"""The shared helpers (validators, relative error, image batching, first-call hooks), checked against direct computations."""
 
 from __future__ import annotations
 
@@ -9,32 +9,25 @@ import pytest
 import torch
 from torch import nn
 
-from analysis import errors
-from analysis.capture import single_entry
-from analysis.errors import GhostmapsError
-from ghostnet import _utils
-from ghostnet._utils import (
-    check_odd_size,
-    check_ratio,
-    did_you_mean,
-    first_call_io,
-    images_tensor,
-    rel_error,
-)
-from ghostnet.convert import GhostifyError
+from analysis._core.errors import GhostmapsError, did_you_mean
+from analysis._core.numerics import relative_error
+from analysis.convert.ghostify import GhostifyError
+from analysis.data.images import images_tensor
+from analysis.hooks import first_call_io, single_entry
+from ghostnet.validation import check_odd_size, check_ratio
 
 
-def test_rel_error_matches_a_direct_formula():
+def test_relative_error_matches_a_direct_formula():
     gen = torch.Generator().manual_seed(0)
     target, pred = torch.randn(3, 4, 5, 6, generator=gen), torch.randn(3, 4, 5, 6, generator=gen)
     t, p = target.numpy().astype(np.float64), pred.numpy().astype(np.float64)
     want = ((p - t) ** 2).sum() / ((t - t.mean(axis=(0, 2, 3), keepdims=True)) ** 2).sum()
-    assert rel_error(pred, target) == pytest.approx(want, rel=1e-12)
+    assert relative_error(pred, target) == pytest.approx(want, rel=1e-12)
     t2, p2 = t[:, :, 0, 0], p[:, :, 0, 0]  # 2-D: per-column means
-    assert rel_error(pred[:, :, 0, 0], target[:, :, 0, 0]) == pytest.approx(
+    assert relative_error(pred[:, :, 0, 0], target[:, :, 0, 0]) == pytest.approx(
         ((p2 - t2) ** 2).sum() / ((t2 - t2.mean(0)) ** 2).sum(), rel=1e-12)
     const = torch.ones(2, 3, 4, 4)
-    assert rel_error(const, const) == 0.0 and rel_error(const * 2, const) == math.inf
+    assert relative_error(const, const) == 0.0 and relative_error(const * 2, const) == math.inf
 
 
 class _Source:
@@ -76,7 +69,6 @@ def test_validators_raise_the_callers_error_and_accept_numpy_ints():
 
 
 def test_did_you_mean_is_shared_with_analysis_errors():
-    assert errors.did_you_mean is _utils.did_you_mean and errors.close_matches is _utils.close_matches
     assert did_you_mean("conv_c", ["conv_a", "bn_a"]) == " Did you mean: conv_a?"
     assert did_you_mean("layer", ["x.layer1.conv"]) == " Did you mean: x.layer1.conv?"  # substring hit
     assert did_you_mean("zzz", ["conv_a"]) == ""

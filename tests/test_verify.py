@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from analysis import GhostmapsError, plots, verify_replacement
-from ghostnet.convert import ghostify
+from analysis.convert.ghostify import ghostify
 
 
 class Net(nn.Module):
@@ -141,7 +141,7 @@ def test_latency_is_labelled_with_its_device(pair):
 
 
 def test_latency_synchronizes_cuda_around_each_timed_run(monkeypatch):
-    from analysis import verify
+    from analysis.convert import verify
 
     synced: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
@@ -160,7 +160,7 @@ def test_latency_synchronizes_cuda_around_each_timed_run(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_latency_times_the_kernels_not_the_launch():
-    from analysis.verify import _latency_ms
+    from analysis.convert.verify import _latency_ms
 
     weight = torch.randn(4096, 4096, device="cuda")
 

@@ -1,18 +1,14 @@
-"""Shared plotting helpers: a headless backend, pair colours, and saving."""
+"""Shared plotting helpers: pair colours and saving. Figures are built as ``matplotlib.figure.Figure``
+objects (no pyplot, no backend chosen at import), so they render headless and in notebooks alike."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-if not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # headless by default; notebooks set their own backend
-
-from matplotlib.figure import Figure  # noqa: E402
-
-from .._io import atomic_path  # noqa: E402
+from analysis._core.io import atomic_path
 
 # Red, green, blue first (as in GhostNet's Figure 1), then other colours that stand out on gray tiles.
 PAIR_COLOURS = ("#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffd92f", "#f781bf", "#a65628",

@@ -10,9 +10,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ..errors import GhostmapsError
-from ..pairs import GhostPair
-from ._common import pair_colour
+from analysis._core.errors import GhostmapsError
+from analysis.measure.pairs import GhostPair
+from analysis.plots._common import pair_colour
 
 
 def _normalise(tile: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..errors import GhostmapsError
-from ._common import pair_colour
+from analysis._core.errors import GhostmapsError
+from analysis.plots._common import pair_colour
 
 
 def _tile(x: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
@@ -28,8 +28,6 @@ def pair_gallery(
     layer: str | None = None,
     *,
     maps: torch.Tensor | None = None,
-    model: Any = None,
-    images: Any = "samples",
     pairs: Sequence[Any] | None = None,
     k: int = 4,
     n_images: int = 4,
@@ -43,16 +41,11 @@ def pair_gallery(
     Args:
         survey: a ``Survey`` giving the pairs of ``layer`` (or pass ``pairs``).
         layer: the layer's name.
-        maps: the layer's maps, N×C×H×W, if already captured; otherwise ``model`` and ``images`` are used.
-        model: a ``load_model`` result or ``nn.Module`` to capture ``layer`` with (the survey keeps no maps).
-        images: an image source for ``load_images`` or an N×3×H×W tensor (the first ``n_images`` are used).
+        maps: the layer's maps, N×C×H×W (the survey keeps none; ``analysis.pipeline.survey_gallery`` captures
+            them from a model and images and calls this).
         pairs: ghost pairs (``GhostPair`` or (i, j) tuples) instead of the survey's.
         k, n_images: pairs (rows) and images shown; image_names: column labels.
     """
-    from ..capture import capture_maps, single_entry
-    from ..images import load_images
-    from ..models import as_loaded
-
     if pairs is None:
         if survey is None or layer is None:
             raise GhostmapsError("pair_gallery needs a survey and a layer, or explicit pairs.")
@@ -62,20 +55,8 @@ def pair_gallery(
     if not chosen:
         raise GhostmapsError(f"no pairs to show for layer {layer!r}.")
     if maps is None:
-        if model is None or layer is None:
-            raise GhostmapsError("pair_gallery needs maps=..., or model= and layer= to capture them.")
-        net, preprocess, _ = as_loaded(model)
-        if isinstance(images, torch.Tensor):
-            batch = images[:n_images]
-        else:
-            source = load_images(images, transform=preprocess, limit=n_images)
-            names, tensors = [], []
-            for img in source:
-                names.append(img.name)
-                tensors.append(img.tensor)
-            batch = torch.stack(tensors)
-            image_names = image_names or names
-        _, maps = single_entry(capture_maps(net, layer, batch), layer, ndim=4)
+        raise GhostmapsError("pair_gallery needs the layer's maps=... (N×C×H×W); analysis.pipeline.survey_gallery "
+                             "captures them from a model and images.")
     if maps.dim() != 4:
         raise GhostmapsError(f"pair_gallery needs N×C×H×W maps, got shape {tuple(maps.shape)}.")
     maps = maps[:n_images].detach().float().cpu()

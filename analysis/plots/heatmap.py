@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ._common import pair_colour
+from analysis.plots._common import pair_colour
 
 
 def similarity_heatmap(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import GhostmapsError
+from analysis._core.errors import GhostmapsError
 
 # score -> (panel title, divide by the channel count?, does a higher value mean more redundancy?)
 PANELS = {

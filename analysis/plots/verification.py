@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import GhostmapsError
+from analysis._core.errors import GhostmapsError
 
 
 def verification(report: Any | Sequence[Any], *, title: str | None = None,

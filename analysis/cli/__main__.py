@@ -1,0 +1,7 @@
+"""``python -m analysis.cli``."""
+
+import sys
+
+from analysis.cli.main import main
+
+sys.exit(main())

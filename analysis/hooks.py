@@ -1,0 +1,296 @@
+"""Capture intermediate feature maps with forward hooks, safely.
+
+Three traps that other tools fall into are handled here:
+
+* **in-place ops**: the hook stores a detached *copy*, so a later in-place ReLU (torchvision ResNet's
+  ``bn1`` → ``relu``) cannot change what was captured;
+* **reused modules**: a module called several times in one forward (ResNet's ``relu``, three times per
+  block) gives one entry per call: ``name``, ``name#1``, ``name#2`` (like FX's ``relu``, ``relu_1``, ...);
+* **leftover hooks**: hooks are removed in ``finally``, also when the forward raises.
+
+Layers are chosen by exact module name, by glob (``layer1.*``), by module type (``"Conv2d"`` or
+``nn.Conv2d``), or by a single call of a reused module (``layer1.0.relu#2``). Names that match nothing fail
+before anything runs, listing close matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis._core.errors import GhostmapsError, UnknownLayerError, did_you_mean
+from analysis._core.modes import eval_mode, model_device, model_dtype
+
+__all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers", "single_entry"]
+
+LayerSpec = str | type | Sequence[str | type]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One capturable output: the name to capture it by, the module type, and its output shape."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int | None:
+        """Channels of a 4-D (N×C×H×W) output, else None."""
+        return self.shape[1] if len(self.shape) == 4 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _entry_names(base: str, output: Any) -> list[tuple[str, torch.Tensor]]:
+    """Split a module output into named tensors: a tensor keeps the name, tuple/list elements get ``[i]``,
+    dict values get ``[key]``; anything else is ignored."""
+    if isinstance(output, torch.Tensor):
+        return [(base, output)]
+    if isinstance(output, (tuple, list)):
+        found = []
+        for i, item in enumerate(output):
+            found += _entry_names(f"{base}[{i}]", item)
+        return found
+    if isinstance(output, dict):
+        found = []
+        for key, item in output.items():
+            found += _entry_names(f"{base}[{key}]", item)
+        return found
+    return []
+
+
+def _call_name(name: str, call: int) -> str:
+    return name if call == 0 else f"{name}#{call}"
+
+
+def resolve_layers(model: nn.Module, layers: LayerSpec) -> dict[str, set[int] | None]:
+    """Map layer specs to module names: ``{module_name: None}`` for every call, or a set of call indices.
+
+    Raises ``UnknownLayerError`` (listing close matches) for a spec that matches no module.
+    """
+    specs: list[str | type] = [layers] if isinstance(layers, (str, type)) else list(layers)
+    if not specs:
+        raise GhostmapsError("no layers given; pass a name, a glob such as 'layer1.*', or a type such as 'Conv2d'.")
+    modules = {name: module for name, module in model.named_modules() if name}
+    type_names = {type(m).__name__ for m in modules.values()}
+    chosen: dict[str, set[int] | None] = {}
+
+    def add(name: str, call: int | None) -> None:
+        if call is None:
+            chosen[name] = None
+        elif name not in chosen or chosen[name] is not None:
+            chosen.setdefault(name, set()).add(call)  # type: ignore[union-attr]
+
+    for spec in specs:
+        if isinstance(spec, type):
+            hits = [n for n, m in modules.items() if isinstance(m, spec)]
+            if not hits:
+                raise UnknownLayerError(f"the model has no module of type {spec.__name__}."
+                                        f"{did_you_mean(spec.__name__, type_names)}")
+            for n in hits:
+                add(n, None)
+            continue
+        if not isinstance(spec, str):
+            raise GhostmapsError(f"layer spec must be a string or a module type, got {type(spec).__name__}.")
+        base, sep, call_text = spec.partition("#")
+        if sep:
+            if base not in modules or not call_text.isdigit():
+                raise UnknownLayerError(
+                    f"unknown layer {spec!r}: 'name#k' needs an exact module name and a call number."
+                    f"{did_you_mean(base, modules)}"
+                )
+            add(base, int(call_text))
+        elif spec in modules:
+            add(spec, None)
+        elif any(ch in spec for ch in "*?["):
+            hits = fnmatch.filter(modules, spec)
+            if not hits:
+                raise UnknownLayerError(f"layer pattern {spec!r} matches no module.{did_you_mean(spec, modules)}")
+            for n in hits:
+                add(n, None)
+        elif spec in type_names:
+            for n, m in modules.items():
+                if type(m).__name__ == spec:
+                    add(n, None)
+        else:
+            raise UnknownLayerError(
+                f"unknown layer {spec!r}.{did_you_mean(spec, list(modules) + sorted(type_names))} "
+                "List the layers with `ghostmaps layers MODEL` or analysis.list_layers(model)."
+            )
+    return chosen
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: LayerSpec,
+    *,
+    store: bool = True,
+    callback: Callable[[str, torch.Tensor], None] | None = None,
+    to: str | torch.device | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the outputs of chosen layers during forward passes run inside the ``with`` block.
+
+    Args:
+        model: the network; it is not modified (hooks are added and always removed).
+        layers: a name, glob, type name, ``nn.Module`` type, ``name#k``, or a list of them.
+        store: keep the latest forward's outputs in the yielded dict (turn off when only ``callback`` is used,
+            so nothing is held in memory).
+        callback: called as ``callback(name, tensor)`` with each captured copy as soon as it is made, e.g. to
+            fold it into running statistics.
+        to: move the copies to this device (e.g. ``"cpu"``); default: where they were computed.
+
+    Yields:
+        A dict ``{entry name: detached copy}`` filled by each forward (reset at the start of each forward of
+        ``model``). A module called k times gives ``name``, ``name#1``, …; tuple or dict outputs give
+        ``name[i]`` / ``name[key]`` entries.
+
+    Example:
+        >>> with capture(model, ["layer1.0.bn1", "layer1.0.relu"]) as maps:
+        ...     model(images)
+        >>> maps["layer1.0.bn1"].min() < 0  # the in-place ReLU did not touch the copy
+    """
+    chosen = resolve_layers(model, layers)
+    modules = dict(model.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    forwards = [0]
+
+    def reset(_module: nn.Module, _args: Any) -> None:
+        captured.clear()
+        calls.clear()
+        forwards[0] += 1
+
+    def make_hook(name: str, wanted: set[int] | None) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            call = calls.get(name, 0)
+            calls[name] = call + 1
+            if wanted is not None and call not in wanted:
+                return
+            for entry, tensor in _entry_names(_call_name(name, call), output):
+                copy = tensor.detach().clone()
+                if to is not None:
+                    copy = copy.to(to)
+                if store:
+                    captured[entry] = copy
+                if callback is not None:
+                    callback(entry, copy)
+
+        return hook
+
+    try:
+        handles.append(model.register_forward_pre_hook(reset))
+        for name, wanted in chosen.items():
+            handles.append(modules[name].register_forward_hook(make_hook(name, wanted)))
+        yield captured
+        missing = [f"{name}#{k} (it ran {calls.get(name, 0)} time(s))" for name, wanted in chosen.items()
+                   if wanted is not None for k in sorted(wanted) if k >= calls.get(name, 0)]
+        if missing and forwards[0]:
+            warnings.warn(f"capture: no output for {', '.join(missing)}; calls count from #0 (the plain name).",
+                          stacklevel=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def list_layers(
+    model: nn.Module,
+    input_size: int | Sequence[int] = 224,
+    device: str | torch.device | None = None,
+) -> list[LayerInfo]:
+    """Every module output that can be captured, in execution order, with type and output shape.
+
+    Runs one dry forward on zeros of shape ``1×3×S×S`` (``input_size=S``) or the given full shape, in eval mode
+    and without gradients; the model's train/eval flag is restored afterwards. Reused modules appear once per
+    call (``name#k``).
+    """
+    if isinstance(input_size, int):
+        shape: tuple[int, ...] = (1, 3, input_size, input_size)
+    else:
+        shape = tuple(input_size)
+        if len(shape) == 3:
+            shape = (1, *shape)
+    if min(shape) < 1:
+        raise GhostmapsError(f"input_size must be positive, got {input_size}; e.g. 224 or (1, 3, 224, 224).")
+    device = model_device(model) if device is None else device
+    types = {name: type(m).__name__ for name, m in model.named_modules() if name}
+    found: list[LayerInfo] = []
+
+    def record(entry: str, tensor: torch.Tensor) -> None:
+        base = entry.split("#")[0].split("[")[0]
+        found.append(LayerInfo(entry, types[base], tuple(tensor.shape)))
+
+    with eval_mode(model), torch.no_grad(), capture(model, list(types), store=False, callback=record):
+        model(torch.zeros(shape, device=device, dtype=model_dtype(model)))
+    return found
+
+
+def capture_maps(
+    model: nn.Module,
+    layers: LayerSpec,
+    inputs: torch.Tensor,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """One forward of ``inputs`` (in eval mode, no grad) and the captured maps of ``layers``, on the CPU."""
+    device = model_device(model) if device is None else device
+    with eval_mode(model), torch.inference_mode(), capture(model, layers, to="cpu") as maps:
+        model(inputs.to(device=device, dtype=model_dtype(model)))
+    return dict(maps)
+
+
+def single_entry(maps: dict[str, torch.Tensor], layer: str, ndim: int | None = None) -> tuple[str, torch.Tensor]:
+    """The one captured entry of ``layer`` in ``maps`` (``layer``, ``layer#k`` or ``layer[i]``) as
+    ``(entry name, tensor)``. Raises ``GhostmapsError`` when the layer gave no tensor or several (a reused
+    module, a tuple output), or, with ``ndim``, a tensor of another rank (``ndim=4``: N x C x H x W maps)."""
+    entries = [name for name in maps if name == layer or name.startswith((f"{layer}#", f"{layer}["))]
+    if not entries:
+        raise GhostmapsError(f"layer {layer!r} produced no tensor output for the given image(s).")
+    if len(entries) > 1:
+        raise GhostmapsError(
+            f"layer {layer!r} gives {len(entries)} outputs ({', '.join(entries[:4])}…); pick one, e.g. {entries[0]!r}."
+        )
+    name, tensor = entries[0], maps[entries[0]]
+    if ndim is not None and tensor.dim() != ndim:
+        raise GhostmapsError(f"layer {layer!r} outputs shape {tuple(tensor.shape)}, not feature maps "
+                             "(N×C×H×W); pick a convolutional layer.")
+    return name, tensor
+
+
+def first_call_io(model: nn.Module, names: Sequence[str], x: torch.Tensor, *, keep_inputs: bool = True,
+                  dtype: torch.dtype | None = None) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One eval-mode, gradient-free ``model(x)``: its output, and the first positional input (when
+    ``keep_inputs``) and the output of the *first* call of each module in ``names``, as detached copies on
+    the CPU (cast to ``dtype`` when given). Non-tensor outputs are not recorded; hooks are always removed
+    and train/eval flags restored."""
+    modules = dict(model.named_modules())
+    ins: dict[str, torch.Tensor] = {}
+    outs: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if name in outs or not isinstance(out, torch.Tensor):
+                return
+            outs[name] = out.detach().to("cpu", dtype, copy=True)
+            if keep_inputs and args and isinstance(args[0], torch.Tensor):
+                ins[name] = args[0].detach().to("cpu", dtype, copy=True)
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            result = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return result, ins, outs

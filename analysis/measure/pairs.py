@@ -1,0 +1,113 @@
+"""Ghost pairs: the most similar pairs of channels in a layer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis._core.errors import GhostmapsError
+from analysis.measure.similarity import ChannelSimilarity
+
+
+@dataclass(frozen=True)
+class GhostPair:
+    """Channels ``i`` < ``j`` and their similarity ``score``."""
+
+    i: int
+    j: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GhostPairs:
+    """The top ghost pairs of a layer, best first. Iterable, indexable, and serialisable."""
+
+    pairs: list[GhostPair]
+    metric: str | None = None
+    layer: str | None = None
+    exclusive: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[GhostPair]:
+        return iter(self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> GhostPair:
+        return self.pairs[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "metric": self.metric, "exclusive": self.exclusive, **self.meta,
+                "pairs": [p.to_dict() for p in self.pairs]}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        head = f"ghost pairs of {self.layer or 'layer'} ({self.metric or 'similarity'}):"
+        rows = [f"  {n + 1}. channel {p.i:>4} ~ channel {p.j:>4}   {p.score:.4f}" for n, p in enumerate(self.pairs)]
+        return "\n".join([head, *rows]) if rows else head + " none"
+
+
+def ghost_pairs(
+    similarity: ChannelSimilarity | torch.Tensor | np.ndarray,
+    k: int | None = 3,
+    exclusive: bool = True,
+    absolute: bool = False,
+    min_score: float | None = None,
+) -> GhostPairs:
+    """The ``k`` most similar channel pairs of a layer.
+
+    Args:
+        similarity: a ``ChannelSimilarity`` (dead/constant channels are left out) or a plain C×C matrix.
+        k: how many pairs; None for all that qualify.
+        exclusive: each channel appears in at most one pair (greedy, best first), as in the paper's Figure 1.
+        absolute: rank by |score|, so strongly anti-correlated channels (one a negated ghost of the other,
+            which a depthwise op can make just as cheaply) count too.
+        min_score: keep only pairs whose (absolute, if asked) score is at least this.
+
+    Returns:
+        ``GhostPairs`` (pairs with i < j, best first). Ties break by channel index, so results are deterministic.
+    """
+    if isinstance(similarity, ChannelSimilarity):
+        matrix, valid = similarity.matrix, similarity.valid
+        metric, layer = similarity.metric, similarity.layer
+    else:
+        matrix = torch.as_tensor(np.asarray(similarity) if not isinstance(similarity, torch.Tensor) else similarity)
+        valid = torch.ones(matrix.shape[0], dtype=torch.bool)
+        metric = layer = None
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise GhostmapsError(f"similarity must be a square C×C matrix, got shape {tuple(matrix.shape)}.")
+    if k is not None and k < 1:
+        raise GhostmapsError(f"k must be at least 1 (or None for all pairs), got {k}.")
+    matrix = torch.nan_to_num(matrix.detach().cpu().to(torch.float64), nan=0.0)
+    c = matrix.shape[0]
+    i, j = torch.triu_indices(c, c, offset=1)
+    keep = valid[i] & valid[j]
+    i, j = i[keep], j[keep]
+    scores = matrix[i, j]
+    rank = scores.abs() if absolute else scores
+    if min_score is not None:
+        ok = rank >= min_score
+        i, j, scores, rank = i[ok], j[ok], scores[ok], rank[ok]
+    order = torch.from_numpy(np.lexsort((j.numpy(), i.numpy(), -rank.numpy())))
+    chosen: list[GhostPair] = []
+    used: set[int] = set()
+    for idx in order.tolist():
+        a, b = int(i[idx]), int(j[idx])
+        if exclusive and (a in used or b in used):
+            continue
+        chosen.append(GhostPair(a, b, float(scores[idx])))
+        used.update((a, b))
+        if k is not None and len(chosen) == k:
+            break
+    return GhostPairs(chosen, metric=metric, layer=layer, exclusive=exclusive)

@@ -1,0 +1,113 @@
+"""The kernels the statistics share: the channel-matrix view of a batch, the shift algebra, the blocked
+symmetric Gram product and the normalised moment. Private to ``analysis.stats``; inputs are checked by the
+callers."""
+
+from __future__ import annotations
+
+import torch
+
+from analysis._core.errors import GhostmapsError
+
+DEFAULT_TOL = 1e-6
+
+
+def _representable_shift(mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The shift as the working precision stores it (in float64), so the value subtracted from every batch and
+    the value added back when the raw moments are recovered are the same number."""
+    return mean.to(dtype).to(torch.float64)
+
+
+def _require_finite(sums: torch.Tensor) -> None:
+    """Refuse maps with NaN or inf (a NaN or inf anywhere makes its channel's float64 sum non-finite)."""
+    if not torch.isfinite(sums).all():
+        bad = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
+        raise GhostmapsError(
+            f"the feature maps hold NaN or inf values (channels {bad[:8]}{'…' if len(bad) > 8 else ''}); check the "
+            "inputs and weights (fp16 overflow is a common cause, try float32)."
+        )
+
+
+def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: torch.Tensor) -> torch.Tensor:
+    """Σ (x − k′)(x − k′)ᵀ from Σ (x − k)(x − k)ᵀ (``gram``) and Σ (x − k) (``sums``) over ``count`` positions,
+    with δ = k − k′: G + δ sᵀ + s δᵀ + n δ δᵀ (exact in float64; k′ = 0 gives the raw Σ x xᵀ)."""
+    return gram + torch.outer(delta, sums) + torch.outer(sums, delta) + count * torch.outer(delta, delta)
+
+
+def as_channel_matrix(maps: torch.Tensor) -> torch.Tensor:
+    """View N×C×H×W (or N×C, or C×H×W treated as one image) maps as a C×M matrix of positions."""
+    if not isinstance(maps, torch.Tensor):
+        raise GhostmapsError(f"maps must be a torch.Tensor, got {type(maps).__name__}.")
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(0)
+    if maps.dim() == 2:
+        return maps.transpose(0, 1)
+    if maps.dim() != 4:
+        raise GhostmapsError(
+            f"maps must be N×C×H×W (or C×H×W, N×C), got shape {tuple(maps.shape)}; capture a conv-like layer."
+        )
+    n, c = maps.shape[:2]
+    return maps.transpose(0, 1).reshape(c, -1)
+
+
+def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """moment_ij / √(moment_ii moment_jj) over ``valid`` channels with a positive diagonal; 0 elsewhere (never
+    NaN), clipped to [−1, 1], with 1 on the diagonal of those channels. The mask moves to the moment's device."""
+    valid = valid.to(moment.device)
+    diag = moment.diagonal().clamp_min(0)
+    ok = valid & (diag > 0)
+    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
+    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
+    sim = sim.clamp(-1.0, 1.0)
+    sim.diagonal().copy_(ok.to(sim.dtype))
+    return sim
+
+
+DEFAULT_GROUPS = 8
+MAX_CHUNK = 16
+
+
+def block_size(total_images: int | None, groups: int = DEFAULT_GROUPS) -> int:
+    """Images per contiguous block when ``total_images`` are spread over ``groups`` groups: enough blocks that
+    every group gets some (one image per block for small sets), at most ``MAX_CHUNK`` so that large sets
+    still interleave blocks over the groups (block b goes to group b mod K). An unknown number of images gets
+    blocks of one image."""
+    if total_images is None:
+        return 1  # unknown length: single images dealt round-robin, so every group fills from K images on
+    return max(1, min(MAX_CHUNK, -(-int(total_images) // max(1, groups))))
+
+
+SPLIT_CHANNELS = 256
+
+
+def _row_blocks(c: int) -> list[int]:
+    """Start rows of the blocks the symmetric product is split into: 1 block below ``SPLIT_CHANNELS`` channels,
+    2 below twice that, else 4."""
+    nb = 1 if c < SPLIT_CHANNELS else 2 if c < 2 * SPLIT_CHANNELS else 4
+    return [c * i // nb for i in range(nb)] + [c]
+
+
+def _add_gram(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None) -> None:
+    """Add Σ_k y[k] y[k]ᵀ for y of shape m×C×P (each y[k] a contiguous C×P matrix) to ``gram`` (and ``group``).
+
+    Products run per image straight from the N×C×H×W layout (no transposed copy of the maps). The result is
+    symmetric, so with b row blocks only block i times rows i.. is computed and added: (b + 1)/(2b) of the
+    work (b = 2 from ``SPLIT_CHANNELS`` channels on, 4 from twice that). The blocks below the diagonal of the
+    accumulators are left stale; ``_mirror`` fills them from those above when the matrix is read."""
+    m = y.shape[0]
+    edges = _row_blocks(y.shape[1])
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        out = torch.mm(y[0, lo:hi], y[0, lo:].T)
+        for k in range(1, m):
+            out.addmm_(y[k, lo:hi], y[k, lo:].T)
+        gram[lo:hi, lo:] += out
+        if group is not None:
+            group[lo:hi, lo:] += out
+
+
+def _mirror(gram: torch.Tensor) -> torch.Tensor:
+    """A full symmetric copy of an accumulator filled by ``_add_gram`` (upper row blocks valid)."""
+    out = gram.clone()
+    edges = _row_blocks(gram.shape[-1])
+    for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
+        out[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
+    return out
