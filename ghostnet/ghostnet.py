@@ -15,6 +15,7 @@ from torch import nn
 
 from .bottleneck import GhostBottleneck
 from .layers import ConvBnAct, make_divisible
+from .registry import register_model
 
 # One list per ``blocks.i`` stage; each row is (dw kernel k, expansion/mid channels, out channels,
 # SE ratio, stride) for one GhostBottleneck, before width scaling. Stage 9 (ConvBnAct 1x1 -> 960) follows.
@@ -135,17 +136,20 @@ def _ghostnet(width: float, name: str, pretrained: bool, progress: bool, **kwarg
     return model
 
 
+@register_model()
 def ghostnet_050(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> GhostNet:
     """GhostNet 0.5x (2.59M params, 42.3M MACs). No weights were released: ``pretrained=True`` raises."""
     return _ghostnet(0.5, "ghostnet_050", pretrained, progress, **kwargs)
 
 
+@register_model(url="https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth")  # official hub entry (hubconf.ghostnet_1x), top-1 73.98 %
 def ghostnet_100(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> GhostNet:
     """GhostNet 1.0x (5.18M params, 141.2M MACs). ``pretrained=True`` loads the official 73.98 % weights
     through the torch hub cache (downloading them when online)."""
     return _ghostnet(1.0, "ghostnet_100", pretrained, progress, **kwargs)
 
 
+@register_model()
 def ghostnet_130(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> GhostNet:
     """GhostNet 1.3x (7.36M params, 227.0M MACs). No weights were released: ``pretrained=True`` raises."""
     return _ghostnet(1.3, "ghostnet_130", pretrained, progress, **kwargs)

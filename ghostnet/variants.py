@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from .layers import GhostModule
+from .registry import CIFAR_MEAN, CIFAR_STD, register_model
 
 ConvUnit = Callable[[int, int, int, int], nn.Module]  # (in, out, kernel, stride) -> conv + BN
 
@@ -127,6 +128,7 @@ def vgg16_cifar(num_classes: int = 10) -> VGGCifar:
     return VGGCifar(num_classes)
 
 
+@register_model(input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, num_classes=10, dataset="cifar-10")
 def ghost_vgg16(num_classes: int = 10, ratio: int = 2, dw_size: int = 3) -> VGGCifar:
     """Ghost-VGG-16 for CIFAR (paper Table 4: 7.7M params, 158M MACs at s=2, d=3)."""
     return VGGCifar(num_classes, ghost_unit(ratio, dw_size))
@@ -137,6 +139,7 @@ def resnet56(num_classes: int = 10) -> ResNetCifar:
     return ResNetCifar(56, num_classes)
 
 
+@register_model(input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0, num_classes=10, dataset="cifar-10")
 def ghost_resnet56(num_classes: int = 10, ratio: int = 2, dw_size: int = 3) -> ResNetCifar:
     """Ghost-ResNet-56 for CIFAR (paper Table 4: 0.43M params, 63M MACs at s=2, d=3)."""
     return ResNetCifar(56, num_classes, ghost_unit(ratio, dw_size))
@@ -157,6 +160,7 @@ def _ghost_from_conv(conv: nn.Conv2d, ratio: int, dw_size: int) -> GhostModule:
     )
 
 
+@register_model()
 def ghost_resnet50(
     ratio: int = 2,
     num_classes: int = 1000,

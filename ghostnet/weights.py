@@ -16,10 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# The official hub entry (hubconf.ghostnet_1x) of huawei-noah's repository; top-1 73.98 %.
-PRETRAINED_URLS: dict[str, str] = {
-    "ghostnet_100": "https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth",
-}
 _CONTAINER_KEYS = ("state_dict", "model", "net", "params")
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -145,9 +141,11 @@ def load_pretrained(model: nn.Module, name: str, progress: bool = True) -> nn.Mo
     Offline or unreachable: ``PretrainedWeightsUnavailable`` naming the model, the cache folder and the
     ways out, instead of a urllib traceback.
     """
-    url = PRETRAINED_URLS.get(name)
+    from .registry import list_models, model_cfg
+
+    url = model_cfg(name).url
     if url is None:
-        released = ", ".join(sorted(PRETRAINED_URLS))
+        released = ", ".join(n for n in list_models() if model_cfg(n).url)
         raise ValueError(
             f"{name}: no pretrained weights were released for this width (released: {released}). "
             f"Use pretrained=False, or load your own checkpoint with ghostnet.load_checkpoint(model, path)."

@@ -126,3 +126,37 @@ def test_ghostnet_package_never_imports_analysis():
     code = "import sys, ghostnet, ghostnet.fuse, ghostnet.weights; print(any(m.split('.')[0] == 'analysis' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_registry_lists_every_constructor_with_its_metadata():
+    from ghostnet import registry
+
+    names = registry.list_models()
+    assert {"ghostnet_050", "ghostnet_100", "ghostnet_130", "ghost_vgg16", "ghost_resnet56", "ghost_resnet50"} <= set(names)
+    for name in names:
+        cfg = registry.model_cfg(name)
+        assert cfg.name == name and len(cfg.input_size) == 3 and len(cfg.mean) == len(cfg.std) == 3
+        assert cfg.resize >= cfg.input_size[-1]
+    assert registry.model_cfg("ghostnet_100").url.endswith("state_dict_73.98.pth")
+    assert registry.model_cfg("ghostnet_050").url is None
+    cifar = registry.model_cfg("ghost_resnet56")
+    assert cifar.input_size == (3, 32, 32) and cifar.num_classes == 10 and cifar.resize == 32
+    model = registry.create_model("ghostnet_050", num_classes=7)
+    assert isinstance(model, GhostNet) and model.classifier.out_features == 7
+    with pytest.raises(ValueError, match=r"Did you mean: .*ghostnet_100"):
+        registry.model_cfg("ghostnet_10")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_model()(ghostnet_100)
+
+
+def test_load_model_takes_preprocessing_from_the_registry():
+    from PIL import Image
+
+    from analysis import load_model
+
+    loaded = load_model("ghost_resnet56", weights=None)
+    x = loaded.preprocess(Image.new("RGB", (64, 48), (255, 0, 0)))
+    assert x.shape == (3, 32, 32)
+    # red in CIFAR normalisation: (1 - mean) / std on the red channel, (0 - mean) / std elsewhere
+    assert float(x[0, 0, 0]) == pytest.approx((1 - 0.4914) / 0.2470, rel=1e-4)
+    assert float(x[1, 0, 0]) == pytest.approx(-0.4822 / 0.2435, rel=1e-4)

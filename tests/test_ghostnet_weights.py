@@ -11,8 +11,8 @@ import torch
 
 import ghostnet
 from ghostnet import ghostnet_050, ghostnet_100, ghostnet_130, load_checkpoint
+from ghostnet.registry import model_cfg
 from ghostnet.weights import (
-    PRETRAINED_URLS,
     CheckpointMismatchError,
     PretrainedWeightsUnavailable,
     extract_state_dict,
@@ -113,7 +113,7 @@ def test_pretrained_offline_raises_a_clear_error(monkeypatch, tmp_path):
     finally:
         torch.hub.set_dir(original)
     message = str(info.value)
-    assert calls == [PRETRAINED_URLS["ghostnet_100"]]
+    assert calls == [model_cfg("ghostnet_100").url]
     assert "huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth" in calls[0]
     assert "ghostnet_100" in message
     assert os.path.join(str(tmp_path / "hub"), "checkpoints") in message
@@ -126,7 +126,7 @@ def test_pretrained_uses_the_hub_cache(tmp_path, timm_state):
     """With the file already in the hub cache, pretrained=True loads it without touching the network."""
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save(timm_state, cache / os.path.basename(PRETRAINED_URLS["ghostnet_100"]))
+    torch.save(timm_state, cache / os.path.basename(model_cfg("ghostnet_100").url))
     original = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:

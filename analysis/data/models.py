@@ -25,12 +25,9 @@ from torch import nn
 from torchvision import transforms as T
 
 from analysis._core.errors import GhostmapsError, WeightsUnavailableError, did_you_mean
+from ghostnet.registry import IMAGENET_MEAN, IMAGENET_STD, list_models, model_cfg
 
 DEFAULT_MODEL = "mobilenet_v2"
-# The GhostNet family of this project, loadable by name like torchvision models.
-GHOSTMAPS_MODELS = ("ghostnet_050", "ghostnet_100", "ghostnet_130", "ghost_vgg16", "ghost_resnet56", "ghost_resnet50")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Weight files that ship inside pip packages, for use without a network: file name -> (package, path, sha256).
 OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
@@ -81,11 +78,16 @@ def as_loaded(model: LoadedModel | nn.Module | str) -> LoadedModel:
                          f"{type(model).__name__}.")
 
 
-def default_preprocess(resize: int = 256, crop: int = 224) -> Callable[[Any], torch.Tensor]:
-    """ImageNet evaluation preprocessing (resize, centre crop, normalise) for a PIL image."""
-    return T.Compose(
-        [T.Resize(resize, antialias=True), T.CenterCrop(crop), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+def default_preprocess(resize: int = 256, crop: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN,
+                       std: tuple[float, ...] = IMAGENET_STD) -> Callable[[Any], torch.Tensor]:
+    """Evaluation preprocessing (resize the short side, centre crop, normalise) for a PIL image; ImageNet's
+    by default."""
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def ghostnet_model_names() -> list[str]:
+    """The GhostNet-family names of this project (``ghostnet.registry``), loadable like torchvision's."""
+    return list_models()
 
 
 def torchvision_model_names() -> list[str]:
@@ -149,9 +151,10 @@ def load_model(
             raise GhostmapsError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module.")
         info = ModelInfo(spec, "random" if weights is None else "as given", "callable")
         preprocess = default_preprocess()
-    elif isinstance(spec, str) and spec in GHOSTMAPS_MODELS:
+    elif isinstance(spec, str) and spec in ghostnet_model_names():
         model, info = _load_ghostnet(spec, None if weights_path else weights, seed)
-        preprocess = default_preprocess()
+        cfg = model_cfg(spec)
+        preprocess = default_preprocess(cfg.resize, cfg.input_size[-1], cfg.mean, cfg.std)
     elif isinstance(spec, str):
         model, preprocess, info = _load_torchvision(spec, None if weights_path else weights, seed)
     else:
@@ -219,19 +222,18 @@ class _seeded:
 
 
 def _load_ghostnet(name: str, weights: str | None, seed: int) -> tuple[nn.Module, ModelInfo]:
-    import ghostnet
+    from ghostnet.registry import create_model
     from ghostnet.weights import PretrainedWeightsUnavailable
 
-    builder = getattr(ghostnet, name)
     if weights is None:
         with _seeded(seed):
-            return builder(), ModelInfo(name, "random", "ghostmaps")
+            return create_model(name), ModelInfo(name, "random", "ghostmaps")
     if weights != "default":
         raise GhostmapsError(f"{name} takes weights='default' (the released weights), None, or a checkpoint path; "
                              f"got {weights!r}.")
     try:
         with _seeded(seed):
-            model = builder(pretrained=True, progress=False)
+            model = create_model(name, pretrained=True, progress=False)
     except PretrainedWeightsUnavailable as exc:
         raise WeightsUnavailableError(str(exc)) from None
     except ValueError as exc:  # no weights were released for this width
@@ -244,7 +246,7 @@ def _load_torchvision(name: str, weights: str | None, seed: int) -> tuple[nn.Mod
     if name not in names:
         raise GhostmapsError(
             f"unknown model {name!r}: not a torchvision classification model nor one of "
-            f"{', '.join(GHOSTMAPS_MODELS)}.{did_you_mean(name, names + list(GHOSTMAPS_MODELS))} "
+            f"{', '.join(ghostnet_model_names())}.{did_you_mean(name, names + ghostnet_model_names())} "
             "Other models: pass 'package.module:callable' or an nn.Module."
         )
     builder = torchvision.models.get_model_builder(name)
