@@ -1,4 +1,4 @@
-"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020) and Ghost versions of classic networks.
+"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020), GhostNetV2 and Ghost versions of classic networks.
 
 This package never imports ``analysis`` (the dependency runs analysis -> ghostnet only).
 """
@@ -6,6 +6,7 @@ This package never imports ``analysis`` (the dependency runs analysis -> ghostne
 from .bottleneck import GhostBottleneck, SqueezeExcite
 from .convert import GhostConv, GhostifyResult, ghostify, rebuild
 from .fuse import fuse
+from .ghostnetv2 import GhostModuleV2, GhostNetV2, ghostnetv2_100, ghostnetv2_130, ghostnetv2_160
 from .model import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
 from .module import GhostModule
 from .variants import ghost_resnet50, ghost_resnet56, ghost_vgg16
@@ -19,6 +20,11 @@ __all__ = [
     "ghostnet_050",
     "ghostnet_100",
     "ghostnet_130",
+    "GhostModuleV2",
+    "GhostNetV2",
+    "ghostnetv2_100",
+    "ghostnetv2_130",
+    "ghostnetv2_160",
     "ghost_vgg16",
     "ghost_resnet56",
     "ghost_resnet50",
