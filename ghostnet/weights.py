@@ -2,13 +2,16 @@
 
 Our state-dict keys are the official ones, so loading is ``strict=True`` after unwrapping the usual
 containers (``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema``), ``module.`` prefixes
-(DataParallel, timm's EMA wrapper) and ``_orig_mod.`` (torch.compile), and dropping thop's
-``total_ops`` / ``total_params`` buffers.
+(DataParallel, timm's EMA wrapper) and ``_orig_mod.`` (torch.compile), dropping thop's
+``total_ops`` / ``total_params`` buffers, and renaming timm's GhostNetV3 branch norms (``bn1`` inside
+``ghost*`` / ``dw_rpr_*``) to the official ``bn``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
-# The official hub entry (hubconf.ghostnet_1x) of huawei-noah's repository; top-1 73.98 %.
+_RELEASES = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download"
+# v1: the official hub entry (hubconf.ghostnet_1x) of huawei-noah's repository, top-1 73.98 %.
+# V2 / V3: the official GitHub releases (the files timm's hub weights were made from).
 PRETRAINED_URLS: dict[str, str] = {
     "ghostnet_100": "https://github.com/huawei-noah/ghostnet/raw/master/ghostnet_pytorch/models/state_dict_73.98.pth",
+    "ghostnetv2_100": f"{_RELEASES}/GhostNetV2/ck_ghostnetv2_10.pth.tar",
+    "ghostnetv2_130": f"{_RELEASES}/GhostNetV2/ck_ghostnetv2_13.pth.tar",
+    "ghostnetv2_160": f"{_RELEASES}/GhostNetV2/ck_ghostnetv2_16.pth.tar",
+    "ghostnetv3_100": f"{_RELEASES}/GhostNetV3/ghostnetv3-1.0.pth.tar",
 }
+# Training checkpoints (timm's train.py, which the V2/V3 releases used) also pickle the argparse
+# Namespace of the run; it is allowed through torch.load(weights_only=True), nothing else is.
+_SAFE_GLOBALS = [argparse.Namespace]
 _CONTAINER_KEYS = ("state_dict", "model", "net", "params")
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -32,6 +44,31 @@ class CheckpointMismatchError(ValueError):
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights could not be found in the hub cache nor downloaded."""
+
+
+def _official_key(key: str) -> str:
+    """timm's GhostNetV3 key -> the official one: branch norms ``bn1`` -> ``bn`` below ``ghost*`` and
+    ``dw_rpr_*`` (v1/V2 keys and v3's ``blocks.9.0.bn1`` are unchanged)."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith(("ghost", "dw_rpr_")):
+            parts[i + 1 :] = ["bn" if p == "bn1" else p for p in parts[i + 1 :]]
+            break
+    return ".".join(parts)
+
+
+def _torch_load(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a ``torch.load``-based loader with ``weights_only=True``, turning a refused pickle into a
+    clear error."""
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return load(*args, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"load_checkpoint: the checkpoint holds objects torch.load(weights_only=True) refuses ({err}). "
+            "If you trust the file, load it yourself with torch.load(path, weights_only=False) and pass the "
+            "result to ghostnet.load_checkpoint."
+        ) from None
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -72,7 +109,7 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> dict[str, torc
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix) :], True
-        out[key] = value
+        out[_official_key(key)] = value
     return out
 
 
@@ -102,8 +139,9 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
         lines.append(
             f"  {len(mismatched)} shape mismatches (key, checkpoint shape, model shape): {listing(mismatched)}"
         )
+    hint = getattr(model, "checkpoint_hint", "ghostnet_050/100/130 for widths 0.5/1.0/1.3")
     lines.append(
-        "  Build the model that matches the checkpoint (e.g. ghostnet_050/100/130 for widths 0.5/1.0/1.3, "
+        f"  Build the model that matches the checkpoint (e.g. {hint}; "
         "num_classes as in the checkpoint), or pass strict=False to load only the keys that fit."
     )
     return "\n".join(lines)
@@ -125,7 +163,7 @@ def load_checkpoint(
         path = Path(path_or_state_dict)
         if not path.is_file():
             raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}; check the path.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _torch_load(torch.load, path, map_location="cpu")
     else:
         checkpoint = path_or_state_dict
     state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
@@ -154,8 +192,8 @@ def load_pretrained(model: nn.Module, name: str, progress: bool = True) -> nn.Mo
         )
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
     try:
-        state_dict = torch.hub.load_state_dict_from_url(
-            url, model_dir=cache_dir, map_location="cpu", progress=progress, weights_only=True
+        state_dict = _torch_load(
+            torch.hub.load_state_dict_from_url, url, model_dir=cache_dir, map_location="cpu", progress=progress
         )
     except OSError as err:  # URLError, HTTPError, timeouts and connection errors are all OSErrors
         raise PretrainedWeightsUnavailable(
