@@ -126,7 +126,10 @@ def replace_bottlenecks(
 
 class GhostNetV2(GhostNet):
     """GhostNetV2 at a width multiplier (1.0 / 1.3 / 1.6 released): v1 with DFC attention in ``ghost1`` of
-    every bottleneck from the third on. Same constructor arguments, ``feature_info`` and ``fuse()`` as v1."""
+    every bottleneck from the third on. Same constructor arguments, ``feature_info`` and ``fuse()`` as v1.
+
+    Inputs need H, W >= 33: the DFC pool of the last stage needs a 2x2 map at stride 32 (as in the
+    official code and timm, which fail the same way on 32x32)."""
 
     checkpoint_hint = "ghostnetv2_100/130/160 for widths 1.0/1.3/1.6"
 

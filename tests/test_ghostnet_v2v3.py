@@ -230,3 +230,16 @@ def test_v2_module_without_attention_is_a_v1_module():
         torch.testing.assert_close(v2.eval()(x), plain.eval()(x))
     with pytest.raises(RuntimeError, match="attention=False"):
         v2.attention_map(x, (6, 6))
+
+
+@pytest.mark.parametrize("builder", [ghostnetv2_100, lambda: GhostNetV3(width=0.5)], ids=["v2", "v3-0.5"])
+def test_training_step_reaches_every_parameter(builder):
+    model = builder().train()
+    loss = model(_image(batch=2, size=SIZE)).logsumexp(1).mean()
+    loss.backward()
+    # every parameter is in the graph (a BN bias right before a conv + train-mode BN on a 1x1 map, as in
+    # the last DFC branches at 64x64, legitimately gets an exactly-zero gradient, so only presence is checked)
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    branch_grads = [p.grad.abs().sum() for n, p in model.named_parameters() if "_rpr_" in n or "short_conv" in n]
+    assert branch_grads and sum(g > 0 for g in branch_grads) > 0.9 * len(branch_grads)
