@@ -3,8 +3,8 @@
 Our state-dict keys are the official ones, so loading is ``strict=True`` after unwrapping the usual
 containers (``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema``), ``module.`` prefixes
 (DataParallel, timm's EMA wrapper) and ``_orig_mod.`` (torch.compile), dropping thop's
-``total_ops`` / ``total_params`` buffers, and renaming timm's GhostNetV3 branch norms (``bn1`` inside
-``ghost*`` / ``dw_rpr_*``) to the official ``bn``.
+``total_ops`` / ``total_params`` buffers, and renaming timm's GhostNetV3 branch norms (``bn1`` below a
+``*_rpr_*`` module) to the official ``bn``.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 
 def _official_key(key: str) -> str:
-    """timm's GhostNetV3 key -> the official one: branch norms ``bn1`` -> ``bn`` below ``ghost*`` and
-    ``dw_rpr_*`` (v1/V2 keys and v3's ``blocks.9.0.bn1`` are unchanged)."""
+    """timm's GhostNetV3 key -> the official one: the norm of a re-parameterisable branch
+    (``...primary_rpr_conv.0.bn1.weight``, ``...dw_rpr_scale.bn1.bias``) is ``bn`` there. Keys without a
+    ``*_rpr_*`` segment (v1, V2, v3's ``blocks.9.0.bn1``) are unchanged."""
     parts = key.split(".")
     for i, part in enumerate(parts):
-        if part.startswith(("ghost", "dw_rpr_")):
+        if "_rpr_" in part:
             parts[i + 1 :] = ["bn" if p == "bn1" else p for p in parts[i + 1 :]]
             break
     return ".".join(parts)
