@@ -1,4 +1,4 @@
-"""GhostNetV3 (Liu et al., 2024, arXiv 2404.11202): GhostNetV2 trained with re-parameterisable branches.
+"""GhostNetV3 (arXiv 2404.11202, 2024): GhostNetV2 trained with re-parameterisable branches.
 
 At deploy time GhostNetV3 *is* GhostNetV2 (same layers, same MACs). For training every conv of a Ghost
 module and every stride-2 depthwise conv becomes several parallel conv + BN branches:
