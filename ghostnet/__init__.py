@@ -1,4 +1,4 @@
-"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020) and Ghost versions of classic networks.
+"""ghostmaps.ghostnet: GhostNet (Han et al., CVPR 2020), GhostNetV2/V3 and Ghost versions of classic networks.
 
 This package never imports ``analysis`` (the dependency runs analysis -> ghostnet only).
 """
@@ -6,6 +6,16 @@ This package never imports ``analysis`` (the dependency runs analysis -> ghostne
 from .bottleneck import GhostBottleneck
 from .fuse import fuse
 from .ghostnet import GhostNet, ghostnet_050, ghostnet_100, ghostnet_130
+from .ghostnetv2 import GhostModuleV2, GhostNetV2, ghostnetv2_100, ghostnetv2_130, ghostnetv2_160
+from .ghostnetv3 import (
+    GhostBottleneckV3,
+    GhostModuleV3,
+    GhostNetV3,
+    ghostnetv3_050,
+    ghostnetv3_100,
+    ghostnetv3_130,
+    ghostnetv3_160,
+)
 from .layers import ConvBnAct, GhostConv, GhostModule, SqueezeExcite, make_divisible
 from .variants import ghost_resnet50, ghost_resnet56, ghost_vgg16
 from .weights import load_checkpoint
@@ -18,6 +28,18 @@ __all__ = [
     "ghostnet_050",
     "ghostnet_100",
     "ghostnet_130",
+    "GhostModuleV2",
+    "GhostNetV2",
+    "ghostnetv2_100",
+    "ghostnetv2_130",
+    "ghostnetv2_160",
+    "GhostModuleV3",
+    "GhostBottleneckV3",
+    "GhostNetV3",
+    "ghostnetv3_050",
+    "ghostnetv3_100",
+    "ghostnetv3_130",
+    "ghostnetv3_160",
     "ghost_vgg16",
     "ghost_resnet56",
     "ghost_resnet50",

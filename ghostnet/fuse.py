@@ -93,7 +93,8 @@ def fuse(model: M, channels_last: bool = True) -> M:
     placeholders there (so code indexing such a Sequential by position, ``seq[1]``, sees shifted positions;
     names are stable); a folded BN held as an attribute becomes ``nn.Identity``. A conv or BN module that
     the forward calls more than once (a shared module) is left unfolded, as is a conv whose output is
-    also read elsewhere. ``channels_last=True``
+    also read elsewhere. Modules with a ``reparameterize()`` method (GhostNetV3's multi-branch convs,
+    RepVGG-style timm blocks) are re-parameterised in the copy first. ``channels_last=True``
     stores the 4-D weights channels-last, which made GhostNet's depthwise convs markedly faster on CPU
     (see ``benchmarks/ghostnet_speed.py``); inputs may stay in the default layout. Models that torch.fx
     cannot trace raise ``ValueError``.
@@ -101,6 +102,10 @@ def fuse(model: M, channels_last: bool = True) -> M:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected an nn.Module, got {type(model).__name__}.")
     fused = copy.deepcopy(model).eval()
+    for module in reversed(list(fused.modules())):  # descendants before their parents
+        reparameterize = getattr(module, "reparameterize", None)
+        if callable(reparameterize):  # e.g. GhostNetV3's multi-branch convs: fold the branches first
+            reparameterize()
     for conv_name, bn_name in _conv_bn_pairs(fused):
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)
         _replace(fused, conv_name, fold_bn(conv, bn))

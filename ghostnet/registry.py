@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ModelCfg", "create_model", "list_models",
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD", "RELEASES", "ModelCfg", "create_model", "list_models",
            "model_cfg", "register_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+#: The official GitHub releases of GhostNetV2 / V3 (the files timm's hub weights were made from).
+RELEASES = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download"
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 Our state-dict keys are the official ones, so loading is ``strict=True`` after unwrapping the usual
 containers (``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema``), ``module.`` prefixes
-(DataParallel, timm's EMA wrapper) and ``_orig_mod.`` (torch.compile), and dropping thop's
-``total_ops`` / ``total_params`` buffers.
+(DataParallel, timm's EMA wrapper) and ``_orig_mod.`` (torch.compile), dropping thop's
+``total_ops`` / ``total_params`` buffers, and renaming timm's GhostNetV3 branch norms (``bn1`` below a
+``*_rpr_*`` module) to the official ``bn``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# Training checkpoints (timm's train.py, which the V2/V3 releases used) also pickle the argparse
+# Namespace of the run; it is allowed through torch.load(weights_only=True), nothing else is.
+_SAFE_GLOBALS = [argparse.Namespace]
 _CONTAINER_KEYS = ("state_dict", "model", "net", "params")
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -28,6 +34,32 @@ class CheckpointMismatchError(ValueError):
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights could not be found in the hub cache nor downloaded."""
+
+
+def _official_key(key: str) -> str:
+    """timm's GhostNetV3 key -> the official one: the norm of a re-parameterisable branch
+    (``...primary_rpr_conv.0.bn1.weight``, ``...dw_rpr_scale.bn1.bias``) is ``bn`` there. Keys without a
+    ``*_rpr_*`` segment (v1, V2, v3's ``blocks.9.0.bn1``) are unchanged."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if "_rpr_" in part:
+            parts[i + 1 :] = ["bn" if p == "bn1" else p for p in parts[i + 1 :]]
+            break
+    return ".".join(parts)
+
+
+def _torch_load(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a ``torch.load``-based loader with ``weights_only=True``, turning a refused pickle into a
+    clear error."""
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return load(*args, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"load_checkpoint: the checkpoint holds objects torch.load(weights_only=True) refuses ({err}). "
+            "If you trust the file, load it yourself with torch.load(path, weights_only=False) and pass the "
+            "result to ghostnet.load_checkpoint."
+        ) from None
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -68,7 +100,7 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> dict[str, torc
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix) :], True
-        out[key] = value
+        out[_official_key(key)] = value
     return out
 
 
@@ -98,8 +130,9 @@ def _describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
         lines.append(
             f"  {len(mismatched)} shape mismatches (key, checkpoint shape, model shape): {listing(mismatched)}"
         )
+    hint = getattr(model, "checkpoint_hint", "ghostnet_050/100/130 for widths 0.5/1.0/1.3")
     lines.append(
-        "  Build the model that matches the checkpoint (e.g. ghostnet_050/100/130 for widths 0.5/1.0/1.3, "
+        f"  Build the model that matches the checkpoint (e.g. {hint}; "
         "num_classes as in the checkpoint), or pass strict=False to load only the keys that fit."
     )
     return "\n".join(lines)
@@ -121,7 +154,7 @@ def load_checkpoint(
         path = Path(path_or_state_dict)
         if not path.is_file():
             raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}; check the path.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _torch_load(torch.load, path, map_location="cpu")
     else:
         checkpoint = path_or_state_dict
     state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
@@ -152,8 +185,8 @@ def load_pretrained(model: nn.Module, name: str, progress: bool = True) -> nn.Mo
         )
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
     try:
-        state_dict = torch.hub.load_state_dict_from_url(
-            url, model_dir=cache_dir, map_location="cpu", progress=progress, weights_only=True
+        state_dict = _torch_load(
+            torch.hub.load_state_dict_from_url, url, model_dir=cache_dir, map_location="cpu", progress=progress
         )
     except OSError as err:  # URLError, HTTPError, timeouts and connection errors are all OSErrors
         raise PretrainedWeightsUnavailable(
