@@ -1,4 +1,4 @@
-"""The shared helpers (validators, relative error, image batching, first-call hooks), checked against direct computations."""
+"""The shared helpers (validators, relative error, image batching, single entries), checked against direct computations."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.numerics import relative_error
 from analysis.convert.ghostify import GhostifyError
 from analysis.data.images import images_tensor
-from analysis.hooks import first_call_io, single_entry
+from analysis.hooks import single_entry
 from ghostnet.validation import check_odd_size, check_ratio
 
 
@@ -72,36 +71,6 @@ def test_did_you_mean_is_shared_with_analysis_errors():
     assert did_you_mean("conv_c", ["conv_a", "bn_a"]) == " Did you mean: conv_a?"
     assert did_you_mean("layer", ["x.layer1.conv"]) == " Did you mean: x.layer1.conv?"  # substring hit
     assert did_you_mean("zzz", ["conv_a"]) == ""
-
-
-class _Reuse(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 2, 1)
-        self.bn = nn.BatchNorm2d(2)
-        self.pair = nn.Identity()
-
-    def forward(self, x):
-        x = self.bn(self.conv(self.conv(x)))
-        return self.pair((x, x)), x.sum()
-
-
-def test_first_call_io_records_first_calls_on_cpu_and_cleans_up():
-    torch.manual_seed(0)
-    model = _Reuse().train()
-    x = torch.randn(3, 2, 4, 4)
-    stats = model.bn.running_mean.clone()
-    out, ins, outs = first_call_io(model, ["conv", "bn", "pair"], x, dtype=torch.float64)
-    with torch.no_grad():
-        first = model.conv(x)
-    assert torch.equal(ins["conv"], x.double()) and torch.equal(outs["conv"], first.double())
-    assert outs["conv"].dtype == torch.float64 and outs["conv"].device.type == "cpu"
-    assert "pair" not in outs  # a tuple output is not recorded
-    assert isinstance(out, tuple) and not out[1].requires_grad
-    assert model.training and model.bn.training and torch.equal(model.bn.running_mean, stats)  # eval mode used
-    assert not any(m._forward_hooks for m in model.modules())
-    _, ins, _ = first_call_io(model, ["conv"], x, keep_inputs=False)
-    assert ins == {}
 
 
 def test_single_entry_picks_one_layer_output():

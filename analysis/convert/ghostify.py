@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError, did_you_mean
-from analysis._core.modes import model_device, model_dtype
+from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis.data.images import images_tensor
-from analysis.hooks import first_call_io
+from analysis.hooks import capture
 from analysis.reconstruct import ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
 from ghostnet.validation import check_odd_size, check_ratio
@@ -235,18 +235,19 @@ def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
 def _record(model: nn.Module, names: list[str], images: torch.Tensor, keep_inputs: bool,
             batch_size: int = 16) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Outputs (and inputs, when asked) of the first call of each named conv, as CPU float32, over the images
-    in batches (each batch on the model's device and dtype; eval mode, no gradients)."""
+    in batches (each batch on the model's device and dtype; eval mode, no gradients; ``capture``'s hooks)."""
     outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     ins: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     device, dtype = model_device(model), model_dtype(model)
-    for b in images.split(batch_size):
-        _, b_ins, b_outs = first_call_io(model, names, b.to(device=device, dtype=dtype), keep_inputs=keep_inputs,
-                                         dtype=torch.float32)
-        for n in names:
-            if n in b_outs:
-                outs[n].append(b_outs[n])
-            if n in b_ins:
-                ins[n].append(b_ins[n])
+    with eval_mode(model), torch.no_grad(), capture(model, [f"{n}#0" for n in names], to="cpu",
+                                                    dtype=torch.float32, inputs=keep_inputs) as maps:
+        for b in images.split(batch_size):
+            model(b.to(device=device, dtype=dtype))
+            for n in names:
+                if n in maps:
+                    outs[n].append(maps[n])
+                if n in maps.inputs:
+                    ins[n].append(maps.inputs[n])
     missing = [n for n in names if not outs[n]]
     if missing:
         raise GhostifyError(f"layers {missing} never ran in a forward pass of the calibration images, so they "

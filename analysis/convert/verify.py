@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis.convert.macs import count_macs
 from analysis.data.images import images_tensor
-from analysis.hooks import first_call_io
+from analysis.hooks import CapturedMaps, capture
 
 __all__ = ["LayerCheck", "VerificationReport", "verify_replacement"]
 
@@ -176,14 +177,19 @@ def _changed_layers(original: nn.Module, replaced: nn.Module) -> list[str]:
     return found
 
 
-def _io(model: nn.Module, names: list[str], x: torch.Tensor
+def _io(model: nn.Module, names: list[str], x: torch.Tensor, inputs: bool = True
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Logits and the (first-call) inputs and outputs of ``names``, copied to the CPU; hooks always removed."""
-    logits, ins, outs = first_call_io(model, names, x)
+    """Logits and the first-call inputs (when asked) and outputs of ``names``, copied to the CPU: one eval-mode,
+    gradient-free forward under ``capture`` (hooks always removed, train/eval flags restored)."""
+    hooks = capture(model, [f"{n}#0" for n in names], to="cpu", inputs=inputs) if names else \
+        nullcontext(CapturedMaps())  # nothing replaced: the logits only
+    with eval_mode(model), torch.no_grad(), hooks as maps:
+        logits = model(x)
     if not isinstance(logits, torch.Tensor):
         raise GhostmapsError(f"{type(model).__name__} returned {type(logits).__name__}; verify_replacement "
                              "needs a model returning a logits tensor (N x classes)")
-    return logits.detach().cpu(), ins, outs
+    outs = {n: maps[n] for n in names if n in maps}  # a tuple or dict output has no plain entry: not recorded
+    return logits.detach().cpu(), {n: maps.inputs[n] for n in names if n in maps.inputs}, outs
 
 
 def _synchronize(device: torch.device) -> None:
@@ -232,7 +238,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
                              "(default: the modules whose type changed)")
 
     logits_o, ins_o, outs_o = _io(original, names, x)
-    logits_r, _, outs_r = _io(replaced, names, x)
+    logits_r, _, outs_r = _io(replaced, names, x, inputs=False)
     if logits_o.shape != logits_r.shape:
         raise GhostmapsError(f"the models' outputs differ in shape ({tuple(logits_o.shape)} vs "
                              f"{tuple(logits_r.shape)}); a replacement must keep the output shape")
