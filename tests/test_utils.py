@@ -85,3 +85,71 @@ def test_single_entry_picks_one_layer_output():
         single_entry(maps, "r")
     with pytest.raises(GhostmapsError, match=r"outputs shape \(1, 4\), not feature maps"):
         single_entry(maps, "b", ndim=4)
+
+
+def test_the_validators_normalise_or_name_the_input_and_the_fix():
+    from analysis._core import validation as v
+
+    assert v.check_threshold(np.float32(0.5)) == 0.5 and type(v.check_threshold(1)) is float
+    assert v.check_level(0.9) == 0.9 and v.check_positive_int(np.int64(4), "groups") == 4
+    assert v.check_count(0, "bootstrap") == 0 and v.check_tol(0) == 0.0
+    assert v.check_metric("pearson") == "pearson" and v.check_linkage("single") == "single"
+    assert v.check_ratio(np.int64(3)) == 3 and v.check_odd_size(5, "dw_size") == 5
+    bad = [(v.check_metric, ("euclid",), "unknown metric 'euclid'; use one of cosine, pearson"),
+           (v.check_linkage, ("ward",), "unknown linkage 'ward'; use one of complete, average, single"),
+           (v.check_threshold, (0.0,), r"threshold must be a \|similarity\| in \(0, 1\], got 0.0; e.g. 0.9"),
+           (v.check_threshold, (True,), "threshold must be"),
+           (v.check_level, (1.5,), r"level must be a confidence level in \(0, 1\), got 1.5; e.g. 0.95"),
+           (v.check_positive_int, (0, "batch_size"), "batch_size must be an int of at least 1, got 0"),
+           (v.check_positive_int, (2.0, "k", GhostmapsError, " (or None)"), r"k must be an int of at least 1 \(or None\)"),
+           (v.check_count, (-1, "latency_runs", GhostmapsError, " (0 skips timing)"),
+            r"latency_runs must be an int >= 0 \(0 skips timing\), got -1"),
+           (v.check_count, (True, "bootstrap"), "bootstrap must be an int >= 0"),
+           (v.check_tol, (float("nan"),), "tol must be a tolerance ≥ 0"),
+           (v.check_ratio, (1,), "ratio must be an int >= 2"),
+           (v.check_odd_size, (4,), "d must be a positive odd int")]
+    for check, args, message in bad:
+        with pytest.raises(GhostmapsError, match=message):
+            check(*args)
+    with pytest.raises(GhostifyError, match="calibrate_steps"):  # the caller's error class
+        v.check_count(-1, "calibrate_steps", GhostifyError)
+
+
+def test_one_metric_check_and_one_default_threshold_everywhere(tiny):
+    from analysis import LayerStats, channel_similarity, ghost_groups, redundancy, survey
+    from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_THRESHOLD
+    from analysis.measure.scores import matrix_scores
+    from analysis.survey.settings import check_settings
+
+    maps = torch.rand(2, 3, 4, 4)
+    calls = [lambda: channel_similarity(maps, metric="l2"), lambda: redundancy(maps, metric="l2"),
+             lambda: LayerStats.from_maps(maps).similarity_matrix("l2"),
+             lambda: survey(tiny, torch.rand(2, 3, 8, 8), metric="l2", progress=False)]
+    messages = set()
+    for call in calls:
+        with pytest.raises(GhostmapsError, match="unknown metric") as info:
+            call()
+        messages.add(str(info.value))
+    assert messages == {"unknown metric 'l2'; use one of cosine, pearson."}
+    import inspect
+
+    for fn in (ghost_groups, redundancy, matrix_scores, check_settings, survey):
+        assert inspect.signature(fn).parameters["threshold"].default == DEFAULT_THRESHOLD == 0.9
+    for fn in (redundancy, check_settings, survey):
+        assert inspect.signature(fn).parameters["level"].default == DEFAULT_LEVEL == 0.95
+    from analysis.cli.main import build_parser
+
+    assert build_parser().parse_args(["survey"]).threshold == DEFAULT_THRESHOLD
+
+
+def test_every_analysis_error_is_a_ghostmaps_error_and_ghostnet_errors_are_value_errors():
+    import analysis
+    from analysis.convert.ghostify import GhostifyError
+    from ghostnet.validation import GhostConfigError
+    from ghostnet.weights import CheckpointMismatchError
+
+    for name in ("NoImagesError", "UnknownLayerError", "WeightsUnavailableError"):
+        assert issubclass(getattr(analysis, name), analysis.GhostmapsError)
+    assert issubclass(GhostifyError, GhostmapsError) and issubclass(GhostmapsError, ValueError)
+    assert issubclass(GhostConfigError, ValueError) and issubclass(CheckpointMismatchError, ValueError)
+    assert not issubclass(GhostConfigError, GhostmapsError)  # ghostnet never imports analysis

@@ -42,11 +42,11 @@ from torch import nn
 from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
+from analysis._core.validation import check_count, check_odd_size, check_ratio
 from analysis.data.images import images_tensor
 from analysis.hooks import capture
 from analysis.reconstruct import ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
-from ghostnet.validation import check_odd_size, check_ratio
 
 __all__ = [
     "GhostConv",
@@ -321,8 +321,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
     if init not in (None, "fit"):
         raise GhostifyError(f"init must be None (random) or 'fit' (from the pretrained conv), got {init!r}")
-    if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or calibrate_steps < 0:
-        raise GhostifyError(f"calibrate_steps must be an int >= 0, got {calibrate_steps!r}")
+    calibrate_steps = check_count(calibrate_steps, "calibrate_steps", GhostifyError, " (0: no calibration)")
     if calibrate_steps and init != "fit":
         raise GhostifyError("calibrate_steps > 0 needs init='fit' (calibration refines a fitted module)")
     if init == "fit" and calibration_images is None:

@@ -36,6 +36,7 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
+from analysis._core.validation import check_count
 from analysis.convert.macs import count_macs
 from analysis.data.images import images_tensor
 from analysis.hooks import CapturedMaps, capture
@@ -226,8 +227,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
     """
     if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
         raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
-    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
-        raise GhostmapsError(f"latency_runs must be an int >= 0 (0 skips timing), got {latency_runs!r}")
+    latency_runs = check_count(latency_runs, "latency_runs", hint=" (0 skips timing)")
     x = images_tensor(images, "images", GhostmapsError)
     x = x.to(device=model_device(replaced) if device is None else device, dtype=model_dtype(replaced))
     names = _changed_layers(original, replaced) if layers is None else list(layers)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from analysis._core.errors import GhostmapsError, NoImagesError
+from analysis._core.validation import check_positive_int
 from analysis.data.models import default_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -90,8 +91,7 @@ class ImageSource:
 
     def batches(self, batch_size: int = 16) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Yield ``(names, batch)`` with up to ``batch_size`` images stacked into one tensor."""
-        if batch_size < 1:
-            raise GhostmapsError(f"batch_size must be at least 1, got {batch_size}.")
+        check_positive_int(batch_size, "batch_size")
         names: list[str] = []
         tensors: list[torch.Tensor] = []
         for image in self:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from analysis._core.errors import GhostmapsError
+from analysis._core.validation import METRICS, check_metric
 from analysis.stats import DEFAULT_TOL, LayerStats
 
-METRICS = ("cosine", "pearson")
+__all__ = ["METRICS", "ChannelSimilarity", "channel_similarity"]
 
 
 @dataclass
@@ -83,8 +83,7 @@ def channel_similarity(
     Returns:
         ``ChannelSimilarity`` with the matrix and the dead/constant masks; never NaN.
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    check_metric(metric)
     stats = maps if isinstance(maps, LayerStats) else LayerStats.from_maps(maps, tol=tol)
     return ChannelSimilarity(
         matrix=stats.similarity_matrix(metric).cpu(),

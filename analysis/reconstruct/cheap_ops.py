@@ -47,11 +47,11 @@ import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import plain
+from analysis._core.validation import check_odd_size
 from analysis.reconstruct.lstsq import (
     _CHUNK_BYTES,
     DEFAULT_RIDGE,
     _as_tensor,
-    _check_d,
     _check_ridge,
     _layer_maps,
     _pair_fits,
@@ -112,7 +112,7 @@ def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float
     ``sum (dst - conv2d(src, K, b, padding=d//2))^2`` over all N*H*W positions; see the module docstring
     for the formulas and the ridge. Vectorised: memory is bounded by chunking the P pairs.
     """
-    d = _check_d(d)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     s = _as_tensor(src, "src")
     t = _as_tensor(dst, "dst")
@@ -215,7 +215,7 @@ def best_sources(maps: Any, d: int = 3, exclude: Iterable[int] | None = None,
     Dead (all-zero) channels are never sources. Every pair is fitted at once from shifted Gram products
     (see ``_pair_fits``); "best" = lowest relative error (equivalently lowest SSE, the target being fixed).
     """
-    d = _check_d(d)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     x = _layer_maps(maps)
     c = x.shape[1]

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
-from ghostnet.validation import check_odd_size, check_ratio
 
 #: Default ridge, relative to the mean variance of the shifted source copies. Small enough that exact
 #: (noiseless) relations are recovered to ~1e-7, large enough that rank-deficient sources stay solvable.
@@ -45,19 +44,11 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def _check_d(d: Any, name: str = "d") -> int:
-    return check_odd_size(d, name, GhostmapsError)
-
-
 def _check_ridge(ridge: Any) -> float:
     if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not math.isfinite(ridge) or ridge < 0:
         raise GhostmapsError(f"ridge must be a finite number >= 0 (relative to the source variance); got {ridge!r}, "
                          f"use the default {DEFAULT_RIDGE}")
     return float(ridge)
-
-
-def _check_ratio(ratio: Any, name: str = "ratio") -> int:
-    return check_ratio(ratio, name, GhostmapsError)
 
 
 def _layer_maps(maps: Any, name: str = "maps") -> torch.Tensor:

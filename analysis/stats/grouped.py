@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.validation import check_positive_int
 from analysis.stats._kernel import (
     DEFAULT_GROUPS,
     DEFAULT_TOL,
@@ -60,8 +61,8 @@ class GroupedStats:
     started: bool = False  # whether the shift was set from data (kept on the host: no device read per batch)
 
     def __post_init__(self) -> None:
-        if int(self.groups) < 1 or int(self.chunk) < 1:
-            raise GhostmapsError(f"groups and chunk must be at least 1, got groups={self.groups}, chunk={self.chunk}.")
+        self.groups = check_positive_int(self.groups, "groups")
+        self.chunk = check_positive_int(self.chunk, "chunk")
 
     def init(self, channels: int, spatial: tuple[int, ...], device: str | torch.device = "cpu") -> GroupedStats:
         """Allocate zero accumulators for ``channels`` channels with maps of shape ``spatial`` (H, W)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.validation import check_metric
 from analysis.stats._kernel import (
     DEFAULT_TOL,
     _reshift_gram,
@@ -200,10 +201,5 @@ class LayerStats:
         Rows and columns of dead or constant channels are 0 (never NaN); the diagonal of the other channels
         is 1. Values are clipped to [−1, 1].
         """
-        if metric == "cosine":
-            moment = self.second_moment
-        elif metric == "pearson":
-            moment = self.covariance
-        else:
-            raise GhostmapsError(f"unknown metric {metric!r}; use 'cosine' or 'pearson'.")
+        moment = self.second_moment if check_metric(metric) == "cosine" else self.covariance
         return normalised_moment(moment, ~(self.dead | self.constant))

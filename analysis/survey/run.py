@@ -25,10 +25,10 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_dtype
+from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_THRESHOLD
 from analysis.data.images import ImageSource, load_images
 from analysis.data.models import LoadedModel, as_loaded
 from analysis.hooks import LayerSpec, capture, eval_mode
-from analysis.measure.scores import DEFAULT_THRESHOLD
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 from analysis.stats.distributed import _distributed_context, _full_device, _sync_layers
 from analysis.survey.result import Survey, _score_layer
@@ -47,7 +47,7 @@ def survey(
     device: str | torch.device | None = None,
     progress: bool = True,
     bootstrap: int = 100,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
     groups: int = DEFAULT_GROUPS,
     linkage: str = "complete",
     pairs: int = 8,
