@@ -29,6 +29,30 @@ def test_relative_error_matches_a_direct_formula():
     assert relative_error(const, const) == 0.0 and relative_error(const * 2, const) == math.inf
 
 
+def test_one_relative_error_definition_and_edge_rule_for_verify_and_reconstruct():
+    from analysis._core.numerics import REL_TOL, relative_from_sums
+    from analysis.reconstruct import fit_cheap_op
+
+    gen = torch.Generator().manual_seed(1)
+    sse, ss = np.array([2.0, 0.0, 1e-14, 5.0]), np.array([4.0, 0.0, 0.0, 1e-13])
+    sumsq = np.array([9.0, 3.0, 100.0, 1.0])
+    # not constant: SSE / SS; constant (SS <= 1e-12 Σy²) and exact (SSE <= 1e-12 Σy²): 0; constant, inexact:
+    # inf, or with the reconstruction's rule SSE over the floor 1e-12 Σy²
+    np.testing.assert_array_equal(relative_from_sums(sse, ss, sumsq), [0.5, 0.0, 0.0, np.inf])
+    np.testing.assert_allclose(relative_from_sums(sse, ss, sumsq, constant_target="floor"),
+                               [0.5, 0.0, 0.0, 5.0 / (REL_TOL * 1.0)])
+    assert relative_from_sums(1.0, 0.0, 0.0, constant_target="floor") == 1.0 / np.finfo(np.float64).tiny
+    # relative_error is the same definition on tensors, and a cheap-op fit's rel_error is it on its prediction
+    src, dst = (torch.randn(3, 6, 7, generator=gen, dtype=torch.float64) for _ in range(2))
+    fit = fit_cheap_op(src, dst, d=3)
+    pred = fit.predict(src)
+    assert relative_error(pred[:, None], dst[:, None]) == pytest.approx(fit.rel_error, rel=1e-9)
+    const = torch.full((3, 1, 6, 7), 2.5, dtype=torch.float64)
+    no_bias = fit_cheap_op(torch.zeros(3, 6, 7), const[:, 0], d=3, bias=False)
+    assert relative_error(torch.zeros_like(const), const, constant_target="floor") == pytest.approx(
+        no_bias.rel_error, rel=1e-9)
+
+
 class _Source:
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x

@@ -375,7 +375,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                 _calibrate(ghost, ins[n], outs[n], calibrate_steps, calibrate_lr, calibrate_batch)
                 with torch.no_grad():
                     pred = ghost(ins[n].to(conv.weight)).cpu()
-                entry.calibrated_error = relative_error(pred, outs[n])
+                # the same measure as fit_error (the reconstruction's rule for a constant output)
+                entry.calibrated_error = relative_error(pred, outs[n], constant_target="floor")
         ghost.train(conv.training)
         _set_submodule(new, n, ghost)
         result.replaced.append(entry)

@@ -29,7 +29,8 @@ all accumulated in float64. Errors: ``SSE = sum (y - y_hat)^2``, ``mse = SSE / M
 ``rel_error = SSE / sum (y - mean y)^2`` = MSE / variance of ``dst`` (``r2 = 1 - rel_error``). A constant
 ``dst`` has variance 0: its relative error is defined as 0 when the fit is exact (``SSE`` at rounding level,
 which it always is with ``bias=True``), and otherwise ``SSE`` over an epsilon floor (``1e-12 * sum y^2``), a
-large but finite number. Nothing returned is ever NaN.
+large but finite number (``analysis._core.numerics.relative_from_sums``, the one definition of the relative
+error, with ``constant_target="floor"``). Nothing returned is ever NaN.
 
 All functions take torch tensors or numpy arrays on any device, compute there (float64; MPS falls back to
 CPU, which lacks float64 there) and return plain CPU data (numpy arrays, Python numbers).

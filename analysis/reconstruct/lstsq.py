@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.numerics import relative_from_sums
 
 #: Default ridge, relative to the mean variance of the shifted source copies. Small enough that exact
 #: (noiseless) relations are recovered to ~1e-7, large enough that rank-deficient sources stay solvable.
 DEFAULT_RIDGE = 1e-8
 #: Memory budget (bytes) for one block of float64 shifted copies.
 _CHUNK_BYTES = 64 * 2**20
-#: Relative threshold under which a sum of squares counts as zero (rounding level of float64 sums).
-_REL_TOL = 1e-12
 
 
 
@@ -102,13 +101,9 @@ def _solve(sxx: torch.Tensor, sx: torch.Tensor, sxy: torch.Tensor, sy: torch.Ten
 
 
 def _relative(sse: np.ndarray, ss: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
-    """SSE / centred sum of squares, epsilon-safe: 0 for an exact fit of a constant target (see module doc)."""
-    sse, ss, sumsq = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (sse, ss, sumsq)))
-    tol = _REL_TOL * sumsq
-    const = ss <= tol
-    denom = np.where(const, np.maximum(tol, np.finfo(np.float64).tiny), ss)
-    rel = sse / denom
-    return np.where(const & (sse <= tol), 0.0, rel)
+    """SSE / centred sum of squares: ``analysis._core.numerics.relative_from_sums`` with the reconstruction's
+    rule for an inexact fit of a constant target (a finite floor, see the module doc)."""
+    return relative_from_sums(sse, ss, sumsq, constant_target="floor")
 
 
 # ----------------------------------------------------------------------------------------------------------
