@@ -11,7 +11,7 @@ import torch
 from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.numerics import relative_error
 from analysis.convert.ghostify import GhostifyError
-from analysis.data.images import images_tensor
+from analysis.data.batches import images_tensor
 from analysis.hooks import single_entry
 from ghostnet.validation import check_odd_size, check_ratio
 

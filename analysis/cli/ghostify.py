@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, info = load_for_cli(args)
     calib = images_batch(args.images, preprocess, args.limit)
     same = args.verify_images is None
-    check = calib if same else images_batch(args.verify_images, preprocess, args.limit)
+    check = calib if same else images_batch(args.verify_images, preprocess, args.limit, "--verify-images")
     new, result = ghostify(model, layers=args.layers, ratio=args.ratio, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=calib,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps)

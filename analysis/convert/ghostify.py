@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,7 +43,8 @@ from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.validation import check_count, check_odd_size, check_ratio
-from analysis.data.images import images_tensor
+from analysis.data.batches import as_images
+from analysis.data.models import default_preprocess
 from analysis.hooks import capture
 from analysis.reconstruct import ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
@@ -298,8 +299,8 @@ def _params(m: nn.Module) -> int:
 
 def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int = 2, dw_size: int = 3,
              init: str | None = None, calibration_images: Any = None, *, min_channels: int = 16,
-             calibrate_steps: int = 0, calibrate_lr: float = 1e-3,
-             calibrate_batch: int = 8) -> tuple[nn.Module, GhostifyResult]:
+             calibrate_steps: int = 0, calibrate_lr: float = 1e-3, calibrate_batch: int = 8,
+             preprocess: Callable[[Any], torch.Tensor] | None = None) -> tuple[nn.Module, GhostifyResult]:
     """Replace chosen ``Conv2d`` layers of a copy of ``model`` by :class:`GhostConv` of the same shape.
 
     Args:
@@ -310,9 +311,13 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
         ratio: s (>= 2); dw_size: d (odd).
         init: None keeps PyTorch's random initialisation (train from scratch); ``"fit"`` initialises from
             the pretrained conv with closed-form fits on ``calibration_images`` (see module docstring).
-        calibration_images: N x C x H x W tensor, list of tensors, or ``analysis.load_images(...)``; required
-            for ``init="fit"``. A few dozen images are plenty; all maps of the chosen convs are held in memory.
+        calibration_images: any image source of ``analysis.data.batches`` (files, folders, globs,
+            ``"samples"``, a tensor, a list of tensors, a Dataset or DataLoader, ``analysis.load_images(...)``);
+            required for ``init="fit"``. A few dozen images are plenty; all maps of the chosen convs are held
+            in memory.
         calibrate_steps: if > 0 (needs ``init="fit"``), Adam steps of layer-wise MSE calibration per layer.
+        preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
+            evaluation preprocessing (``analysis.data.models.default_preprocess()``).
 
     Returns:
         ``(new_model, GhostifyResult)``; the new model is in eval mode.
@@ -325,8 +330,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     if calibrate_steps and init != "fit":
         raise GhostifyError("calibrate_steps > 0 needs init='fit' (calibration refines a fitted module)")
     if init == "fit" and calibration_images is None:
-        raise GhostifyError("init='fit' needs calibration_images: a few unlabelled images (N x C x H x W tensor "
-                            "or analysis.load_images('samples', transform=preprocess)) to fit the cheap ops on")
+        raise GhostifyError("init='fit' needs calibration_images: a few unlabelled images (e.g. 'samples', a "
+                            "folder, or an N x C x H x W tensor) to fit the cheap ops on")
     if not isinstance(model, nn.Module):
         raise GhostifyError(f"model must be an nn.Module, got {type(model).__name__}")
     chosen, skipped = _choose(model, layers, ratio, min_channels)
@@ -342,7 +347,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     ins: dict[str, torch.Tensor] = {}
     if init == "fit":
 
-        images = images_tensor(calibration_images, "calibration_images", GhostifyError)
+        images = as_images(calibration_images, preprocess or default_preprocess(), name="calibration_images",
+                           error=GhostifyError).tensor()
         outs, ins = _record(model, chosen, images, keep_inputs=calibrate_steps > 0)
         for n in chosen:
             fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size)

@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,7 +39,8 @@ from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.validation import check_count
 from analysis.convert.macs import count_macs
-from analysis.data.images import images_tensor
+from analysis.data.batches import as_images
+from analysis.data.models import default_preprocess
 from analysis.hooks import CapturedMaps, capture
 
 __all__ = ["LayerCheck", "VerificationReport", "verify_replacement"]
@@ -214,21 +216,24 @@ def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
 
 
 def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, layers: list[str] | None = None,
-                       latency_runs: int = 5, device: str | torch.device | None = None,
-                       note: str = "") -> VerificationReport:
+                       latency_runs: int = 5, device: str | torch.device | None = None, note: str = "",
+                       preprocess: Callable[[Any], torch.Tensor] | None = None) -> VerificationReport:
     """Compare ``replaced`` (a modified copy of ``original``) with ``original`` on ``images``.
 
     Args:
         original, replaced: the two networks (neither is modified; eval mode is used and restored).
-        images: N x C x H x W tensor (preprocessed), a list of them, or ``analysis.load_images(...)``.
+        images: any image source of ``analysis.data.batches`` (files, folders, globs, ``"samples"``, an
+            N x C x H x W tensor, a list of tensors, a Dataset or DataLoader, ``analysis.load_images(...)``).
         layers: the replaced layers' names; default: every module name whose type differs between the two.
         latency_runs: timed forwards per model (median), on the images' device; 0 skips latency.
         note: free text stored in the report (e.g. whether the images were also the calibration images).
+        preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
+            evaluation preprocessing.
     """
     if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
         raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
     latency_runs = check_count(latency_runs, "latency_runs", hint=" (0 skips timing)")
-    x = images_tensor(images, "images", GhostmapsError)
+    x = as_images(images, preprocess or default_preprocess()).tensor()
     x = x.to(device=model_device(replaced) if device is None else device, dtype=model_dtype(replaced))
     names = _changed_layers(original, replaced) if layers is None else list(layers)
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
