@@ -14,7 +14,7 @@ from analysis._core.errors import GhostmapsError
 from analysis.plots._common import pair_colour
 
 
-def _tile(x: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+def scaled_tile(x: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
     """The tile scaled so its 1st–99th percentiles span [0, 1] (clipped): a few outlier pixels, e.g. a hot border,
     do not wash out the rest as min–max scaling would."""
     lo, hi = (float(v) for v in np.percentile(x, percentiles))
@@ -71,7 +71,7 @@ def pair_gallery(
         for t in range(n):
             for side, ch in enumerate((i, j)):
                 ax = axes[row, 2 * t + side]
-                ax.imshow(_tile(maps[t, ch].numpy()), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(scaled_tile(maps[t, ch].numpy()), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 h, w = maps.shape[2:]

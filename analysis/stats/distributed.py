@@ -19,7 +19,7 @@ def _full_device(device: torch.device) -> torch.device:
     return device
 
 
-def _backend(device: torch.device) -> str:
+def process_group_backend(device: torch.device) -> str:
     """The process-group backend for a survey on ``device``: NCCL for CUDA, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -39,7 +39,7 @@ def _distributed_context(distributed: bool, device: torch.device) -> tuple[int, 
                                  "or call torch.distributed.init_process_group first.")
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=_backend(device))
+        dist.init_process_group(backend=process_group_backend(device))
         started = True
     return dist.get_rank(), dist.get_world_size(), started
 

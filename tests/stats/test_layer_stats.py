@@ -9,19 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis import GhostmapsError, LayerStats, channel_similarity
-
-
-def numpy_similarity(maps: np.ndarray, metric: str) -> np.ndarray:
-    """Brute force: a Python loop over channel pairs on the flattened maps, in float64."""
-    n, c = maps.shape[:2]
-    flat = [maps[:, k].reshape(-1).astype(np.float64) for k in range(c)]
-    if metric == "pearson":
-        flat = [f - f.mean() for f in flat]
-    out = np.zeros((c, c))
-    for a in range(c):
-        for b in range(c):
-            out[a, b] = flat[a] @ flat[b] / np.sqrt((flat[a] @ flat[a]) * (flat[b] @ flat[b]))
-    return out
+from tests.oracles import numpy_similarity
 
 
 def random_maps(seed: int = 0, shape=(4, 7, 5, 6)) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analysis.cli.main import main
-from tests.test_models_timm import offline  # noqa: F401 - the fixture
+from tests.data.test_models_timm import offline  # noqa: F401 - the fixture
 
 timm = pytest.importorskip("timm")
 

@@ -11,7 +11,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from analysis import GhostmapsError, GhostPair, LayerInfo, plots, run_figure1, suggest_layer
-from analysis.plots._common import pair_colour
+from analysis.plots import pair_colour
 from analysis.plots.figure1 import figure1_channels
 
 

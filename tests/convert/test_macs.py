@@ -12,26 +12,7 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis.convert.macs import CONVENTION, count_macs, format_stage_table, stage_table
 from ghostnet import ghostnet_050, ghostnet_100, ghostnet_130
-
-
-def brute_force_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Sum over Conv2d / Linear calls of output elements x (multiplies per output element)."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            per_output = module.in_features
-        total += output.numel() * per_output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model.eval()(x)
-    for h in handles:
-        h.remove()
-    return total
+from tests.oracles import brute_force_macs
 
 
 @pytest.mark.parametrize(

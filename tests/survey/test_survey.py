@@ -16,6 +16,7 @@ import torch
 
 from analysis import GhostmapsError, Survey, UnknownLayerError, survey
 from tests.helpers import TinyNet
+from tests.oracles import numpy_similarity
 
 
 def images(n: int = 10, size: int = 12, seed: int = 0) -> torch.Tensor:
@@ -30,13 +31,6 @@ def reference_maps(model: TinyNet, x: torch.Tensor) -> dict[str, np.ndarray]:
     return {"conv1": c1.double().numpy(), "conv2": c2.double().numpy()}
 
 
-def numpy_similarity(maps: np.ndarray, metric: str) -> np.ndarray:
-    c = maps.shape[1]
-    flat = maps.transpose(1, 0, 2, 3).reshape(c, -1)
-    if metric == "pearson":
-        flat = flat - flat.mean(1, keepdims=True)
-    norm = np.sqrt((flat ** 2).sum(1))
-    return flat @ flat.T / np.outer(norm, norm)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "pearson"])
@@ -328,6 +322,6 @@ def test_distributed_edge_cases_neither_hang_nor_disagree(tmp_path):
 
 
 def test_backend_follows_the_survey_device():
-    from analysis.stats.distributed import _backend
+    from analysis.stats.distributed import process_group_backend
 
-    assert _backend(torch.device("cpu")) == "gloo" and _backend(torch.device("cuda", 0)) == "nccl"
+    assert process_group_backend(torch.device("cpu")) == "gloo" and process_group_backend(torch.device("cuda", 0)) == "nccl"

@@ -6,37 +6,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from ghostnet import GhostModule
 from tests.helpers import randomize_
-
-
-def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int) -> torch.Tensor:
-    """Eval BN of a single channel c, written out."""
-    return (x - bn.running_mean[c]) / torch.sqrt(bn.running_var[c] + bn.eps) * bn.weight[c] + bn.bias[c]
-
-
-def _brute_force(gm: GhostModule, x: torch.Tensor) -> torch.Tensor:
-    """Each output channel computed on its own from the paper's definition: intrinsic channel i is a
-    full conv of x with filter i; ghost channel j is a d x d filter on intrinsic channel j // (s - 1)."""
-    conv, bn = gm.primary_conv[0], gm.primary_conv[1]
-    act = torch.relu if gm.use_relu else (lambda t: t)
-    k = gm.kernel_size
-    intrinsic = []
-    for i in range(gm.init_channels):
-        y = F.conv2d(x, conv.weight[i : i + 1], stride=gm.stride, padding=gm.dilation * (k // 2), dilation=gm.dilation)
-        intrinsic.append(act(_bn(y[:, 0], bn, i)))
-    cheap, cbn = gm.cheap_operation[0], gm.cheap_operation[1]
-    ghosts = []
-    for j in range(gm.new_channels):
-        src = intrinsic[j // (gm.ratio - 1)][:, None]
-        y = F.conv2d(src, cheap.weight[j : j + 1], padding=gm.dw_size // 2)
-        ghosts.append(act(_bn(y[:, 0], cbn, j)))
-    return torch.stack(intrinsic + ghosts, dim=1)[:, : gm.out_channels]
+from tests.oracles import ghost_module_brute_force
 
 
 @settings(max_examples=12, deadline=None)
@@ -50,7 +26,7 @@ def _brute_force(gm: GhostModule, x: torch.Tensor) -> torch.Tensor:
     relu=st.booleans(),
     dilation=st.integers(1, 2),
 )
-def test_matches_brute_force(in_ch, out_ch, ratio, kernel, dw, stride, relu, dilation):
+def test_matchesghost_module_brute_force(in_ch, out_ch, ratio, kernel, dw, stride, relu, dilation):
     torch.manual_seed(0)
     gm = GhostModule(in_ch, out_ch, kernel, ratio, dw, stride, relu, dilation=dilation)
     randomize_(gm)
@@ -58,7 +34,7 @@ def test_matches_brute_force(in_ch, out_ch, ratio, kernel, dw, stride, relu, dil
     x = torch.randn(2, in_ch, 9, 8)
     with torch.no_grad():
         out = gm(x)
-        expected = _brute_force(gm, x)
+        expected = ghost_module_brute_force(gm, x)
     assert out.shape == (2, out_ch, math.ceil(9 / stride), math.ceil(8 / stride))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 

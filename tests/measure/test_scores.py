@@ -13,6 +13,7 @@ from scipy.spatial.distance import squareform
 
 from analysis import GhostmapsError, channel_similarity, ghost_groups, redundancy
 from analysis.measure.scores import matrix_scores
+from tests.oracles import brute_bc, brute_scores
 
 
 def planted_maps(n: int = 12, seed: int = 0) -> torch.Tensor:
@@ -54,14 +55,6 @@ def test_ghost_groups_match_scipy_hierarchical_clustering(method):
                     assert abs(sim[i, j]) >= tau - 1e-12
 
 
-def brute_scores(sim: np.ndarray, valid: np.ndarray, cov: np.ndarray, tau: float) -> dict[str, float]:
-    idx = np.flatnonzero(valid)
-    fraction = np.mean([any(abs(sim[i, j]) >= tau for j in idx if j != i) for i in idx])
-    lam = np.sort(np.clip(np.linalg.eigvalsh(cov[np.ix_(idx, idx)]), 0, None))[::-1]
-    rank99 = next(k + 1 for k in range(len(lam)) if lam[:k + 1].sum() >= 0.99 * lam.sum())
-    pairs = [abs(sim[i, j]) for a, i in enumerate(idx) for j in idx[a + 1:]]
-    return {"ghost_fraction": fraction, "participation_ratio": lam.sum() ** 2 / (lam ** 2).sum(),
-            "rank99": rank99, "mean_abs_similarity": np.mean(pairs)}
 
 
 def test_matrix_scores_match_brute_force():
@@ -172,25 +165,8 @@ def test_fp16_maps_score_like_the_float64_brute_force_of_their_values():
         assert got.scores[k].observed == pytest.approx(v, rel=1e-5, abs=1e-9), k
 
 
-def linear_quantile(sorted_values: list[float], q: float) -> float:
-    """numpy's default (linear) quantile, by hand."""
-    h = (len(sorted_values) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
 
 
-def brute_bc(values: list[float], observed: float, level: float) -> tuple[float, float]:
-    from scipy.stats import norm
-
-    b = len(values)
-    ties = [abs(v - observed) <= 1e-6 * abs(observed) for v in values]  # float32 replicates: a near-tie is a tie
-    below = sum(1 for v, t in zip(values, ties, strict=True) if v < observed and not t) + 0.5 * sum(ties)
-    p = min(max(below / b, 0.5 / b), 1 - 0.5 / b)
-    z0 = norm.ppf(p)
-    qs = [norm.cdf(2 * z0 + norm.ppf(a)) for a in ((1 - level) / 2, (1 + level) / 2)]
-    ordered = sorted(values)
-    return linear_quantile(ordered, qs[0]), linear_quantile(ordered, qs[1])
 
 
 @pytest.mark.parametrize("case", ["centred", "shifted", "ties", "all_below"])

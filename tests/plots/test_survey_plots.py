@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 from analysis import GhostmapsError, Survey, plots, survey
 from analysis.cli.main import main
 from analysis.pipeline import survey_gallery
-from analysis.plots._common import pair_colour
+from analysis.plots import pair_colour
 from tests.helpers import TinyNet
 
 
@@ -174,11 +174,11 @@ def test_profile_panels_say_which_way_is_redundant(tiny_survey):
 
 
 def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():
-    from analysis.plots.gallery import _tile
+    from analysis.plots.gallery import scaled_tile
 
     x = np.random.default_rng(0).uniform(0, 1, size=(20, 20))
     x[0, 0] = 1000.0  # one hot border pixel
-    tile = _tile(x)
+    tile = scaled_tile(x)
     lo, hi = np.percentile(x, [1, 99])
     np.testing.assert_allclose(tile, np.clip((x - lo) / (hi - lo), 0, 1))
     assert tile[1:, 1:].std() > 0.25  # min–max scaling would squash the rest to ≈ 0.001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -10,20 +9,7 @@ import pytest
 import torch
 
 from analysis import GhostmapsError, channel_similarity, ghost_pairs
-
-
-def brute_force_exclusive(matrix: np.ndarray, k: int) -> list[tuple[int, int]]:
-    c = matrix.shape[0]
-    ranked = sorted(itertools.combinations(range(c), 2), key=lambda p: (-matrix[p], p))
-    chosen, used = [], set()
-    for a, b in ranked:
-        if a in used or b in used:
-            continue
-        chosen.append((a, b))
-        used |= {a, b}
-        if len(chosen) == k:
-            break
-    return chosen
+from tests.oracles import brute_force_exclusive
 
 
 def test_exclusive_pairs_match_brute_force():
