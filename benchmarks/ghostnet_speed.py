@@ -11,11 +11,13 @@ leaves out the time other processes hold the core on a shared machine. ``--repea
 interleaved measurement, so the spread between repeats shows the noise.
 
     PYTHONPATH=. python benchmarks/ghostnet_speed.py [--threads 1] [--rounds 40] [--batches 1 16] [--repeats 3]
+        [--no-v2v3] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -96,6 +98,66 @@ def measure(models: dict[str, Callable], x: torch.Tensor, rounds: int,
     return ({n: statistics.median(t) for n, t in wall.items()}, {n: statistics.median(t) for n, t in cpu.items()})
 
 
+def _stub(gm: torch.fx.GraphModule, targets: set, x: torch.Tensor) -> torch.fx.GraphModule:
+    """A copy of the flat model where every call of ``targets`` returns its output for ``x``, precomputed."""
+    gm = copy.deepcopy(gm)
+    cache: dict[str, torch.Tensor] = {}
+
+    class Record(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> object:
+            out = super().run_node(n)
+            if n.op == "call_function" and n.target in targets:
+                cache[n.name] = out.clone(memory_format=torch.preserve_format)
+            return out
+
+    with torch.inference_mode():
+        Record(gm).run(x)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in targets:
+            node.target = (lambda out: lambda *args, **kwargs: out)(cache[node.name])
+    gm.recompile()
+    return gm
+
+
+def breakdown(models: dict[str, torch.nn.Module], rounds: int) -> None:
+    """Where the fused flat ghostnet_100's batch-1 time goes, in context: the same forward with the
+    depthwise / dense convs, the 1x1 convs, all convs and linears, or the concatenations replaced by their
+    precomputed outputs (what is left is the rest of the work); and the MACs of each kind."""
+    from ghostnet.flat import conv1x1
+
+    flat = models["ours fused flat"]
+    x = torch.randn(1, 3, 224, 224)
+    kinds = {"kxk convs (depthwise, stem)": {torch.conv2d}, "1x1 convs": {conv1x1}, "concatenations": {torch.cat},
+             "all convs and the classifier": {torch.conv2d, conv1x1, torch.nn.functional.linear}}
+    variants = {"ours fused flat": flat, TIMM: models[TIMM]}
+    variants.update({f"without {k}": _stub(flat, t, x) for k, t in kinds.items()})
+    _, cpu = measure(variants, x, rounds)
+    macs = {"kxk": 0, "1x1": 0, "linear": 0}
+
+    def count(module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear):
+            macs["linear"] += out.numel() * module.in_features
+        else:
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs["1x1" if module.kernel_size == (1, 1) and module.groups == 1 else "kxk"] += out.numel() * k
+
+    unfused = models["ours ghostnet_100"]
+    hooks = [m.register_forward_hook(count) for m in unfused.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        unfused(x)
+    for h in hooks:
+        h.remove()
+    total = cpu["ours fused flat"]
+    print(f"\nbatch 1, thread-CPU time, in context: ours fused flat {total * 1e3:.2f} ms, {TIMM} {cpu[TIMM] * 1e3:.2f} ms "
+          f"(x{cpu[TIMM] / total:.2f})")
+    for k in kinds:
+        left = cpu[f"without {k}"]
+        print(f"  {k:30s} {(total - left) * 1e3:6.2f} ms ({(total - left) / total:4.0%}); if they cost nothing: "
+              f"x{cpu[TIMM] / left:.2f} vs timm")
+    print(f"  MACs: 1x1 convs {macs['1x1'] / 1e6:.1f} M, kxk convs {macs['kxk'] / 1e6:.1f} M, classifier "
+          f"{macs['linear'] / 1e6:.1f} M")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -103,6 +165,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=1, help="repeat the interleaved measurement (default 1)")
     parser.add_argument("--no-v2v3", action="store_true", help="leave out the GhostNetV2 / V3 rows")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also split the fused flat model's batch-1 time into convs, 1x1 convs, cat and the rest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = build_models(not args.no_v2v3)
@@ -130,6 +194,8 @@ def main() -> None:
                 cells.append(f"{wall[name] * 1e3:.2f} | {wall[name] / wall[ref]:.2f} | "
                              f"{cpu[name] * 1e3:.2f} | {cpu[name] / cpu[ref]:.2f}")
             print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.breakdown:
+        breakdown(models, args.rounds)
     print("vs timm = latency / latency of the timm counterpart (timm ghostnet_100 for v1, its fused forms and the "
           "MobileNets); below 1.00 is faster, speed-up = 1 / ratio. 'timm + ghostnet.fuse' is timm's own model "
           "through our deploy transform: like for like with 'ours fused'.")
