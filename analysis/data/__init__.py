@@ -1,6 +1,6 @@
 """Where models and images come from: :func:`~analysis.data.models.load_model` (torchvision, the ghostnet
-registry, ``module:callable``, checkpoints) and :func:`~analysis.data.images.load_images` (files, folders,
-globs, sample photos, tensors, datasets)."""
+registry, timm's zoo as ``timm:<name>``, ``module:callable``, checkpoints) and
+:func:`~analysis.data.images.load_images` (files, folders, globs, sample photos, tensors, datasets)."""
 
 from analysis.data.images import ImageSkippedWarning, ImageSource, NamedImage, load_images, sample_images
 from analysis.data.models import LoadedModel, ModelInfo, load_model
