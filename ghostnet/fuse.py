@@ -83,7 +83,7 @@ def _replace(root: nn.Module, name: str, module: nn.Module | None) -> None:
         setattr(parent, child, module)
 
 
-def fuse(model: M, channels_last: bool = True) -> M:
+def fuse(model: M, channels_last: bool = True, flat: bool = False) -> M:
     """Return a NEW eval-mode model with each BatchNorm2d (BatchNorm1d) folded into the Conv2d (Linear)
     before it, for inference.
 
@@ -98,6 +98,11 @@ def fuse(model: M, channels_last: bool = True) -> M:
     stores the 4-D weights channels-last, which made GhostNet's depthwise convs markedly faster on CPU
     (see ``benchmarks/ghostnet_speed.py``); inputs may stay in the default layout. Models that torch.fx
     cannot trace raise ``ValueError``.
+
+    ``flat=True`` returns a ``torch.fx.GraphModule`` instead: the same folded weights (same ``state_dict``
+    keys) run by one flat forward of torch functions, without ``nn.Module`` calls (``ghostnet.flat``). It is
+    the fastest form at batch 1 on CPU, but forward hooks on its inner modules never fire; keep
+    ``flat=False`` to capture maps from the deploy model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: expected an nn.Module, got {type(model).__name__}.")
@@ -117,4 +122,8 @@ def fuse(model: M, channels_last: bool = True) -> M:
                 del module._modules[key]
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
+    if flat:
+        from .flat import flatten
+
+        return flatten(fused)  # type: ignore[return-value]
     return fused

@@ -1,7 +1,7 @@
 """Where models and images come from: :func:`~analysis.data.models.load_model` (torchvision, the ghostnet
-registry, ``module:callable``, checkpoints), :func:`~analysis.data.images.load_images` (files, folders,
-globs, sample photos) and :func:`~analysis.data.batches.as_images`, the one image adapter every consumer of
-images goes through (paths, sample photos, tensors, lists, datasets, data loaders)."""
+registry, timm's zoo as ``timm:<name>``, ``module:callable``, checkpoints), :func:`~analysis.data.images.load_images`
+(files, folders, globs, sample photos) and :func:`~analysis.data.batches.as_images`, the one image adapter every
+consumer of images goes through (paths, sample photos, tensors, lists, datasets, data loaders)."""
 
 from analysis.data.batches import Images, as_images
 from analysis.data.images import ImageSkippedWarning, ImageSource, NamedImage, load_images, sample_images
