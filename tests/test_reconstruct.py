@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from analysis.reconstruct import (
     best_sources,
     fit_cheap_op,
-    ghostability,
     reconstruction_table,
-    suggest_ratio,
 )
 
 
@@ -246,113 +244,6 @@ def test_best_sources_degenerate_layers():
         best_sources(torch.randn(1, 3, 4, 4), exclude=[7])
     with pytest.raises(ValueError, match="maps must be"):
         best_sources(torch.randn(4, 4))
-
-
-# ------------------------------------------------------------------------------------------------ ghostability
-
-
-def ghost_module_forward(maps, g):
-    """What a GhostModule initialised from ``g`` outputs: primary = intrinsic maps, cheap = depthwise conv with
-    channel multiplier ratio-1 (groups = m), concatenated and cut to C channels."""
-    primary = maps[:, g.intrinsic].double()
-    w, b = g.cheap_weights()
-    cheap = F.conv2d(primary, w.double(), b.double(), padding=g.d // 2, groups=len(g.intrinsic))
-    return torch.cat([primary, cheap], dim=1)[:, : maps.shape[1]]
-
-
-def module_error(maps, g):
-    """Overall relative error of the GhostModule output against the original channels, in module order."""
-    target = maps[:, g.module_order].double()
-    out = ghost_module_forward(maps, g)
-    ss = ((target - target.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum()
-    return (((out - target) ** 2).sum() / ss).item()
-
-
-@pytest.mark.parametrize("ratio", [2, 3])
-def test_ghostability_planted_groups(ratio):
-    maps, groups, bases = planted_layer(n_base=4, ratio=ratio)
-    g = ghostability(maps, ratio=ratio, d=3)
-    c = maps.shape[1]
-    assert len(g.intrinsic) == math.ceil(c / ratio) == 4
-    assert g.overall_error < 1e-6
-    assert sorted(g.intrinsic) == sorted(bases.values())  # exactly the base channels, one per group
-    for ghost, src in g.assignment.items():
-        assert groups[ghost] == groups[src]
-    assert abs(module_error(maps, g) - g.overall_error) < 1e-6
-    # one ratio too many: the groups cannot all be covered
-    worse = ghostability(maps, ratio=ratio + 2, d=3)
-    assert worse.overall_error > 0.05
-
-
-@pytest.mark.parametrize("c,ratio", [(7, 2), (10, 4), (9, 3), (5, 8), (11, 3)])
-def test_ghostability_structure_is_a_ghost_module(c, ratio):
-    maps = smooth_maps((2, c, 8, 7), seed=c + ratio, relu=True)
-    g = ghostability(maps, ratio=ratio, d=3)
-    m = math.ceil(c / ratio)
-    assert len(g.intrinsic) == m and len(set(g.intrinsic)) == m
-    assert sorted(g.module_order) == list(range(c))
-    assert set(g.assignment) == set(range(c)) - set(g.intrinsic)
-    loads = [len(s) for s in g.slots]
-    assert max(loads) <= ratio - 1  # capacity
-    assert all(n == ratio - 1 for n in loads[:-1])  # only the last intrinsic may be short
-    assert sum(loads) == c - m
-    for p, s in enumerate(g.slots):
-        assert all(g.assignment[k] == g.intrinsic[p] for k in s)
-    # the reported error is what the GhostModule computes, and what predict() gives
-    assert abs(module_error(maps, g) - g.overall_error) < 1e-6
-    rec = g.predict(maps)
-    np.testing.assert_allclose(rec[:, g.module_order].numpy(), ghost_module_forward(maps, g).numpy(), atol=1e-5)
-    assert np.all(g.rel_error[g.intrinsic] == 0)
-    assert 0 <= g.overall_error <= 1 + 1e-9
-    json.dumps(g.to_dict())
-    assert "overall_error" in str(g)
-
-
-def test_ghostability_degenerate_inputs_no_nan():
-    maps, _, _ = planted_layer(n_base=3, ratio=2, hw=(6, 6))
-    maps = torch.cat([maps, torch.zeros(4, 2, 6, 6, dtype=maps.dtype)], dim=1)  # two dead channels
-    g = ghostability(maps, ratio=2)
-    assert g.dead.tolist()[-2:] == [True, True]
-    assert np.all(np.isfinite(g.rel_error)) and g.overall_error < 1e-6
-    assert g.rel_error[-1] == 0 and g.rel_error[-2] == 0
-    for x, ratio in [
-        (torch.randn(3, 1, 5, 5), 2),  # C = 1
-        (torch.randn(5, 6, 1, 1), 2),  # 1x1 spatial
-        (torch.zeros(2, 4, 3, 3), 2),  # all dead
-        (smooth_maps((2, 6, 8, 8), seed=3, relu=True).half(), 3),  # fp16
-        (torch.full((2, 3, 4, 4), 7.0), 2),  # constant channels
-    ]:
-        g = ghostability(x, ratio=ratio, d=3)
-        assert np.all(np.isfinite(g.rel_error)) and math.isfinite(g.overall_error)
-        assert np.all(np.isfinite(g.kernel)) and np.all(np.isfinite(g.bias))
-        assert 0 <= g.overall_error <= 1 + 1e-6
-        assert abs(module_error(x.double(), g) - g.overall_error) < 1e-5 or g.overall_error == 0
-
-
-def test_ghostability_rejects_bad_input():
-    x = torch.randn(2, 4, 5, 5)
-    for r in (1, 0, 2.5, True):
-        with pytest.raises(ValueError, match="ratio must be an int >= 2"):
-            ghostability(x, ratio=r)
-    with pytest.raises(ValueError, match="d must be a positive odd int"):
-        ghostability(x, d=2)
-
-
-def test_suggest_ratio_planted():
-    maps, _, _ = planted_layer(n_base=4, ratio=3, hw=(10, 10))  # C = 12, groups of 3
-    s = suggest_ratio(maps, max_error=0.01, ratios=(2, 3, 4, 6), d=3)
-    assert s.ratio == 3
-    assert s.errors[3] < 0.01 and s.errors[4] > 0.01 and s.errors[6] > 0.01
-    # ratio 2 is not exact either: 6 intrinsic maps with one ghost each cannot cover 4 groups of 3
-    assert s.errors[2] > 0.01
-    assert s.ghostability is not None and s.ghostability.ratio == 3
-    assert json.loads(json.dumps(s.to_dict()))["ratio"] == 3
-    none = suggest_ratio(smooth_maps((2, 6, 8, 8), seed=9), max_error=0.0, ratios=(2,))
-    assert none.ratio is None and none.ghostability is None and none.errors[2] > 0
-    with pytest.raises(ValueError, match="ratio"):
-        suggest_ratio(maps, ratios=(1, 2))
-    with pytest.raises(ValueError, match="max_error"):
-        suggest_ratio(maps, max_error=-0.1)
 
 
 # ------------------------------------------------------------------------------------------------ Table 1

@@ -12,10 +12,14 @@ __all__ = ["plain"]
 
 def plain(v: Any) -> Any:
     """numpy -> JSON-able Python data; non-finite floats become None."""
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else str(k): plain(x) for k, x in v.items()}
     if isinstance(v, np.ndarray):
         return [plain(a) for a in v.tolist()] if v.ndim else plain(v.item())
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return [plain(a) for a in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
     if isinstance(v, (np.floating, float)):
         f = float(v)
         return f if math.isfinite(f) else None
