@@ -267,8 +267,8 @@ def test_reconstruction_table_is_held_out(tmp_path):
     assert t.ds == (1, 3, 5) and t.n_random == 20 and t.pairs_from == "given"
     assert t.split.kind == "seeded split" and t.split.n_fit == 3 and t.split.n_eval == 3
     fit_x, eval_x, _ = split_maps(x, split=0.5, seed=1)
-    pair_rows = {(r["src"], r["dst"], r["d"]): r for r in t.rows if r["kind"] == "pair"}
-    rand_rows = {r["d"]: r for r in t.rows if r["kind"] == "random"}
+    pair_rows = {(r["src"], r["dst"], r["d"]): r for r in t.rows() if r["kind"] == "pair"}
+    rand_rows = {r["d"]: r for r in t.rows() if r["kind"] == "random"}
     assert len(pair_rows) == 6 and set(rand_rows) == {1, 3, 5}
     for (i, j, d), r in pair_rows.items():
         held, fit_rel = _heldout_rel(fit_x, eval_x, i, j, d)
@@ -280,7 +280,7 @@ def test_reconstruction_table_is_held_out(tmp_path):
     assert pair_rows[5, 2, 3]["rel_error"] < 1e-8 and pair_rows[5, 2, 5]["rel_error"] < 1e-8
     assert rand_rows[3]["rel_error"] > 0.1 and rand_rows[3]["rel_error_low"] < rand_rows[3]["rel_error"]
     back = json.loads(t.to_json())
-    assert len(back["rows"]) == len(t.rows) and back["rows"][-1]["src"] is None and "not comparable" in back["mse_note"]
+    assert len(back["rows"]) == len(t.rows()) and back["rows"][-1]["src"] is None and "not comparable" in back["mse_note"]
     assert type(t).from_dict(back).to_dict() == t.to_dict()
     frame = t.to_frame()
     assert list(frame.columns)[:5] == ["kind", "src", "dst", "d", "rel_error"] and "mse_raw" in frame
@@ -298,8 +298,8 @@ def test_reconstruction_table_chooses_pairs_on_the_fit_images_only():
 
     fit_x, _, _ = split_maps(x, seed=3)
     want = [(p.i, p.j) for p in ghost_pairs(channel_similarity(fit_x, metric="pearson"), k=2)]
-    assert [(r["src"], r["dst"]) for r in t.rows] == want and "pearson on the fit images" in t.pairs_from
-    assert len(reconstruction_table(x, 1, ds=(3,), n_random=0, metric="r2").rows) == 1
+    assert [(r["src"], r["dst"]) for r in t.rows()] == want and "pearson on the fit images" in t.pairs_from
+    assert len(reconstruction_table(x, 1, ds=(3,), n_random=0, metric="r2").rows()) == 1
 
 
 def test_held_out_d_curve_prefers_d3_on_small_noisy_maps():
@@ -310,7 +310,7 @@ def test_held_out_d_curve_prefers_d3_on_small_noisy_maps():
     ghost = ghost + 0.4 * torch.randn(ghost.shape, generator=g, dtype=torch.float64)
     x = torch.stack([base, ghost], 1)
     t = reconstruction_table(x[:4], [(0, 1)], ds=(3, 7), n_random=0, heldout=x[4:])
-    r3, r7 = (next(r for r in t.rows if r["d"] == d) for d in (3, 7))
+    r3, r7 = (next(r for r in t.rows() if r["d"] == d) for d in (3, 7))
     assert r7["rel_error_fit"] <= r3["rel_error_fit"] + 1e-12
     assert r7["rel_error"] > r3["rel_error"]
 

@@ -86,7 +86,7 @@ def test_numbers_match_hand_computations(pair):
     ci = stats.binomtest(int(agree.sum()), 12).proportion_ci(method="exact")
     assert (ag.top1.low, ag.top1.high) == pytest.approx((ci.low, ci.high))
     assert rep.n_images == 12 and rep.accuracy is None
-    assert [r.batch for r in rep.latency.rows] == [1, 4] and rep.latency.fused
+    assert [r.batch for r in rep.latency.timings] == [1, 4] and rep.latency.fused
     assert rep.latency_before_ms > 0 and rep.latency_ratio > 0
     assert "not checked" in rep.calibration
 

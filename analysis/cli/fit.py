@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     table = reconstruction_table(fmap, args.pairs, ds=args.d, n_random=args.random, seed=args.seed, heldout=held,
                                  split=args.split, groups=None if held is not None else source.photo_names,
                                  metric=args.metric)
-    pairs = [(r["src"], r["dst"]) for r in table.rows if r["kind"] == "pair" and r["d"] == table.ds[0]]
+    pairs = [(r["src"], r["dst"]) for r in table.records if r["kind"] == "pair" and r["d"] == table.ds[0]]
     print(f"{info.name} ({info.weights}) · {layer} · {tuple(fmap.shape)} maps of {x.shape[0]} images")
     print(f"Table 1 protocol, held out: relative error of making map j from map i with a d x d depthwise op; "
           f"pairs = the {len(pairs)} most {args.metric}-similar exclusive pairs on the fit images")

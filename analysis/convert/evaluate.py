@@ -16,8 +16,9 @@ interval of the difference on the same images.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +27,12 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode
+from analysis._core.results import Result, plain
 from analysis.data.labelled import EvaluationSet, LabelError
 from analysis.stats.intervals import Estimate, McNemar, mcnemar, mean_interval, paired_difference, proportion
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Accuracy", "Agreement", "ClassLoss", "Outcomes", "accuracy", "agreement", "compare_outputs"]
 
@@ -130,9 +135,18 @@ def _mapped(evalset: EvaluationSet, model: nn.Module, batch_size: int, device: t
     return evalset.batches(batch_size, class_index=mapping)
 
 
-@dataclass
-class Agreement:
-    """How closely the replacement follows the original (each an :class:`Estimate` with its interval)."""
+def _score_row(name: str, e: Estimate, p_value: float | None = None) -> dict[str, Any]:
+    return plain({"score": name, "value": e.value, "low": e.low, "high": e.high, "level": e.level, "n": e.n,
+                  "method": e.method, "p_value": p_value})
+
+
+_SCORE_COLUMNS = ("score", "value", "low", "high", "level", "n", "method", "p_value")
+
+
+@dataclass(eq=False)
+class Agreement(Result):
+    """How closely the replacement follows the original (each an :class:`Estimate` with its interval);
+    ``rows()``: one per score."""
 
     top1: Estimate
     top5: Estimate
@@ -141,15 +155,20 @@ class Agreement:
     n_images: int
     n_photos: int
 
+    _COLUMNS = _SCORE_COLUMNS
+    _SCORES = ("top1", "top5", "logits_cosine", "logits_kl")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [_score_row(f"{k}_agreement" if k.startswith("top") else k, getattr(self, k)) for k in self._SCORES]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"top1": self.top1.to_dict(), "top5": self.top5.to_dict(),
-                "logits_cosine": self.logits_cosine.to_dict(), "logits_kl": self.logits_kl.to_dict(),
-                "n_images": self.n_images, "n_photos": self.n_photos}
+        return {**{k: getattr(self, k).to_dict() for k in self._SCORES}, "n_images": self.n_images,
+                "n_photos": self.n_photos}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Agreement:
-        return cls(*(Estimate.from_dict(d[k]) for k in ("top1", "top5", "logits_cosine", "logits_kl")),
-                   int(d["n_images"]), int(d["n_photos"]))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(*(Estimate.from_dict(data[k]) for k in cls._SCORES), int(data["n_images"]),
+                   int(data["n_photos"]))
 
 
 def agreement(out: Outcomes, level: float = 0.95) -> Agreement:
@@ -159,8 +178,8 @@ def agreement(out: Outcomes, level: float = 0.95) -> Agreement:
                      mean_interval(out.cosine, level, g), mean_interval(out.kl, level, g), out.n, len(set(out.photos)))
 
 
-@dataclass
-class ClassLoss:
+@dataclass(eq=False)
+class ClassLoss(Result):
     """One class: its images, each model's top-1 accuracy on them, and the loss (original - replaced)."""
 
     label: int
@@ -172,15 +191,25 @@ class ClassLoss:
     def loss(self) -> float:
         return self.original - self.replaced
 
+    _COLUMNS = ("label", "n", "original", "replaced", "loss")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "n": self.n, "original": self.original, "replaced": self.replaced,
-                "loss": self.loss}
+        return plain({"label": self.label, "n": self.n, "original": self.original, "replaced": self.replaced,
+                      "loss": self.loss})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(int(data["label"]), int(data["n"]), float(data["original"]), float(data["replaced"]))
 
 
-@dataclass
-class Accuracy:
+@dataclass(eq=False)
+class Accuracy(Result):
     """Labelled evaluation: each model's top-1/top-5 accuracy (intervals), the paired differences replaced -
-    original (Newcombe) with McNemar's test, and the classes that lose most."""
+    original (Newcombe) with McNemar's test (its p-value on the difference rows), and the classes that lose
+    most; ``rows()``: one per score."""
 
     original_top1: Estimate
     replaced_top1: Estimate
@@ -196,6 +225,12 @@ class Accuracy:
     _ESTIMATES = ("original_top1", "replaced_top1", "original_top5", "replaced_top5", "difference_top1",
                   "difference_top5")
 
+    _COLUMNS = _SCORE_COLUMNS
+
+    def rows(self) -> list[dict[str, Any]]:
+        p = {"difference_top1": self.mcnemar_top1.p_value, "difference_top5": self.mcnemar_top5.p_value}
+        return [_score_row(k, getattr(self, k), p.get(k)) for k in self._ESTIMATES]
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k).to_dict() for k in self._ESTIMATES}
         d.update({"mcnemar_top1": self.mcnemar_top1.to_dict(), "mcnemar_top5": self.mcnemar_top5.to_dict(),
@@ -203,11 +238,10 @@ class Accuracy:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Accuracy:
-        return cls(*(Estimate.from_dict(d[k]) for k in cls._ESTIMATES), McNemar.from_dict(d["mcnemar_top1"]),
-                   McNemar.from_dict(d["mcnemar_top5"]),
-                   [ClassLoss(int(c["label"]), int(c["n"]), float(c["original"]), float(c["replaced"]))
-                    for c in d["worst_classes"]], int(d["n_classes_seen"]))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(*(Estimate.from_dict(data[k]) for k in cls._ESTIMATES), McNemar.from_dict(data["mcnemar_top1"]),
+                   McNemar.from_dict(data["mcnemar_top5"]), [ClassLoss.from_dict(c) for c in data["worst_classes"]],
+                   int(data["n_classes_seen"]))
 
 
 def accuracy(out: Outcomes, level: float = 0.95, worst: int = 5) -> Accuracy | None:

@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import plain
+from analysis._core.results import Result, plain
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Latency", "LatencyRow", "measure_latency"]
 
 
-@dataclass
-class LatencyRow:
+@dataclass(eq=False)
+class LatencyRow(Result):
     """One batch size: per-forward milliseconds of each model (median, first and third quartile) and the
     paired ratio replaced / original (< 1: the replacement is faster)."""
 
@@ -50,40 +53,53 @@ class LatencyRow:
     ratio_q1: float
     ratio_q3: float
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{k: (int(v) if k in ("batch", "repeats") else float(v)) for k, v in data.items()})
 
-@dataclass
-class Latency:
-    """Result of :func:`measure_latency`: one row per batch size, and how it was measured."""
 
-    rows: list[LatencyRow]
+@dataclass(eq=False)
+class Latency(Result):
+    """Result of :func:`measure_latency`: one :class:`LatencyRow` per batch size (``timings``), and how it was
+    measured; ``rows()``: the timings."""
+
+    timings: list[LatencyRow]
     threads: int
     device: str
     fused: bool
     warmup: int
     note: str = ""
 
+    _COLUMNS = tuple(LatencyRow.__dataclass_fields__)
+
     def row(self, batch: int) -> LatencyRow:
-        for r in self.rows:
+        for r in self.timings:
             if r.batch == batch:
                 return r
-        raise GhostmapsError(f"no latency measured at batch {batch}; measured: {[r.batch for r in self.rows]}.")
+        raise GhostmapsError(f"no latency measured at batch {batch}; measured: {[r.batch for r in self.timings]}.")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.timings]
 
     def to_dict(self) -> dict[str, Any]:
         return {"threads": self.threads, "device": self.device, "fused": self.fused, "warmup": self.warmup,
-                "note": self.note, "rows": [r.to_dict() for r in self.rows]}
+                "note": self.note, "timings": self.rows()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Latency:
-        return cls([LatencyRow(**r) for r in d["rows"]], int(d["threads"]), str(d["device"]), bool(d["fused"]),
-                   int(d["warmup"]), str(d.get("note", "")))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls([LatencyRow.from_dict(r) for r in data["timings"]], int(data["threads"]), str(data["device"]),
+                   bool(data["fused"]), int(data["warmup"]), str(data.get("note", "")))
 
     def __str__(self) -> str:
         how = f"{self.device}, {self.threads} thread(s), BN {'folded' if self.fused else 'NOT folded'}"
         lines = [f"latency ({how}; median [IQR] of interleaved forwards)"]
-        for r in self.rows:
+        for r in self.timings:
             lines.append(f"  batch {r.batch:>3}: original {r.original_ms:.2f} [{r.original_q1_ms:.2f}, "
                          f"{r.original_q3_ms:.2f}] ms, replaced {r.replaced_ms:.2f} [{r.replaced_q1_ms:.2f}, "
                          f"{r.replaced_q3_ms:.2f}] ms, ratio {r.ratio:.3f} [{r.ratio_q1:.3f}, {r.ratio_q3:.3f}]")

@@ -22,9 +22,9 @@ it save, and how sure are we?
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,13 +32,16 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
-from analysis._core.results import plain
+from analysis._core.results import Result, number, plain
 from analysis.convert.evaluate import Accuracy, Agreement, accuracy, agreement, compare_outputs
 from analysis.convert.latency import Latency, measure_latency
 from analysis.convert.macs import CONVENTION, count_macs
 from analysis.data.labelled import evaluation_set
 from analysis.data.overlap import check_disjoint
 from analysis.hooks import first_call_io
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["MACS_LEAVE_OUT", "LayerCheck", "VerificationReport", "verify_replacement"]
 
@@ -48,9 +51,10 @@ MACS_LEAVE_OUT = ("BatchNorm (folded into the convs at inference), activations, 
                   "ghost maps, index_select/slicing of channels): these cost time, not multiply-adds")
 
 
-@dataclass
-class LayerCheck:
-    """One replaced layer: output errors in the network and in isolation, cosine, and its own cost."""
+@dataclass(eq=False)
+class LayerCheck(Result):
+    """One replaced layer: output errors in the network and in isolation, cosine, and its own cost (an inf
+    error, of a constant original output, is None in ``to_dict`` and read back as NaN)."""
 
     name: str
     type_before: str
@@ -61,22 +65,30 @@ class LayerCheck:
     params_before: int
     params_after: int
 
+    _COLUMNS = ("name", "type_before", "type_after", "rel_error", "isolated_rel_error", "cosine", "params_before",
+                "params_after")
+    _FLOATS = ("rel_error", "isolated_rel_error", "cosine")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LayerCheck:
-        return cls(**{k: (math.nan if v is None else v) for k, v in d.items()})
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{k: number(v) if k in cls._FLOATS else v for k, v in data.items()})
 
 
-@dataclass
-class VerificationReport:
+@dataclass(eq=False)
+class VerificationReport(Result):
     """Result of :func:`verify_replacement` (plain data); MACs are per image at the images' size.
 
     ``agreement`` (:class:`~analysis.convert.evaluate.Agreement`), ``accuracy`` (labelled only, else None),
     ``latency`` (None when not measured), ``layers`` (one :class:`LayerCheck` per replaced layer),
     ``calibration``: how the evaluation images relate to the calibration images ("disjoint", "not checked",
-    or "overlap allowed"), ``evaluation``: what was evaluated on.
+    or "overlap allowed"), ``evaluation``: what was evaluated on. ``rows()``: one per replaced layer; the
+    whole-model numbers are in ``summary()`` and ``to_dict()``.
     """
 
     params_before: int
@@ -118,17 +130,17 @@ class VerificationReport:
     @property
     def latency_ratio(self) -> float | None:
         """Median paired latency ratio replaced / original at the first timed batch size (batch 1 by default)."""
-        return None if self.latency is None else self.latency.rows[0].ratio
+        return None if self.latency is None else self.latency.timings[0].ratio
 
     @property
     def latency_before_ms(self) -> float | None:
         """Median ms of the original at the first timed batch size (None when not measured)."""
-        return None if self.latency is None else self.latency.rows[0].original_ms
+        return None if self.latency is None else self.latency.timings[0].original_ms
 
     @property
     def latency_after_ms(self) -> float | None:
         """Median ms of the replacement at the first timed batch size (None when not measured)."""
-        return None if self.latency is None else self.latency.rows[0].replaced_ms
+        return None if self.latency is None else self.latency.timings[0].replaced_ms
 
     @property
     def latency_device(self) -> str | None:
@@ -152,10 +164,12 @@ class VerificationReport:
         for k, e in scores.items():
             d.update({k: e.value, f"{k}_low": e.low, f"{k}_high": e.high})
         if self.latency is not None:
-            for r in self.latency.rows:
+            for r in self.latency.timings:
                 d.update({f"latency_b{r.batch}_original_ms": r.original_ms, f"latency_b{r.batch}_replaced_ms":
                           r.replaced_ms, f"latency_b{r.batch}_ratio": r.ratio})
         return plain(d)
+
+    _COLUMNS = LayerCheck._COLUMNS
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per replaced layer."""
@@ -172,38 +186,14 @@ class VerificationReport:
             "layers": [c.to_dict() for c in self.layers]})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VerificationReport:
-        return cls(int(d["params_before"]), int(d["params_after"]), int(d["macs_before"]), int(d["macs_after"]),
-                   Agreement.from_dict(d["agreement"]), int(d["n_images"]), tuple(d["input_size"]),
-                   str(d["evaluation"]), str(d["calibration"]),
-                   None if d.get("accuracy") is None else Accuracy.from_dict(d["accuracy"]),
-                   [LayerCheck.from_dict(c) for c in d.get("layers", [])],
-                   None if d.get("latency") is None else Latency.from_dict(d["latency"]), str(d.get("note", "")))
-
-    def to_json(self, indent: int | None = 2) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_csv(self, path: Any = None) -> str:
-        """The per-layer rows as CSV text (written atomically to ``path`` when given)."""
-        import csv
-        import io
-
-        from analysis._core.io import atomic_write
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(LayerCheck.__dataclass_fields__), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows())
-        if path is not None:
-            atomic_write(path, buf.getvalue())
-        return buf.getvalue()
-
-    def to_frame(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows(), columns=list(LayerCheck.__dataclass_fields__))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The report back; the derived numbers (ratios, the convention) are recomputed, not read."""
+        acc, lat = data.get("accuracy"), data.get("latency")
+        return cls(int(data["params_before"]), int(data["params_after"]), int(data["macs_before"]),
+                   int(data["macs_after"]), Agreement.from_dict(data["agreement"]), int(data["n_images"]),
+                   tuple(int(v) for v in data["input_size"]), str(data["evaluation"]), str(data["calibration"]),
+                   None if acc is None else Accuracy.from_dict(acc), [LayerCheck.from_dict(c) for c in data["layers"]],
+                   None if lat is None else Latency.from_dict(lat), str(data.get("note", "")))
 
     def __str__(self) -> str:
         ag = self.agreement

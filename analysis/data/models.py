@@ -17,7 +17,7 @@ import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torchvision
@@ -25,7 +25,11 @@ from torch import nn
 from torchvision import transforms as T
 
 from analysis._core.errors import GhostmapsError, WeightsUnavailableError, did_you_mean
+from analysis._core.results import Result
 from ghostnet.registry import IMAGENET_MEAN, IMAGENET_STD, list_models, model_cfg
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 DEFAULT_MODEL = "mobilenet_v2"
 
@@ -40,7 +44,7 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(Result):
     """Where a loaded model came from.
 
     name: the model's name (torchvision name, callable spec or class name); weights: the weights id
@@ -53,8 +57,17 @@ class ModelInfo:
     source: str
     weights_file: str | None = None
 
+    _COLUMNS = ("name", "weights", "source", "weights_file")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(data["name"], data["weights"], data["source"], data.get("weights_file"))
 
 
 class LoadedModel(NamedTuple):

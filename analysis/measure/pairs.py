@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, number, plain
 from analysis.measure.similarity import ChannelSimilarity
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
-class GhostPair:
+class GhostPair(Result):
     """Channels ``i`` < ``j`` and their similarity ``score``."""
 
     i: int
     j: int
     score: float
 
+    _COLUMNS = ("i", "j", "score")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"i": self.i, "j": self.j, "score": plain(self.score)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(int(data["i"]), int(data["j"]), number(data["score"]))
 
 
 @dataclass
-class GhostPairs:
-    """The top ghost pairs of a layer, best first. Iterable, indexable, and serialisable."""
+class GhostPairs(Result):
+    """The top ghost pairs of a layer, best first. Iterable, indexable, and serialisable (``Result``: a row
+    per pair; ``to_dict`` puts ``meta``'s keys beside layer, metric and exclusive, and ``from_dict`` reads every
+    other key back into ``meta``)."""
 
     pairs: list[GhostPair]
     metric: str | None = None
@@ -45,12 +59,21 @@ class GhostPairs:
     def __getitem__(self, index: int) -> GhostPair:
         return self.pairs[index]
 
+    _COLUMNS = ("layer", "rank", "i", "j", "score")
+    _KEYS = ("layer", "metric", "exclusive", "pairs")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layer": self.layer, "rank": n + 1, **p.to_dict()} for n, p in enumerate(self.pairs)]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "metric": self.metric, "exclusive": self.exclusive, **self.meta,
+        return {"layer": self.layer, "metric": self.metric, "exclusive": self.exclusive, **plain(self.meta),
                 "pairs": [p.to_dict() for p in self.pairs]}
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        meta = {k: v for k, v in data.items() if k not in cls._KEYS}
+        return cls([GhostPair.from_dict(p) for p in data["pairs"]], data.get("metric"), data.get("layer"),
+                   bool(data.get("exclusive", True)), meta)
 
     def __str__(self) -> str:
         head = f"ghost pairs of {self.layer or 'layer'} ({self.metric or 'similarity'}):"

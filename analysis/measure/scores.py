@@ -33,26 +33,34 @@ note says so. Dead and constant channels are those of all images in every replic
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, number, plain
 from analysis.measure.groups import GhostGroups, ghost_groups
 from analysis.measure.similarity import METRICS
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
 from analysis.stats import normalised_moment as _normalise
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 SCORE_NAMES = ("ghost_fraction", "groups", "ratio", "participation_ratio", "rank99", "mean_abs_similarity")
 DEFAULT_THRESHOLD = 0.9
 
 
+def _optional(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
 @dataclass
-class Score:
+class Score(Result):
     """One score: the observed value, its null baseline and its bootstrap interval (None when unavailable)."""
 
     observed: float
@@ -65,8 +73,19 @@ class Score:
         """observed − baseline."""
         return None if self.baseline is None else self.observed - self.baseline
 
-    def to_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+    _COLUMNS = ("observed", "baseline", "low", "high")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"observed": plain(self.observed), "baseline": plain(self.baseline), "low": plain(self.low),
+                "high": plain(self.high)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(number(data["observed"]), _optional(data.get("baseline")), _optional(data.get("low")),
+                   _optional(data.get("high")))
 
     def __str__(self) -> str:
         text = f"{self.observed:.4g}"
@@ -78,8 +97,8 @@ class Score:
 
 
 @dataclass
-class Redundancy:
-    """A layer's redundancy scores (see the module docstring for every formula)."""
+class Redundancy(Result):
+    """A layer's redundancy scores (see the module docstring for every formula). ``rows()`` is the one ``row()``."""
 
     channels: int
     valid: int
@@ -118,20 +137,20 @@ class Redundancy:
             out[f"{name}_high"] = score.high
         return out
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain(self.row())]
+
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "scores"}
+        d = plain({k: v for k, v in self.__dict__.items() if k != "scores"})
         d["scores"] = {k: s.to_dict() for k, s in self.scores.items()}
         d["suggested_ratio"] = self.suggested_ratio
         return d
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Redundancy:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         data = dict(data)
-        data.pop("suggested_ratio", None)
-        data["scores"] = {k: Score(**v) for k, v in data["scores"].items()}
+        data.pop("suggested_ratio", None)  # derived from the ratio score
+        data["scores"] = {k: Score.from_dict(v) for k, v in data["scores"].items()}
         return cls(**data)
 
     def __str__(self) -> str:

@@ -7,25 +7,32 @@ and a whole image set (by merging ``LayerStats``).
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, floats, plain
 from analysis.stats import DEFAULT_TOL, LayerStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 METRICS = ("cosine", "pearson")
 
 
-@dataclass
-class ChannelSimilarity:
+@dataclass(eq=False)
+class ChannelSimilarity(Result):
     """A C×C similarity matrix with the channels that have no meaningful similarity masked.
 
     matrix: float64 C×C, symmetric, in [−1, 1]; rows/columns of dead or constant channels are 0.
     dead: channels that are all zero (within tol). constant: channels with a single value everywhere.
+    ``rows()``: one per channel i: ``channel``, ``dead``, ``constant`` and the similarity to every channel j under
+    the column ``str(j)`` (the matrix as a wide table). ``to_dict`` holds the matrix as nested lists and the
+    dead/constant channels as index lists; equality compares ``to_dict()``.
     """
 
     matrix: torch.Tensor
@@ -46,6 +53,14 @@ class ChannelSimilarity:
     def to_numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
 
+    _COLUMNS = ("channel", "dead", "constant")
+
+    def rows(self) -> list[dict[str, Any]]:
+        m = plain(self.matrix)
+        dead, constant = self.dead.tolist(), self.constant.tolist()
+        return [{"channel": i, "dead": dead[i], "constant": constant[i], **{str(j): v for j, v in enumerate(row)}}
+                for i, row in enumerate(m)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
@@ -53,11 +68,20 @@ class ChannelSimilarity:
             "channels": self.channels,
             "dead": torch.nonzero(self.dead).flatten().tolist(),
             "constant": torch.nonzero(self.constant).flatten().tolist(),
-            "matrix": self.matrix.cpu().tolist(),
+            "matrix": plain(self.matrix),
         }
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        c = int(data["channels"])
+        matrix = torch.from_numpy(floats(data["matrix"]).reshape(c, c))
+
+        def mask(idx: list[int]) -> torch.Tensor:
+            out = torch.zeros(c, dtype=torch.bool)
+            out[torch.as_tensor(idx, dtype=torch.long)] = True
+            return out
+
+        return cls(matrix, data["metric"], mask(data["dead"]), mask(data["constant"]), data.get("layer"))
 
     def __repr__(self) -> str:
         return (f"ChannelSimilarity(layer={self.layer!r}, metric={self.metric!r}, channels={self.channels}, "

@@ -23,12 +23,14 @@ diagonal); the choice minimises the summed cost of the ghosts.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, plain
 from analysis.reconstruct.capacitated import _assign, _greedy_intrinsic, _milp, _role_swaps, structure_cost
 from analysis.reconstruct.matching import (
     _cycle_cover_matching,
@@ -39,6 +41,9 @@ from analysis.reconstruct.matching import (
     _two_swaps,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["EXACT_MAX", "EXACT_MAX_MILP", "METHODS", "IntrinsicChoice", "choose_intrinsic"]
 
 EXACT_MAX = 160
@@ -47,8 +52,8 @@ EXACT_MAX_MILP = 64
 METHODS = ("auto", "exact", "heuristic", "greedy")
 _TOL = 1e-12
 
-@dataclass
-class IntrinsicChoice:
+@dataclass(eq=False)
+class IntrinsicChoice(Result):
     """A Ghost structure for one layer.
 
     ``intrinsic``: the m kept channels in primary-output order (the one short group, if any, last);
@@ -63,9 +68,22 @@ class IntrinsicChoice:
     method: str
     lower_bound: float | None = None
 
+    _COLUMNS = ("position", "intrinsic", "ghosts")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per primary map: its channel and the ghosts it makes (space-separated)."""
+        return [{"position": p, "intrinsic": int(ch), "ghosts": " ".join(str(g) for g in s)}
+                for p, (ch, s) in enumerate(zip(self.intrinsic, self.slots, strict=True))]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"intrinsic": list(self.intrinsic), "slots": [list(s) for s in self.slots], "cost": self.cost,
-                "method": self.method, "lower_bound": self.lower_bound}
+        return plain({"intrinsic": self.intrinsic, "slots": self.slots, "cost": self.cost, "method": self.method,
+                      "lower_bound": self.lower_bound})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        lb = data.get("lower_bound")
+        return cls([int(v) for v in data["intrinsic"]], [[int(v) for v in s] for s in data["slots"]],
+                   float(data["cost"]), str(data["method"]), None if lb is None else float(lb))
 
 def _ordered(intrinsic: list[int], slots: list[list[int]], r1: int) -> tuple[list[int], list[list[int]]]:
     """Primary order: full groups by channel index, then the (at most one) short group."""

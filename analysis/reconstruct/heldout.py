@@ -11,15 +11,19 @@ relative error (SSE over its variance) does not change with ``w_j``; sums over c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, plain
 from analysis.reconstruct.lstsq import _layer_maps
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["DEFAULT_SPLIT", "Split", "channel_weights", "split_maps"]
 
@@ -27,8 +31,8 @@ __all__ = ["DEFAULT_SPLIT", "Split", "channel_weights", "split_maps"]
 DEFAULT_SPLIT = 0.5
 
 
-@dataclass(frozen=True)
-class Split:
+@dataclass(frozen=True, eq=False)
+class Split(Result):
     """How a fit's images were divided. ``kind``: ``"held-out maps"`` (given separately), ``"seeded split"``
     (``fraction`` of the images, or of the photos when ``by_photo``, held out with ``seed``) or
     ``"in-sample"`` (fitted and reported on the same images: optimistic, labelled so)."""
@@ -45,16 +49,21 @@ class Split:
     def in_sample(self) -> bool:
         return self.kind == "in-sample"
 
+    _COLUMNS = ("kind", "n_fit", "n_eval", "fraction", "seed", "by_photo")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in self.to_dict().items() if k != "eval_index"}]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_fit": self.n_fit, "n_eval": self.n_eval, "fraction": self.fraction,
-                "seed": self.seed, "by_photo": self.by_photo,
-                "eval_index": None if self.eval_index is None else list(self.eval_index)}
+        return plain({"kind": self.kind, "n_fit": self.n_fit, "n_eval": self.n_eval, "fraction": self.fraction,
+                      "seed": self.seed, "by_photo": self.by_photo, "eval_index": self.eval_index})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Split:
-        idx = d.get("eval_index")
-        return cls(d["kind"], int(d["n_fit"]), int(d["n_eval"]), d.get("fraction"), d.get("seed"),
-                   bool(d.get("by_photo", False)), None if idx is None else tuple(idx))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        idx = data.get("eval_index")
+        return cls(str(data["kind"]), int(data["n_fit"]), int(data["n_eval"]), data.get("fraction"),
+                   data.get("seed"), bool(data.get("by_photo", False)),
+                   None if idx is None else tuple(int(i) for i in idx))
 
     def __str__(self) -> str:
         if self.in_sample:

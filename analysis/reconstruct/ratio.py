@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import plain
+from analysis._core.results import Result, number, plain
 from analysis.reconstruct.heldout import DEFAULT_SPLIT, channel_weights, split_maps
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
@@ -21,6 +21,9 @@ from analysis.reconstruct.lstsq import (
 )
 from analysis.reconstruct.structure import Ghostability, _from_fits
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["DEFAULT_MAX_ERROR", "RatioSuggestion", "suggest_ratio"]
 
 #: Default budget on the ghosts' held-out relative error. (Before the ghost-only, held-out report the default
@@ -29,7 +32,7 @@ DEFAULT_MAX_ERROR = 0.3
 
 
 @dataclass(eq=False)
-class RatioSuggestion:
+class RatioSuggestion(Result):
     """Result of :func:`suggest_ratio`. ``ratio``: the largest tried ratio with ``errors[ratio] <=
     max_error`` (None if even the smallest exceeds it: keep the plain conv). ``errors``: the ghosts' held-out
     error per tried ratio (``Ghostability.ghost_error``). ``ghostability``: the full result for the chosen
@@ -41,21 +44,22 @@ class RatioSuggestion:
     d: int
     ghostability: Ghostability | None = field(default=None, repr=False)
 
+    _COLUMNS = ("ratio", "error", "within_budget", "chosen")
+
     def rows(self) -> list[dict[str, Any]]:
         return [plain({"ratio": r, "error": e, "within_budget": e <= self.max_error, "chosen": r == self.ratio})
                 for r, e in self.errors.items()]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "errors": {str(k): plain(v) for k, v in self.errors.items()},
-                "max_error": self.max_error, "d": self.d,
+        return {"ratio": self.ratio, "errors": plain(self.errors), "max_error": plain(self.max_error), "d": self.d,
                 "ghostability": self.ghostability.to_dict() if self.ghostability is not None else None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RatioSuggestion:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         g = data.get("ghostability")
         return cls(None if data["ratio"] is None else int(data["ratio"]),
-                   {int(r): float("nan") if e is None else float(e) for r, e in data["errors"].items()},
-                   float(data["max_error"]), int(data["d"]), None if g is None else Ghostability.from_dict(g))
+                   {int(r): number(e) for r, e in data["errors"].items()}, number(data["max_error"]),
+                   int(data["d"]), None if g is None else Ghostability.from_dict(g))
 
 
 def suggest_ratio(maps: Any, max_error: float = DEFAULT_MAX_ERROR, ratios: Sequence[int] = (2, 3, 4, 5, 6, 8),

@@ -5,16 +5,15 @@ units the next layer sees (after the following BN, where one follows): :func:`gh
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis._core.results import plain
+from analysis._core.results import Result, floats, number, plain
 from analysis.reconstruct.choice import IntrinsicChoice, choose_intrinsic
 from analysis.reconstruct.heldout import (
     DEFAULT_SPLIT,
@@ -36,13 +35,16 @@ from analysis.reconstruct.lstsq import (
 )
 from analysis.stats.intervals import Estimate, ratio_interval
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["Ghostability", "ghostability"]
 
 _CHUNK = 16  # held-out images per convolution chunk
 
 
 @dataclass(eq=False)
-class Ghostability:
+class Ghostability(Result):
     """Result of :func:`ghostability`: a Ghost-module structure for one layer and its reconstruction error.
 
     Structure (exactly what ``GhostModule(ratio=ratio, dw_size=d)`` realises, whose output is
@@ -145,6 +147,8 @@ class Ghostability:
                       "max_post_bn_mse": self.max_post_bn_mse, "fit_ghost_error": self.fit_ghost_error,
                       "units": self.units, "split": str(self.split), "choice": self.choice.get("method")})
 
+    _COLUMNS = ("channel", "intrinsic", "source", "position", "bias", "rel_error", "post_bn_mse", "dead")
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per channel: intrinsic or not, its source and module position, held-out error, dead."""
         position = {ch: k for k, ch in enumerate(self.module_order)}
@@ -163,18 +167,18 @@ class Ghostability:
             "split": self.split.to_dict(), "choice": self.choice, "dead": self.dead})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Ghostability:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         d, c = int(data["d"]), len(data["module_order"])
-        f = lambda v: np.asarray([math.nan if a is None else a for a in v], dtype=np.float64)  # noqa: E731
+        f = floats
         iv = data.get("ghost_error_interval")
         return cls(ratio=int(data["ratio"]), d=d, intrinsic=[int(v) for v in data["intrinsic"]],
                    slots=[[int(v) for v in s] for s in data["slots"]],
                    assignment={int(g): int(s) for g, s in data["assignment"].items()},
                    module_order=[int(v) for v in data["module_order"]],
-                   kernel=np.asarray(data["kernel"], dtype=np.float64).reshape(c, d, d), bias=f(data["bias"]),
-                   rel_error=f(data["rel_error"]), ghost_error=float(data["ghost_error"]),
+                   kernel=floats(data["kernel"]).reshape(c, d, d), bias=f(data["bias"]),
+                   rel_error=f(data["rel_error"]), ghost_error=number(data["ghost_error"]),
                    ghost_error_interval=None if iv is None else Estimate.from_dict(iv),
-                   fit_ghost_error=float(data["fit_ghost_error"]),
+                   fit_ghost_error=number(data["fit_ghost_error"]),
                    post_bn_mse=None if data.get("post_bn_mse") is None else f(data["post_bn_mse"]),
                    units=str(data["units"]), split=Split.from_dict(data["split"]), choice=dict(data["choice"]),
                    dead=np.asarray(data["dead"], dtype=bool))

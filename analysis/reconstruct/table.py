@@ -4,27 +4,25 @@ other."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.io import atomic_write
-from analysis._core.results import plain
+from analysis._core.results import Result, number, plain
 from analysis.measure.pairs import ghost_pairs
 from analysis.measure.similarity import channel_similarity
-from analysis.reconstruct.cheap_ops import fit_cheap_op
+from analysis.reconstruct.cheap_ops import CheapOpFits, fit_cheap_op
 from analysis.reconstruct.heldout import DEFAULT_SPLIT, Split, split_maps
 from analysis.reconstruct.lstsq import DEFAULT_RIDGE, _check_d, _check_ridge, _layer_maps
 from analysis.reconstruct.similarity import reconstructability
 from analysis.stats.intervals import mean_interval, ratio_interval
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ReconstructionTable", "reconstruction_table"]
 
@@ -59,62 +57,42 @@ def _pair_list(pairs: Any, c: int) -> list[tuple[int, int]]:
 
 
 @dataclass(eq=False)
-class ReconstructionTable:
-    """Result of :func:`reconstruction_table`. ``rows``: one dict per (pair, d): ``kind`` ('pair' or
-    'random'), ``src``, ``dst``, ``d``, ``rel_error`` (held out: SSE / centred SS of dst, the primary number)
-    with ``rel_error_low``/``rel_error_high`` (jackknife over held-out images for a pair, t over the random
-    pairs for the baseline), ``rel_error_fit`` (in-sample, optimistic), ``r2`` (1 - rel_error), ``mse_raw``
-    (held out, in the layer's units: see ``MSE_NOTE``) and ``n`` (pairs averaged). ``split``: the images'
-    split; ``pairs_from``: how the pairs were chosen."""
+class ReconstructionTable(Result):
+    """Result of :func:`reconstruction_table`. ``records`` (and ``rows()``, as plain data): one dict per
+    (pair, d): ``kind`` ('pair' or 'random'), ``src``, ``dst``, ``d``, ``rel_error`` (held out: SSE / centred
+    SS of dst, the primary number) with ``rel_error_low``/``rel_error_high`` (jackknife over held-out images for
+    a pair, t over the random pairs for the baseline), ``rel_error_fit`` (in-sample, optimistic), ``r2``
+    (1 - rel_error), ``mse_raw`` (held out, in the layer's units: see ``MSE_NOTE``) and ``n`` (pairs averaged).
+    ``split``: the images' split; ``pairs_from``: how the pairs were chosen."""
 
-    rows: list[dict[str, Any]]
+    records: list[dict[str, Any]]
     ds: tuple[int, ...]
     n_random: int
     seed: int
     split: Split
     pairs_from: str
 
-    _COLS = ("kind", "src", "dst", "d", "rel_error", "rel_error_low", "rel_error_high", "rel_error_fit", "r2",
-             "mse_raw", "n")
+    _COLUMNS = ("kind", "src", "dst", "d", "rel_error", "rel_error_low", "rel_error_high", "rel_error_fit", "r2",
+                "mse_raw", "n")
+    _FLOATS = ("rel_error", "rel_error_low", "rel_error_high", "rel_error_fit", "r2", "mse_raw")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain({k: r[k] for k in self._COLUMNS}) for r in self.records]
 
     def to_dict(self) -> dict[str, Any]:
         return {"ds": list(self.ds), "n_random": self.n_random, "seed": self.seed, "split": self.split.to_dict(),
-                "pairs_from": self.pairs_from, "mse_note": MSE_NOTE,
-                "rows": [{k: plain(v) for k, v in r.items()} for r in self.rows]}
+                "pairs_from": self.pairs_from, "mse_note": MSE_NOTE, "rows": self.rows()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReconstructionTable:
-        rows = [{k: (float("nan") if v is None and k not in ("src", "dst") else v) for k, v in r.items()}
-                for r in d["rows"]]
-        return cls(rows, tuple(d["ds"]), int(d["n_random"]), int(d["seed"]), Split.from_dict(d["split"]),
-                   str(d["pairs_from"]))
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_frame(self) -> Any:
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("ReconstructionTable.to_frame() needs pandas (pip install pandas); "
-                              "use .to_csv(path) or .rows instead") from None
-        return pd.DataFrame(self.rows, columns=list(self._COLS))
-
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """The rows as CSV text (written atomically to ``path`` when given; no pandas needed)."""
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=list(self._COLS), lineterminator="\n")
-        wr.writeheader()
-        for r in self.rows:
-            wr.writerow({k: ("" if plain(r[k]) is None else r[k]) for k in self._COLS})
-        if path is not None:
-            atomic_write(path, buf.getvalue())
-        return buf.getvalue()
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        rows = [{k: number(v) if k in cls._FLOATS else v for k, v in r.items()} for r in data["rows"]]
+        return cls(rows, tuple(int(d) for d in data["ds"]), int(data["n_random"]), int(data["seed"]),
+                   Split.from_dict(data["split"]), str(data["pairs_from"]))
 
     def __str__(self) -> str:
         keys: list[tuple[str, Any, Any]] = []
         cell: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for r in self.rows:
+        for r in self.records:
             key = (r["kind"], r["src"], r["dst"])
             if key not in keys:
                 keys.append(key)
@@ -145,6 +123,7 @@ def _heldout_rows(fit_x: torch.Tensor, eval_x: torch.Tensor, pairs: list[tuple[i
     si = torch.as_tensor([p[0] for p in pairs], device=fit_x.device)
     dj = torch.as_tensor([p[1] for p in pairs], device=fit_x.device)
     fit = fit_cheap_op(fit_x[:, si].transpose(0, 1), fit_x[:, dj].transpose(0, 1), d=d, ridge=ridge)
+    assert isinstance(fit, CheapOpFits)  # P x N x H x W maps in: P fits out
     src = eval_x[:, si].transpose(0, 1).double()
     dst = eval_x[:, dj].transpose(0, 1).double()  # P x N x H x W
     pred = fit.predict(src)
@@ -223,4 +202,4 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
                          "rel_error_fit": float(np.mean([r["rel_error_fit"] for r in rest])),
                          "r2": 1.0 - est.value, "mse_raw": float(np.mean([r["mse_raw"] for r in rest])),
                          "n": len(rand)})
-    return ReconstructionTable(rows=rows, ds=ds_t, n_random=len(rand), seed=seed, split=sp, pairs_from=pairs_from)
+    return ReconstructionTable(records=rows, ds=ds_t, n_random=len(rand), seed=seed, split=sp, pairs_from=pairs_from)

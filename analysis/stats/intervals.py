@@ -11,13 +11,17 @@ a time. The tests of this module check every method's coverage by simulation on 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, number, plain
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Estimate", "McNemar", "clopper_pearson", "mcnemar", "mean_interval", "paired_difference",
            "proportion", "ratio_interval", "EXACT_MCNEMAR_BELOW"]
@@ -27,10 +31,11 @@ __all__ = ["Estimate", "McNemar", "clopper_pearson", "mcnemar", "mean_interval",
 EXACT_MCNEMAR_BELOW = 25
 
 
-@dataclass(frozen=True)
-class Estimate:
+@dataclass(frozen=True, eq=False)
+class Estimate(Result):
     """A score with its interval: ``value`` in [``low``, ``high``] at ``level``, from ``n`` images (``groups``
-    photos when views were grouped), by ``method``."""
+    photos when views were grouped), by ``method``. An infinite limit (no interval from one image) is None in
+    ``to_dict`` and NaN when read back."""
 
     value: float
     low: float
@@ -40,22 +45,23 @@ class Estimate:
     method: str = ""
     groups: int | None = None
 
+    _COLUMNS = ("value", "low", "high", "n", "level", "method", "groups")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"value": _f(self.value), "low": _f(self.low), "high": _f(self.high), "n": self.n,
-                "level": self.level, "method": self.method, "groups": self.groups}
+        return plain({"value": self.value, "low": self.low, "high": self.high, "n": self.n, "level": self.level,
+                      "method": self.method, "groups": self.groups})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Estimate:
-        nan = float("nan")
-        return cls(*(nan if d[k] is None else float(d[k]) for k in ("value", "low", "high")), int(d["n"]),
-                   float(d["level"]), str(d["method"]), d.get("groups"))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        g = data.get("groups")
+        return cls(number(data["value"]), number(data["low"]), number(data["high"]), int(data["n"]),
+                   float(data["level"]), str(data["method"]), None if g is None else int(g))
 
     def __str__(self) -> str:
         return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
-
-
-def _f(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
 
 
 def _check_level(level: float) -> float:
@@ -175,8 +181,8 @@ def ratio_interval(numerator: Any, denominator: Any, level: float = 0.95,
     return Estimate(value, value - half, value + half, a.size, level, method, None if groups is None else g)
 
 
-@dataclass(frozen=True)
-class McNemar:
+@dataclass(frozen=True, eq=False)
+class McNemar(Result):
     """McNemar's test of two classifiers on the same images: ``b`` images only the first gets right, ``c``
     only the second; ``p_value`` two-sided; ``method`` "exact binomial" below ``EXACT_MCNEMAR_BELOW``
     discordant images, else "chi-square, continuity-corrected" (``statistic`` is then the chi-square)."""
@@ -187,13 +193,20 @@ class McNemar:
     method: str
     statistic: float | None = None
 
+    _COLUMNS = ("b", "c", "p_value", "method", "statistic")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"b": self.b, "c": self.c, "p_value": self.p_value, "method": self.method,
-                "statistic": self.statistic}
+        return plain({"b": self.b, "c": self.c, "p_value": self.p_value, "method": self.method,
+                      "statistic": self.statistic})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> McNemar:
-        return cls(int(d["b"]), int(d["c"]), float(d["p_value"]), str(d["method"]), d.get("statistic"))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        st = data.get("statistic")
+        return cls(int(data["b"]), int(data["c"]), float(data["p_value"]), str(data["method"]),
+                   None if st is None else float(st))
 
 
 def mcnemar(b: int, c: int, exact_below: int = EXACT_MCNEMAR_BELOW) -> McNemar:

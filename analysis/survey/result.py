@@ -4,33 +4,44 @@ survey over thousands of images is computed once and re-scored or re-plotted lat
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write as _atomic_write
+from analysis._core.results import Result, plain
 from analysis.measure.groups import GhostGroups, ghost_groups
 from analysis.measure.pairs import GhostPairs, ghost_pairs
-from analysis.measure.scores import Redundancy, redundancy
+from analysis.measure.scores import SCORE_NAMES, Redundancy, redundancy
 from analysis.measure.similarity import ChannelSimilarity, channel_similarity
 from analysis.stats import GroupedStats
 from analysis.survey.settings import check_settings
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 FORMAT = "ghostmaps-survey"
 FORMAT_VERSION = 1
+#: a layer's table row: the ``Redundancy`` row, then the shape and the strongest pair
+_LAYER_COLUMNS = ("layer", "channels", "valid", "dead", "constant", "images", "metric", "threshold", "suggested_ratio",
+                  *(f"{n}{suffix}" for n in SCORE_NAMES for suffix in ("", "_baseline", "_low", "_high")),
+                  "shape", "top_pair", "top_pair_score")
 
 
-@dataclass
-class LayerSurvey:
-    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics."""
+@dataclass(eq=False)
+class LayerSurvey(Result):
+    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics.
+
+    ``rows()`` is the one ``row()``; ``to_dict`` leaves the statistics out (``Survey.save`` keeps them), and
+    ``from_dict`` also reads the ``"stats"`` state dict that ``save`` writes beside them. Equality compares
+    ``to_dict()``.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -69,17 +80,32 @@ class LayerSurvey:
         row["top_pair_score"] = self.pairs[0].score if len(self.pairs) else None
         return row
 
+    _COLUMNS = _LAYER_COLUMNS
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain(self.row())]
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "redundancy": self.redundancy.to_dict(),
                 "groups": self.groups.to_dict(), "pairs": self.pairs.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        stats = GroupedStats.from_state_dict(data["stats"]) if data.get("stats") else None
+        return cls(data["name"], tuple(int(v) for v in data["shape"]), Redundancy.from_dict(data["redundancy"]),
+                   GhostGroups.from_dict(data["groups"]), GhostPairs.from_dict(data["pairs"]), stats)
 
     def __str__(self) -> str:
         return f"{self.redundancy}\n  {self.groups}\n{self.pairs}"
 
 
-@dataclass
-class Survey:
-    """A survey's per-layer results in network order, with what produced them in ``meta``."""
+@dataclass(eq=False)
+class Survey(Result):
+    """A survey's per-layer results in network order, with what produced them in ``meta``.
+
+    ``rows()``: one per layer; ``to_frame`` is indexed by layer. ``to_dict``/``from_dict`` carry everything but
+    the statistics, which ``save``/``load`` keep too. Equality compares ``to_dict()``.
+    """
 
     layers: dict[str, LayerSurvey]
     meta: dict[str, Any] = field(default_factory=dict)
@@ -102,37 +128,24 @@ class Survey:
     def names(self) -> list[str]:
         return list(self.layers)
 
+    _COLUMNS = ("depth", *_LAYER_COLUMNS)
+    _INDEX = "layer"
+
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per layer (depth order): every score with its baseline and interval."""
-        return [{"depth": d, **layer.row()} for d, layer in enumerate(self)]
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame of ``rows()`` (needs pandas; ``to_csv`` does not)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
-            raise GhostmapsError("to_frame needs pandas; use to_csv() or rows() instead.") from exc
-        return pd.DataFrame(self.rows()).set_index("layer")
-
-    def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        """The per-layer table as CSV text; also written (atomically) to ``path`` when given."""
-        rows = self.rows()
-        buf = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        text = buf.getvalue()
-        if path is not None:
-            _atomic_write(Path(path), text.encode())
-        return text
+        return [plain({"depth": d, **layer.row()}) for d, layer in enumerate(self)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "meta": self.meta,
+        return {"format": FORMAT, "version": FORMAT_VERSION, "meta": plain(self.meta),
                 "layers": [layer.to_dict() for layer in self]}
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A survey back from ``to_dict()`` or its JSON (no statistics), or from the payload ``save`` writes."""
+        if data.get("format", FORMAT) != FORMAT:
+            raise GhostmapsError(f"not a ghostmaps survey (format {data.get('format')!r}, expected {FORMAT!r}).")
+        layers = [LayerSurvey.from_dict(entry) for entry in data["layers"]]
+        return cls({layer.name: layer for layer in layers}, dict(data.get("meta", {})))
 
     def save(self, path: str | os.PathLike, stats: bool = True, groups: bool = True) -> Path:
         """Write the survey to one file (``torch.save`` of plain data), atomically. With ``stats`` the per-layer
@@ -163,16 +176,7 @@ class Survey:
             raise GhostmapsError(f"{path} is not a readable survey file ({exc}).") from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise GhostmapsError(f"{path} is not a ghostmaps survey file.")
-        layers = {}
-        for entry in payload["layers"]:
-            stats = GroupedStats.from_state_dict(entry["stats"]) if entry.get("stats") else None
-            pairs_d = entry["pairs"]
-            pairs = GhostPairs([_pair(p) for p in pairs_d["pairs"]], pairs_d.get("metric"), pairs_d.get("layer"),
-                               pairs_d.get("exclusive", True))
-            layers[entry["name"]] = LayerSurvey(entry["name"], tuple(entry["shape"]),
-                                                Redundancy.from_dict(entry["redundancy"]),
-                                                GhostGroups.from_dict(entry["groups"]), pairs, stats)
-        return cls(layers, payload.get("meta", {}))
+        return cls.from_dict(payload)
 
     def rescore(self, threshold: float | None = None, metric: str | None = None, bootstrap: int | None = None,
                 level: float | None = None, linkage: str | None = None, pairs: int | None = None,
@@ -208,12 +212,6 @@ class Survey:
         return f"Survey({len(self)} layers, images={self.meta.get('images')}, model={self.meta.get('model')!r})"
 
 
-def _pair(d: dict[str, Any]) -> Any:
-    from analysis.measure.pairs import GhostPair
-
-    return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]))
-
-
 # -- scoring one layer --------------------------------------------------------------------------------------
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
                  bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
@@ -221,9 +219,7 @@ def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metr
     found = ghost_groups(sim, threshold, linkage)
     red = redundancy(stats, metric=metric, threshold=threshold, bootstrap=bootstrap, level=level,
                      linkage=linkage, seed=seed, layer=name, observed_groups=found)
-    out = LayerSurvey(name, tuple(shape), red, None, None, stats, sim)  # type: ignore[arg-type]
-    out.groups = found
-    out.pairs = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
-    return out
+    top = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
+    return LayerSurvey(name, tuple(shape), red, found, top, stats, sim)
 
 
