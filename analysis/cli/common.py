@@ -44,10 +44,13 @@ def weights_arg(text: str) -> str | None:
 
 def add_model_args(p: argparse.ArgumentParser, weights_default: str = "default") -> None:
     p.add_argument("--model", "-m", default="mobilenet_v2",
-                   help="torchvision model name, or 'package.module:callable' (default: %(default)s)")
+                   help="torchvision or ghostnet model name (resnet50, ghostnetv2_100), timm's zoo as "
+                        "timm:NAME (timm:resnet50, timm:resnet18.a1_in1k; needs ghostmaps[timm]), or "
+                        "'package.module:callable' (default: %(default)s)")
     p.add_argument("--weights", "-w", default=weights_default, type=weights_arg,
-                   help="'default' (pretrained), 'none' (random init), a torchvision weights name such as "
-                        "IMAGENET1K_V2, or a checkpoint path (default: %(default)s)")
+                   help="'default' (pretrained: torchvision's, the released ghostnet ones, or timm's from its "
+                        "cache), 'none' (random init), a torchvision weights name such as IMAGENET1K_V2, or a "
+                        "checkpoint path (default: %(default)s)")
     p.add_argument("--device", default="cpu", type=device_arg, help="torch device, e.g. cpu or cuda (default: %(default)s)")
 
 
@@ -73,10 +76,11 @@ def load_for_cli(args: argparse.Namespace) -> tuple[nn.Module, Any, Any]:
     return model, preprocess, info
 
 
-def images_batch(source: list[str], preprocess: Any, limit: int | None) -> torch.Tensor:
-    from analysis.data.images import images_tensor, load_images
+def images_batch(source: list[str], preprocess: Any, limit: int | None, name: str = "--images") -> torch.Tensor:
+    """The images of an ``--images`` option as one N×C×H×W tensor (``analysis.data.batches``)."""
+    from analysis.data.batches import as_images
 
-    return images_tensor(load_images(source, transform=preprocess, limit=limit), "--images", GhostmapsError)
+    return as_images(source, preprocess, limit=limit, name=name).tensor()
 
 
 def add_image_args(p: argparse.ArgumentParser, what: str) -> None:

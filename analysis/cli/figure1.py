@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from analysis._core.validation import METRICS
 from analysis.cli.common import add_model_args, positive_int
 
 
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--image", "-i", default="samples:chelsea",
                    help="image file, or samples:NAME for a built-in photo (default: %(default)s)")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
-    p.add_argument("--metric", choices=("cosine", "pearson"), default="cosine",
+    p.add_argument("--metric", choices=METRICS, default="cosine",
                    help="channel similarity (default: %(default)s)")
     p.add_argument("--max-channels", type=positive_int, default=64, help="tiles to show (default: %(default)s)")
     p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")

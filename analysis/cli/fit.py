@@ -31,7 +31,8 @@ def _fraction(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.data.images import images_tensor, load_images
+    from analysis.data.batches import images_tensor
+    from analysis.data.images import load_images
     from analysis.hooks import capture_maps, list_layers, single_entry
     from analysis.pipeline import suggest_layer
     from analysis.reconstruct import reconstruction_table

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from analysis._core.validation import DEFAULT_THRESHOLD, METRICS
 from analysis.cli.common import add_model_args
-from analysis.measure.scores import DEFAULT_THRESHOLD
 from analysis.pipeline import write_survey_outputs
 from analysis.stats import DEFAULT_GROUPS
 
@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--layers", "-l", default=["Conv2d"], nargs="+",
                    help="layer names, globs or a module type (default: Conv2d)")
     p.add_argument("--out", "-o", default="ghostmaps-out/survey", help="output folder (default: %(default)s)")
-    p.add_argument("--metric", choices=("cosine", "pearson"), default="cosine",
+    p.add_argument("--metric", choices=METRICS, default="cosine",
                    help="channel similarity (default: %(default)s)")
     p.add_argument("--threshold", "-t", type=float, default=DEFAULT_THRESHOLD,
                    help="|similarity| at which channels are ghosts, τ (default: %(default)s)")

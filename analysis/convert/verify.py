@@ -38,7 +38,7 @@ from analysis.convert.latency import Latency, measure_latency
 from analysis.convert.macs import CONVENTION, count_macs
 from analysis.data.labelled import evaluation_set
 from analysis.data.overlap import check_disjoint
-from analysis.hooks import first_call_io
+from analysis.hooks import capture
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -244,10 +244,24 @@ def _changed_layers(original: nn.Module, replaced: nn.Module) -> list[str]:
     return found
 
 
+def _io(model: nn.Module, names: list[str], x: torch.Tensor, inputs: bool = True
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Logits and the first-call inputs (when asked) and outputs of ``names``, copied to the CPU: one eval-mode,
+    gradient-free forward under ``capture`` (hooks always removed, train/eval flags restored)."""
+    with eval_mode(model), torch.no_grad(), capture(model, [f"{n}#0" for n in names], to="cpu",
+                                                    inputs=inputs) as maps:
+        logits = model(x)
+    if not isinstance(logits, torch.Tensor):
+        raise GhostmapsError(f"{type(model).__name__} returned {type(logits).__name__}; verify_replacement "
+                             "needs a model returning a logits tensor (N x classes)")
+    outs = {n: maps[n] for n in names if n in maps}  # a tuple or dict output has no plain entry: not recorded
+    return logits.detach().cpu(), {n: maps.inputs[n] for n in names if n in maps.inputs}, outs
+
+
 def _layer_checks(original: nn.Module, replaced: nn.Module, names: list[str], x: torch.Tensor) -> list[LayerCheck]:
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
-    _, ins_o, outs_o = first_call_io(original, names, x)
-    _, _, outs_r = first_call_io(replaced, names, x, keep_inputs=False)
+    _, ins_o, outs_o = _io(original, names, x, inputs=True)
+    _, _, outs_r = _io(replaced, names, x, inputs=False)
     checks = []
     for n in names:
         if n not in outs_o or n not in outs_r:
@@ -330,5 +344,5 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, *,
     return VerificationReport(
         params_before=before.params, params_after=after.params, macs_before=before.total_macs,
         macs_after=after.total_macs, agreement=agreement(out, level), n_images=out.n,
-        input_size=tuple(first.shape[1:]), evaluation=evalset.description, calibration=status,
+        input_size=(out.n, *first.shape[1:]), evaluation=evalset.description, calibration=status,
         accuracy=accuracy(out, level, worst_classes), layers=checks, latency=lat, note=note)

@@ -1,6 +1,6 @@
-"""Evaluation images with labels where they exist: an ImageFolder-style folder (one sub-folder per class),
-a ``torch.utils.data.Dataset`` or ``DataLoader`` yielding images or ``(image, label)``, a tensor with
-``labels=``, or any unlabelled source ``load_images`` takes (files, globs, ``"samples:evaluation"``, views).
+"""Evaluation images with labels where they exist, read through the one image adapter (``as_images``): an
+ImageFolder-style folder (one sub-folder per class), a ``Dataset`` or ``DataLoader`` yielding ``(image, label)``,
+a tensor with ``labels=``, or any unlabelled source (files, globs, ``"samples:evaluation"``, views).
 
 Class folders name their class either by its index in the model's output (``0``, ``17``, ``281``) or by a
 name; names are mapped through ``class_names`` (the model's class names, in output order) when given, and
@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from analysis._core.errors import GhostmapsError, NoImagesError
+from analysis._core.validation import check_positive_int
+from analysis.data.batches import Images, as_images
 from analysis.data.images import IMAGE_SUFFIXES, ImageSource, load_images
 
-__all__ = ["EvaluationSet", "LabelError", "evaluation_set"]
+__all__ = ["EvalBatch", "EvaluationSet", "LabelError", "evaluation_set"]
 
 
 class LabelError(GhostmapsError):
@@ -38,16 +40,24 @@ class EvalBatch:
 
 
 class EvaluationSet:
-    """Images to evaluate on, with labels when the source has them (see the module docstring)."""
+    """Images to evaluate on, with labels when the source has them (see the module docstring).
 
-    def __init__(self, kind: str, description: str, source: Any, labelled: bool, folder_classes: list[str] | None,
-                 batches: Callable[[int], Iterator[tuple[torch.Tensor, Any, list[str]]]]):
-        self.kind = kind
+    ``images``: the adapter's ``Images``; ``source``: what the overlap check compares (an ``ImageSource`` for
+    files and sample photos, else the tensor, Dataset or DataLoader); ``folder_classes``: the class folders'
+    names (None for other sources); ``labelled``: whether labels exist (for a Dataset or DataLoader, whether its
+    first item has one).
+    """
+
+    def __init__(self, images: Images, source: Any, description: str, labelled: bool,
+                 folder_classes: list[str] | None = None, folder_of: dict[str, str] | None = None):
+        self.images = images
+        self.source = source
         self.description = description
-        self.source = source  # what the overlap check compares (ImageSource, tensor, Dataset, ...)
         self.labelled = labelled
         self.folder_classes = folder_classes
-        self._batches = batches
+        self._folder_of = folder_of
+        self._photo_of = dict(zip(source.names, source.photo_names, strict=True)) \
+            if isinstance(source, ImageSource) else None
 
     def __repr__(self) -> str:
         return f"EvaluationSet({self.description}, {'labelled' if self.labelled else 'unlabelled'})"
@@ -81,37 +91,26 @@ class EvaluationSet:
 
     def first_images(self, n: int) -> torch.Tensor:
         """The first (up to) ``n`` images as one tensor, labels ignored."""
-        images, _, _ = next(iter(self._batches(max(1, n))))
-        return images[:max(1, n)]
+        batch = next(iter(self.images.batches(max(1, n))), None)
+        if batch is None:
+            raise NoImagesError(f"no images to evaluate in {self.description}.")
+        return batch.images[:max(1, n)]
 
     def batches(self, batch_size: int = 32, class_index: dict[str, int] | None = None) -> Iterator[EvalBatch]:
         """Yield :class:`EvalBatch` es of at most ``batch_size`` images (a DataLoader keeps its own batches);
         a folder's labels are mapped to class indices with ``class_index`` (from :meth:`class_index`)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise GhostmapsError(f"batch_size must be a positive int, got {batch_size!r}.")
-        for images, labels, photos in self._batches(batch_size):
-            if isinstance(labels, list):
+        check_positive_int(batch_size, "batch_size")
+        for b in self.images.batches(batch_size):
+            labels = b.labels
+            if self._folder_of is not None:
                 if class_index is None:
                     raise LabelError("class folders need class_index= (EvaluationSet.class_index(num_classes)).")
-                labels = torch.as_tensor([class_index[c] for c in labels], dtype=torch.long)
-            yield EvalBatch(images, labels, photos)
-
-
-def _as_label_tensor(labels: Any, n: int, name: str = "labels") -> torch.Tensor:
-    t = torch.as_tensor(labels)
-    if t.dim() != 1 or t.shape[0] != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise LabelError(f"{name} must be {n} integer class indices (one per image), got shape {tuple(t.shape)} "
-                         f"and dtype {t.dtype}.")
-    return t.long()
-
-
-def _split_item(item: Any) -> tuple[torch.Tensor, Any]:
-    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
-        return item[0], item[1]
-    if isinstance(item, torch.Tensor):
-        return item, None
-    raise GhostmapsError(f"a Dataset/DataLoader must yield image tensors or (image, label) pairs, got "
-                         f"{type(item).__name__}.")
+                labels = torch.as_tensor([class_index[self._folder_of[n]] for n in b.names or []], dtype=torch.long)
+            if self._photo_of is not None and b.names is not None:
+                photos = [self._photo_of.get(n, n) for n in b.names]
+            else:
+                photos = [f"image {p}" for p in b.positions]
+            yield EvalBatch(b.images, labels, photos)
 
 
 def _class_folders(root: Path) -> list[Path] | None:
@@ -120,11 +119,10 @@ def _class_folders(root: Path) -> list[Path] | None:
     return subs if subs and not loose else None
 
 
-def _folder_set(root: Path, transform: Callable | None) -> EvaluationSet:
+def _folder_set(root: Path, transform: Callable | None) -> EvaluationSet | None:
     folders = _class_folders(root)
     if folders is None:
-        source = load_images(root, transform)
-        return _source_set(source, None, str(root))
+        return None
     files: list[tuple[Path, str]] = []
     for folder in folders:
         files += [(p, folder.name) for p in sorted(folder.rglob("*"))
@@ -133,88 +131,39 @@ def _folder_set(root: Path, transform: Callable | None) -> EvaluationSet:
         raise NoImagesError(f"the evaluation folder {root} has class folders ({', '.join(f.name for f in folders[:4])}"
                             f") but no image files in them; looked for {', '.join(sorted(IMAGE_SUFFIXES))}.")
     source = load_images([p for p, _ in files], transform)
-    classes = [c for _, c in files]
-    set_ = _source_set(source, classes, f"{root} ({len(folders)} class folders)")
-    set_.folder_classes = [f.name for f in folders if any(c == f.name for c in classes)]
-    return set_
-
-
-def _source_set(source: ImageSource, classes: list[str] | None, description: str) -> EvaluationSet:
-    names = source.names
-    photos = source.photo_names
-    by_name = dict(zip(names, photos, strict=True))
-    label_of = dict(zip(names, classes, strict=True)) if classes is not None else None
-
-    def batches(batch_size: int) -> Iterator[tuple[torch.Tensor, Any, list[str]]]:
-        for batch_names, x in source.batches(batch_size):
-            labels = None if label_of is None else [label_of[n] for n in batch_names]
-            yield x, labels, [by_name[n] for n in batch_names]
-
-    return EvaluationSet("folder" if classes is not None else "images", description, source, classes is not None,
-                         None, batches)
+    folder_of = dict(zip(source.names, [c for _, c in files], strict=True))
+    classes = [f.name for f in folders if f.name in set(folder_of.values())]
+    return EvaluationSet(as_images(source), source, f"{root} ({len(classes)} class folders)", True, classes,
+                         folder_of)
 
 
 def evaluation_set(images: Any, transform: Callable | None = None, labels: Any = None) -> EvaluationSet:
     """Wrap any evaluation source (module docstring) as an :class:`EvaluationSet`.
 
     ``transform`` preprocesses files and sample photos (default ImageNet evaluation preprocessing); tensors,
-    Datasets and DataLoaders are taken as they are. ``labels`` gives class indices for a tensor or a list of
-    tensors.
+    Datasets and DataLoaders are taken as they are. ``labels`` gives class indices for a tensor.
     """
+    from analysis.data.models import default_preprocess
+
     if isinstance(images, EvaluationSet):
         return images
+    pre = transform or default_preprocess()
     if isinstance(images, (str, os.PathLike)) and Path(images).expanduser().is_dir():
-        return _folder_set(Path(images).expanduser(), transform)
-    if isinstance(images, ImageSource) or isinstance(images, (str, os.PathLike)) or (
-            isinstance(images, (list, tuple)) and images and all(isinstance(s, (str, os.PathLike)) for s in images)):
-        source = images if isinstance(images, ImageSource) else load_images(images, transform)
-        if labels is not None:
-            raise GhostmapsError("labels= goes with tensors; for image files use a folder of class folders.")
-        return _source_set(source, None, source.description)
-    if isinstance(images, torch.Tensor) or (isinstance(images, (list, tuple)) and images
-                                            and all(isinstance(t, torch.Tensor) for t in images)):
-        x = images if isinstance(images, torch.Tensor) else torch.cat(
-            [t if t.dim() == 4 else t.unsqueeze(0) for t in images])
-        x = x.unsqueeze(0) if x.dim() == 3 else x
-        if x.dim() != 4 or x.shape[0] == 0:
-            raise GhostmapsError(f"images must be a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}.")
-        y = None if labels is None else _as_label_tensor(labels, x.shape[0])
-
-        def tensor_batches(batch_size: int) -> Iterator[tuple[torch.Tensor, Any, list[str]]]:
-            for i in range(0, x.shape[0], batch_size):
-                yield x[i:i + batch_size], None if y is None else y[i:i + batch_size], \
-                    [f"image {k}" for k in range(i, min(i + batch_size, x.shape[0]))]
-
-        return EvaluationSet("tensor", f"a tensor of {x.shape[0]} images", x, y is not None, None, tensor_batches)
-    if isinstance(images, torch.utils.data.DataLoader) or isinstance(images, torch.utils.data.Dataset):
-        return _dataset_set(images)
-    raise GhostmapsError(f"cannot evaluate on {type(images).__name__}: pass a folder (class folders for labels), "
-                         "files or globs, 'samples:evaluation', load_images(...), a tensor, a Dataset or a DataLoader.")
-
-
-def _dataset_set(data: Any) -> EvaluationSet:
-    loader = isinstance(data, torch.utils.data.DataLoader)
-    try:
-        first = next(iter(data)) if loader else data[0]
-    except (IndexError, StopIteration):
-        raise NoImagesError(f"the {type(data).__name__} yielded no images.") from None
-    labelled = _split_item(first)[1] is not None
-
-    def batches(batch_size: int) -> Iterator[tuple[torch.Tensor, Any, list[str]]]:
-        index = 0
-        if loader:
-            for item in data:
-                x, y = _split_item(item)
-                x = x.unsqueeze(0) if x.dim() == 3 else x
-                yield x, None if y is None else _as_label_tensor(y, x.shape[0]), \
-                    [f"image {k}" for k in range(index, index + x.shape[0])]
-                index += x.shape[0]
-            return
-        n = len(data)
-        for start in range(0, n, batch_size):
-            items = [_split_item(data[k]) for k in range(start, min(n, start + batch_size))]
-            x = torch.stack([t for t, _ in items])
-            y = None if not labelled else _as_label_tensor([int(lab) for _, lab in items], x.shape[0])
-            yield x, y, [f"image {k}" for k in range(start, start + x.shape[0])]
-
-    return EvaluationSet("dataloader" if loader else "dataset", type(data).__name__, data, labelled, None, batches)
+        found = _folder_set(Path(images).expanduser(), pre)
+        if found is not None:
+            return found
+    adapted = as_images(images, pre, name="images", labels=labels)
+    source = adapted.source[0] if adapted.kind == "tensor" else adapted.source
+    if adapted.kind == "source":
+        return EvaluationSet(adapted, source, source.description, False)
+    if adapted.kind == "tensor":
+        return EvaluationSet(adapted, source, f"a tensor of {source.shape[0]} images", labels is not None)
+    if isinstance(images, Iterator):  # a one-shot iterator: read it once, so that it can be compared and re-read
+        parts = list(adapted.batches(64))
+        if not parts:
+            raise NoImagesError(f"the {type(images).__name__} yielded no images.")
+        x = torch.cat([b.images for b in parts])
+        has = all(b.labels is not None for b in parts)
+        y = torch.cat([b.labels for b in parts]) if has else None
+        return EvaluationSet(as_images(x, labels=y), x, f"{type(images).__name__} ({x.shape[0]} images)", has)
+    return EvaluationSet(adapted, images, type(images).__name__, False)

@@ -92,7 +92,7 @@ def sample_names(selection: str = "") -> list[str]:
     """The photo names a ``samples[:...]`` selection stands for.
 
     ``""`` gives the classic seven, ``"calibration"``, ``"evaluation"`` or ``"all"`` a named set, and
-    ``"chelsea,china"`` those photos. Without scikit-image only the two scikit-learn photos exist; asking for
+    ``"chelsea,china"`` those photos (in the samples' order: china, chelsea). Without scikit-image only the two scikit-learn photos exist; asking for
     a set that needs scikit-image then raises (a silently smaller evaluation set would mislead).
     """
     have_skimage = _skimage_available()
@@ -111,7 +111,7 @@ def sample_names(selection: str = "") -> list[str]:
                 f"no sample photo named {w!r}; the samples are: {', '.join(known)}, and the sets "
                 f"{', '.join(SAMPLE_SETS)}.{did_you_mean(w, [*known, *SAMPLE_SETS])}"
             )
-    return wanted
+    return [n for n in known if n in wanted]  # in the samples' own order, each once
 
 
 @functools.cache

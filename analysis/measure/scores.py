@@ -43,8 +43,16 @@ import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, number, plain
+from analysis._core.validation import (
+    DEFAULT_LEVEL,
+    DEFAULT_THRESHOLD,
+    check_count,
+    check_level,
+    check_linkage,
+    check_metric,
+    check_threshold,
+)
 from analysis.measure.groups import GhostGroups, ghost_groups
-from analysis.measure.similarity import METRICS
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
 from analysis.stats import normalised_moment as _normalise
 
@@ -52,7 +60,6 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 SCORE_NAMES = ("ghost_fraction", "groups", "ratio", "participation_ratio", "rank99", "mean_abs_similarity")
-DEFAULT_THRESHOLD = 0.9
 
 
 def _optional(v: Any) -> float | None:
@@ -209,7 +216,7 @@ def matrix_scores(similarity: torch.Tensor, valid: torch.Tensor, covariance: tor
 TIE_RTOL = 1e-6  # replicates use float32 group matrices: closer than this to the observed value is a tie
 
 
-def bc_interval(replicates: Any, observed: float, level: float = 0.95, rtol: float = TIE_RTOL
+def bc_interval(replicates: Any, observed: float, level: float = DEFAULT_LEVEL, rtol: float = TIE_RTOL
                 ) -> tuple[float, float]:
     """Bias-corrected percentile bootstrap interval (Efron's BC): with z₀ = Φ⁻¹(p), p the fraction of
     replicates below ``observed`` (ties — within ``rtol`` relative — count one half; p kept within
@@ -252,7 +259,7 @@ def redundancy(
     metric: str = "cosine",
     threshold: float = DEFAULT_THRESHOLD,
     bootstrap: int = 200,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
     linkage: str = "complete",
     seed: int = 0,
     layer: str | None = None,
@@ -277,12 +284,11 @@ def redundancy(
 
     Scoring runs on the CPU in float64 whatever device the statistics are on (they are C×C matrices).
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if not 0.0 < level < 1.0:
-        raise GhostmapsError(f"level must be in (0, 1), got {level}.")
-    if bootstrap < 0:
-        raise GhostmapsError(f"bootstrap must be 0 or more replicates, got {bootstrap}.")
+    check_metric(metric)
+    threshold = check_threshold(threshold)
+    check_linkage(linkage)
+    level = check_level(level)
+    bootstrap = check_count(bootstrap, "bootstrap", hint=" (0: no intervals)")
     grouped = _as_grouped(source, groups, tol)
     if grouped.device != torch.device("cpu"):
         grouped = grouped.to("cpu")  # C×C moments: scoring on the CPU keeps every mask and moment on one device

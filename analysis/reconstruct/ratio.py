@@ -10,11 +10,10 @@ import numpy as np
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, number, plain
+from analysis._core.validation import check_odd_size, check_ratio
 from analysis.reconstruct.heldout import DEFAULT_SPLIT, channel_weights, split_maps
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
-    _check_d,
-    _check_ratio,
     _check_ridge,
     _layer_maps,
     _pair_fits,
@@ -72,8 +71,8 @@ def suggest_ratio(maps: Any, max_error: float = DEFAULT_MAX_ERROR, ratios: Seque
         raise GhostmapsError(f"max_error must be a number >= 0 (a relative error budget, e.g. 0.3); got {max_error!r}")
     if isinstance(ratios, (int, np.integer)) or len(ratios) == 0:
         raise GhostmapsError(f"ratios must be a non-empty sequence of ints >= 2, e.g. (2, 3, 4); got {ratios!r}")
-    rs = sorted({_check_ratio(r, "each of ratios") for r in ratios})
-    d = _check_d(d)
+    rs = sorted({check_ratio(r, "each of ratios") for r in ratios})
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     x = _layer_maps(maps)
     fit_x, eval_x, sp = split_maps(x, heldout, split, seed, groups)

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis._core.validation import check_odd_size
 from analysis.measure.similarity import ChannelSimilarity
 from analysis.reconstruct.heldout import DEFAULT_SPLIT, Split, split_maps
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
-    _check_d,
     _check_ridge,
     _fits_from_moments,
     _pair_moments,
@@ -56,7 +56,7 @@ def heldout_r2(maps: Any, d: int = 3, *, heldout: Any = None, split: float | Non
                groups: Sequence[Any] | None = None, ridge: float = DEFAULT_RIDGE) -> tuple[np.ndarray, Split]:
     """The directed C x C held-out R2 (``[i, j]``: channel j made from channel i) and the split it used;
     dead and constant channels get 0 off the diagonal. Arguments as :func:`reconstructability`."""
-    r2, _, _, sp = _r2(maps, _check_d(d), heldout, split, seed, groups, _check_ridge(ridge))
+    r2, _, _, sp = _r2(maps, check_odd_size(d), heldout, split, seed, groups, _check_ridge(ridge))
     return r2, sp
 
 
@@ -77,7 +77,7 @@ def reconstructability(maps: Any, d: int = 3, *, heldout: Any = None, split: flo
         ``ChannelSimilarity`` (symmetric: the better direction, clipped to [0, 1]; dead and constant channels
         masked) for ``ghost_pairs`` / ``ghost_groups``.
     """
-    r2, dead, constant, _ = _r2(maps, _check_d(d), heldout, split, seed, groups, _check_ridge(ridge))
+    r2, dead, constant, _ = _r2(maps, check_odd_size(d), heldout, split, seed, groups, _check_ridge(ridge))
     sym = np.clip(np.maximum(r2, r2.T), 0.0, 1.0)
     return ChannelSimilarity(matrix=torch.as_tensor(sym, dtype=torch.float64), metric="r2",
                              dead=torch.as_tensor(dead), constant=torch.as_tensor(constant), layer=layer)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis._core.results import Result, floats, number, plain
+from analysis._core.validation import check_odd_size, check_ratio
 from analysis.reconstruct.choice import IntrinsicChoice, choose_intrinsic
 from analysis.reconstruct.heldout import (
     DEFAULT_SPLIT,
@@ -25,8 +26,6 @@ from analysis.reconstruct.heldout import (
 )
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
-    _check_d,
-    _check_ratio,
     _check_ridge,
     _layer_maps,
     _pair_fits,
@@ -286,8 +285,8 @@ def ghostability(maps: Any, ratio: int = 2, d: int = 3, *, bn: Any = None, heldo
     errors on the held-out images. The cheap ops are linear (conv + bias, i.e. conv + BN); a ReLU after the
     cheap op is not modelled.
     """
-    ratio = _check_ratio(ratio)
-    d = _check_d(d)
+    ratio = check_ratio(ratio)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     x = _layer_maps(maps)
     fit_x, eval_x, sp = split_maps(x, heldout, split, seed, groups)

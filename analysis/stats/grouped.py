@@ -3,20 +3,21 @@ cross-image null); ``total()`` is exactly the one-pass :class:`~analysis.stats.l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.validation import check_positive_int
 from analysis.stats._kernel import (
     DEFAULT_GROUPS,
     DEFAULT_TOL,
-    _add_gram,
     _mirror,
-    _representable_shift,
-    _require_finite,
     _reshift_gram,
+    add_moments,
+    prepare_batch,
 )
 from analysis.stats.layer import LayerStats
 
@@ -60,8 +61,8 @@ class GroupedStats:
     started: bool = False  # whether the shift was set from data (kept on the host: no device read per batch)
 
     def __post_init__(self) -> None:
-        if int(self.groups) < 1 or int(self.chunk) < 1:
-            raise GhostmapsError(f"groups and chunk must be at least 1, got groups={self.groups}, chunk={self.chunk}.")
+        self.groups = check_positive_int(self.groups, "groups")
+        self.chunk = check_positive_int(self.chunk, "chunk")
 
     def init(self, channels: int, spatial: tuple[int, ...], device: str | torch.device = "cpu") -> GroupedStats:
         """Allocate zero accumulators for ``channels`` channels with maps of shape ``spatial`` (H, W)."""
@@ -100,61 +101,49 @@ class GroupedStats:
                ) -> GroupedStats:
         """Fold a batch of maps (N×C×H×W or N×C). ``first_index``: the position of its first image in the image
         set (the others follow), or the N positions themselves. ``owned=True`` lets the statistics shift the
-        maps in place (the caller's copy is then spent; ``survey`` passes the copy ``capture`` made)."""
+        maps in place (the caller's copy is then spent; ``survey`` passes the copy ``capture`` made). A batch
+        with NaN or inf is refused (``GhostmapsError``) before anything changes. The fold is the one of
+        :mod:`analysis.stats._kernel`, one run of consecutive images of the same group at a time."""
         if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 4):
             shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise GhostmapsError(f"maps must be an N×C×H×W (or N×C) tensor, got {shape}.")
         n, c = maps.shape[:2]
         spatial = tuple(maps.shape[2:])
-        if self.channels is None:
-            self.init(c, spatial, maps.device)
-        elif c != self.channels:
+        if self.channels is not None and c != self.channels:
             raise GhostmapsError(f"these maps have {c} channels but the statistics hold {self.channels}.")
-        p = 1
-        for s in spatial:
-            p *= s
-        if n == 0 or p == 0:
-            return self
         if isinstance(first_index, int):
             positions = range(first_index, first_index + n)
         else:
             positions = [int(i) for i in first_index]
             if len(positions) != n:
                 raise GhostmapsError(f"got {len(positions)} image positions for a batch of {n} images.")
-        x = maps
-        if x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
-            x, owned = x.float().contiguous(), True
-        x3 = x.view(n, c, p)  # image k's channels are the contiguous C×P matrix x3[k]
-        # statistics of the raw values
-        # (reducing the contiguous last axis first, then the images, is the faster order)
-        low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
-        high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
-        _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before changing anything
+        if n == 0 or math.prod(spatial) == 0:
+            if self.channels is None:
+                self.init(c, spatial, maps.device)
+            return self
+        aligned = self.channels is None or (self.position_sums is not None and spatial == self.spatial)
+        batch = prepare_batch(maps, self.tol, self.shift if self.started else None, owned=owned,
+                              position_sums=aligned)  # refuses NaN/inf: nothing has changed yet
+        if self.channels is None:
+            self.init(c, spatial, maps.device)
         if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
-            self.shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
-            self.started = True
-        self.min = torch.minimum(self.min, low)
-        self.max = torch.maximum(self.max, high)
-        # |x| > tol counted as (x > tol) + (x < −tol): no |x| temporary
-        above = torch.gt(x3, self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
-        below = torch.lt(x3, -self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
-        self.nonzero += above + below
-        if self.position_sums is not None:
-            if spatial == self.spatial:
-                self.position_sums += x3.sum(dim=0)  # ≤ one batch in the working precision, then float64
-            else:
-                self.position_sums = None  # images of different sizes: no position-aligned baseline
-        # shifted moments, one run of consecutive images of the same group at a time
-        k = self.shift.to(x.dtype).view(1, c, 1)
-        y = x3.sub_(k) if owned else x3 - k
+            self.shift, self.started = batch.shift.to(self.device), True
+        self.min = torch.minimum(self.min, batch.low)
+        self.max = torch.maximum(self.max, batch.high)
+        self.nonzero += batch.nonzero
+        if batch.position_sums is not None:
+            self.position_sums += batch.position_sums  # ≤ one batch in the working precision, then float64
+        else:
+            self.position_sums = None  # images of different sizes: no position-aligned baseline
+        y, p = batch.y, batch.positions
         groups = [self.group_of(i) for i in positions]
         start = 0
         while start < n:
             g, stop = groups[start], start + 1
             while stop < n and groups[stop] == g:
                 stop += 1
-            _add_gram(y[start:stop], self.gram, None if self.group_gram is None else self.group_gram[g])
-            self.sums[g] += y[start:stop].sum(dim=(0, 2)).to(torch.float64)
+            self.sums[g] += add_moments(y[start:stop], self.gram,
+                                        None if self.group_gram is None else self.group_gram[g])
             self.count[g] += (stop - start) * p
             self.images[g] += stop - start
             start = stop

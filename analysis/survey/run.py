@@ -15,7 +15,6 @@ process ends with the result a single process would get.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,15 +24,14 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_dtype
-from analysis.data.images import ImageSource, load_images
+from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_THRESHOLD
+from analysis.data.batches import as_images
 from analysis.data.models import LoadedModel, as_loaded
 from analysis.hooks import LayerSpec, capture, eval_mode
-from analysis.measure.scores import DEFAULT_THRESHOLD
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 from analysis.stats.distributed import _distributed_context, _full_device, _sync_layers
 from analysis.survey.result import Survey, _score_layer
 from analysis.survey.settings import check_settings
-from analysis.survey.sources import _batches, _limited, _source_length
 
 
 # -- the survey ---------------------------------------------------------------------------------------------
@@ -47,7 +45,7 @@ def survey(
     device: str | torch.device | None = None,
     progress: bool = True,
     bootstrap: int = 100,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
     groups: int = DEFAULT_GROUPS,
     linkage: str = "complete",
     pairs: int = 8,
@@ -62,8 +60,9 @@ def survey(
         model: an ``nn.Module`` (ImageNet preprocessing for image files), a ``load_model`` result (its
             preprocessing), or a model name for ``load_model``. It is not modified: train/eval flags are
             restored, hooks removed, BatchNorm statistics untouched. It must already be on ``device``.
-        images: anything ``load_images`` takes (paths, folders, globs, ``"samples"``), an ``ImageSource``, an
-            N×C×H×W tensor, or a DataLoader / iterable of batches (tensors or ``(images, labels)``).
+        images: any image source of ``analysis.data.batches``: paths, folders, globs, ``"samples"`` (read with
+            the model's preprocessing), an ``ImageSource``, an N×C×H×W tensor, a list of image tensors, a
+            Dataset, a DataLoader or an iterable of batches (tensors or ``(images, labels)``).
         layers: which outputs to survey (names, globs, a type such as ``"Conv2d"``; see ``capture``).
         metric: ``"cosine"`` or ``"pearson"`` channel similarity.
         threshold: τ, the |similarity| at which channels are ghosts of each other (scores and groups).
@@ -89,21 +88,12 @@ def survey(
     if param is not None and model_device != device:
         raise GhostmapsError(f"the model is on {model_device} but device={device}; move it first with "
                              f"model.to({str(device)!r}).")
-    known = None if isinstance(images, (str, os.PathLike)) else _source_length(images)  # before any wrapping
-    if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images
-                                                  and all(isinstance(s, (str, os.PathLike)) for s in images)):
-        images = load_images(images, transform=preprocess, limit=limit)
-    elif limit is not None and isinstance(images, ImageSource):
-        images = ImageSource(images._items[:limit], images.transform, images.description)
-    elif limit is not None:
-        images = images[:limit] if isinstance(images, torch.Tensor) else _limited(images, limit)
     if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
         raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
                              "the images over the processes itself.")
+    source = as_images(images, preprocess, limit=limit)
     rank, world, started = _distributed_context(distributed, device)
-    total = _source_length(images)
-    if total is None and known is not None:
-        total = known if limit is None else min(limit, known)
+    total = source.length
     chunk = block_size(total, groups)  # unknown length: one image per block, image i in group i mod K
     found: dict[str, GroupedStats] = {}
     order: list[str] = []
@@ -130,7 +120,7 @@ def survey(
     error: Exception | None = None
     try:
         with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
-            for positions, batch in _batches(images, batch_size, chunk, rank, world):
+            for positions, batch, *_ in source.batches(batch_size, chunk=chunk, rank=rank, world=world):
                 current[:] = positions
                 net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
                 n_images += len(positions)
