@@ -28,7 +28,8 @@ _EXPORTS: dict[str, str] = {
     "LoadedModel": "analysis.data.models", "ModelInfo": "analysis.data.models", "load_model": "analysis.data.models",
     "ImageSkippedWarning": "analysis.data.images", "ImageSource": "analysis.data.images",
     "NamedImage": "analysis.data.images", "load_images": "analysis.data.images",
-    "sample_images": "analysis.data.images",
+    "sample_images": "analysis.data.images", "OverlapError": "analysis.data.overlap",
+    "check_disjoint": "analysis.data.overlap", "shared_images": "analysis.data.overlap",
     # hooks
     "LayerInfo": "analysis.hooks", "capture": "analysis.hooks", "capture_maps": "analysis.hooks",
     "list_layers": "analysis.hooks",

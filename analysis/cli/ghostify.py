@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
     note = ("verified on the calibration images (pass --verify-images for held-out ones)" if same
             else "verified on held-out images")
-    report = verify_replacement(model, new, check, latency_runs=args.latency_runs, note=note)
+    report = verify_replacement(model, new, check, calibration=calib, allow_calibration=same,
+                                latency_repeats=args.latency_runs, note=note)
     print(report)
 
     out = Path(args.out)

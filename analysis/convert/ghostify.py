@@ -393,7 +393,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                            error=GhostifyError).tensor()
         outs, ins = _record(model, chosen, images, keep_inputs=calibrate_steps > 0)
         for n in chosen:
-            fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size)
+            fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size, split=None)
 
     modules = dict(model.named_modules())
     for n in chosen:

@@ -1,53 +1,57 @@
-"""What a replacement (e.g. ``analysis.convert.ghostify``) saves and what it costs, measured on images.
+"""Verify a replacement (e.g. ``analysis.convert.ghostify``): does the converted network still work, what does
+it save, and how sure are we?
 
-:func:`verify_replacement` compares an original network with a modified copy of it:
+:func:`verify_replacement` compares an original network with a modified copy of it on evaluation images:
 
-* **savings**: parameters used by the forward pass and MACs per image (``analysis.macs.count_macs``), before
-  and after;
-* **per replaced layer** (modules whose type changed, or the names given): the output error inside the
-  network (``rel_error``: the replaced network's layer output against the original's, errors of earlier
-  layers included) and in isolation (``isolated_rel_error``: the new module fed the original layer's input),
-  both as sum of squared errors / centred sum of squares (per-channel means, as ``analysis.reconstruct``),
-  plus the cosine of the flattened outputs;
-* **end to end**: mean per-image cosine of the logits, mean KL(softmax(original) || softmax(replaced)) in
-  nats, and top-1 agreement with the original;
-* **latency** (median of timed forwards of the image batch) before/after and their ratio, measured on the
-  device the images ran on (``latency_device``: ``cpu``, ``cuda:0``, ...; CUDA runs are synchronized, so
-  they time the kernels, not their launch) on the machine at hand (noisy on shared machines: read it as a
-  rough indication).
+* **held out**: given the calibration images (``calibration=``), evaluation images that share a photo with
+  them are refused (compared by content, ``analysis.data.overlap``) unless ``allow_calibration=True``;
+* **agreement** with the original (top-1, top-5), logits cosine and KL, each with an interval
+  (``analysis.convert.evaluate``);
+* **accuracy** when labels exist (a folder of class folders, a Dataset/DataLoader of ``(image, label)``, or
+  ``labels=``): top-1/top-5 of both models, the paired difference with McNemar's test and its interval, and
+  the classes that lose most;
+* **per replaced layer**: the output error inside the network (earlier errors included) and in isolation
+  (the new module on the original layer's input), SSE / centred SS, and the cosine, on the first
+  ``layer_images`` evaluation images;
+* **savings**: parameters used by the forward pass and MACs per image (``count_macs``; what that count leaves
+  out is stated in the report);
+* **latency** at batch 1 and a larger batch, BN folded in both, threads pinned, the two models interleaved,
+  median and IQR (``analysis.convert.latency``).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.results import Result, number, plain
-from analysis._core.validation import check_count
-from analysis.convert.macs import count_macs
-from analysis.data.batches import as_images
-from analysis.data.models import default_preprocess
-from analysis.hooks import CapturedMaps, capture
+from analysis.convert.evaluate import Accuracy, Agreement, accuracy, agreement, compare_outputs
+from analysis.convert.latency import Latency, measure_latency
+from analysis.convert.macs import CONVENTION, count_macs
+from analysis.data.labelled import evaluation_set
+from analysis.data.overlap import check_disjoint
+from analysis.hooks import capture
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["LayerCheck", "VerificationReport", "verify_replacement"]
+__all__ = ["MACS_LEAVE_OUT", "LayerCheck", "VerificationReport", "verify_replacement"]
+
+#: What the MAC count does not include (so a MAC ratio is not read as a speed ratio).
+MACS_LEAVE_OUT = ("BatchNorm (folded into the convs at inference), activations, pooling, element-wise adds and "
+                  "biases, and the memory-bound data movement of Ghost modules (the concatenation of intrinsic and "
+                  "ghost maps, index_select/slicing of channels): these cost time, not multiply-adds")
 
 
-@dataclass
+@dataclass(eq=False)
 class LayerCheck(Result):
     """One replaced layer: output errors in the network and in isolation, cosine, and its own cost (an inf
     error, of a constant original output, is None in ``to_dict`` and read back as NaN)."""
@@ -76,24 +80,29 @@ class LayerCheck(Result):
         return cls(**{k: number(v) if k in cls._FLOATS else v for k, v in data.items()})
 
 
-@dataclass
+@dataclass(eq=False)
 class VerificationReport(Result):
-    """Result of :func:`verify_replacement` (plain data). MACs are per image at the images' size. ``rows()``:
-    one per replaced layer (``LayerCheck``); the whole-model numbers are in ``summary()`` and ``to_dict()``."""
+    """Result of :func:`verify_replacement` (plain data); MACs are per image at the images' size.
+
+    ``agreement`` (:class:`~analysis.convert.evaluate.Agreement`), ``accuracy`` (labelled only, else None),
+    ``latency`` (None when not measured), ``layers`` (one :class:`LayerCheck` per replaced layer),
+    ``calibration``: how the evaluation images relate to the calibration images ("disjoint", "not checked",
+    or "overlap allowed"), ``evaluation``: what was evaluated on. ``rows()``: one per replaced layer; the
+    whole-model numbers are in ``summary()`` and ``to_dict()``.
+    """
 
     params_before: int
     params_after: int
     macs_before: int
     macs_after: int
-    logits_cosine: float
-    logits_kl: float
-    top1_agreement: float
+    agreement: Agreement
     n_images: int
     input_size: tuple[int, ...]
+    evaluation: str
+    calibration: str
+    accuracy: Accuracy | None = None
     layers: list[LayerCheck] = field(default_factory=list)
-    latency_before_ms: float | None = None
-    latency_after_ms: float | None = None
-    latency_device: str | None = None
+    latency: Latency | None = None
     note: str = ""
 
     @property
@@ -103,63 +112,114 @@ class VerificationReport(Result):
 
     @property
     def macs_ratio(self) -> float:
-        """MACs before / after (speed-up ratio in MACs)."""
+        """MACs before / after (the ratio in MACs, not in time: see ``MACS_LEAVE_OUT``)."""
         return self.macs_before / self.macs_after if self.macs_after else math.inf
 
     @property
+    def top1_agreement(self) -> float:
+        return self.agreement.top1.value
+
+    @property
+    def logits_cosine(self) -> float:
+        return self.agreement.logits_cosine.value
+
+    @property
+    def logits_kl(self) -> float:
+        return self.agreement.logits_kl.value
+
+    @property
     def latency_ratio(self) -> float | None:
-        """Latency after / before (< 1: faster); None when latency was not measured."""
-        if self.latency_before_ms is None or self.latency_after_ms is None or not self.latency_before_ms:
-            return None
-        return self.latency_after_ms / self.latency_before_ms
+        """Median paired latency ratio replaced / original at the first timed batch size (batch 1 by default)."""
+        return None if self.latency is None else self.latency.timings[0].ratio
+
+    @property
+    def latency_before_ms(self) -> float | None:
+        """Median ms of the original at the first timed batch size (None when not measured)."""
+        return None if self.latency is None else self.latency.timings[0].original_ms
+
+    @property
+    def latency_after_ms(self) -> float | None:
+        """Median ms of the replacement at the first timed batch size (None when not measured)."""
+        return None if self.latency is None else self.latency.timings[0].replaced_ms
+
+    @property
+    def latency_device(self) -> str | None:
+        return None if self.latency is None else self.latency.device
 
     def summary(self) -> dict[str, Any]:
-        """The whole-model numbers as one flat dict."""
-        return {"params_before": self.params_before, "params_after": self.params_after,
-                "params_ratio": self.params_ratio, "macs_before": self.macs_before, "macs_after": self.macs_after,
-                "macs_ratio": self.macs_ratio, "logits_cosine": self.logits_cosine, "logits_kl": self.logits_kl,
-                "top1_agreement": self.top1_agreement, "n_images": self.n_images,
-                "latency_before_ms": self.latency_before_ms, "latency_after_ms": self.latency_after_ms,
-                "latency_ratio": self.latency_ratio, "latency_device": self.latency_device,
-                "replaced_layers": len(self.layers)}
+        """The whole-model numbers as one flat dict (values and interval limits)."""
+        d: dict[str, Any] = {"params_before": self.params_before, "params_after": self.params_after,
+                             "params_ratio": self.params_ratio, "macs_before": self.macs_before,
+                             "macs_after": self.macs_after, "macs_ratio": self.macs_ratio, "n_images": self.n_images,
+                             "n_photos": self.agreement.n_photos, "calibration": self.calibration,
+                             "replaced_layers": len(self.layers)}
+        scores = {"top1_agreement": self.agreement.top1, "top5_agreement": self.agreement.top5,
+                  "logits_cosine": self.agreement.logits_cosine, "logits_kl": self.agreement.logits_kl}
+        if self.accuracy is not None:
+            a = self.accuracy
+            scores.update({"original_top1": a.original_top1, "replaced_top1": a.replaced_top1,
+                           "original_top5": a.original_top5, "replaced_top5": a.replaced_top5,
+                           "top1_difference": a.difference_top1, "top5_difference": a.difference_top5})
+            d.update({"mcnemar_top1_p": a.mcnemar_top1.p_value, "mcnemar_top5_p": a.mcnemar_top5.p_value})
+        for k, e in scores.items():
+            d.update({k: e.value, f"{k}_low": e.low, f"{k}_high": e.high})
+        if self.latency is not None:
+            for r in self.latency.timings:
+                d.update({f"latency_b{r.batch}_original_ms": r.original_ms, f"latency_b{r.batch}_replaced_ms":
+                          r.replaced_ms, f"latency_b{r.batch}_ratio": r.ratio})
+        return plain(d)
 
     _COLUMNS = LayerCheck._COLUMNS
-    _FIELDS = ("params_before", "params_after", "macs_before", "macs_after", "logits_cosine", "logits_kl",
-               "top1_agreement", "n_images", "latency_before_ms", "latency_after_ms", "latency_device", "note")
 
     def rows(self) -> list[dict[str, Any]]:
-        return [layer.to_dict() for layer in self.layers]
+        """One row per replaced layer."""
+        return [c.to_dict() for c in self.layers]
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.summary()
-        d.update({"input_size": list(self.input_size), "note": self.note,
-                  "macs_convention": "MACs = FlopCounterMode FLOPs / 2 (conv/linear/matmul only); params = "
-                                     "parameters the forward pass uses",
-                  "layers": [layer.to_dict() for layer in self.layers]})
-        return plain(d)
+        return plain({
+            "params_before": self.params_before, "params_after": self.params_after, "macs_before": self.macs_before,
+            "macs_after": self.macs_after, "macs_convention": CONVENTION, "macs_leave_out": MACS_LEAVE_OUT,
+            "n_images": self.n_images, "input_size": list(self.input_size), "evaluation": self.evaluation,
+            "calibration": self.calibration, "note": self.note, "agreement": self.agreement.to_dict(),
+            "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
+            "latency": None if self.latency is None else self.latency.to_dict(),
+            "layers": [c.to_dict() for c in self.layers]})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """The report back; the derived numbers (ratios, counts, the convention) are recomputed, not read."""
-        kept = {k: data[k] for k in cls._FIELDS if k in data}
-        for k in ("logits_cosine", "logits_kl", "top1_agreement"):
-            kept[k] = number(kept[k])
-        return cls(**kept, input_size=tuple(int(v) for v in data["input_size"]),
-                   layers=[LayerCheck.from_dict(c) for c in data["layers"]])
+        """The report back; the derived numbers (ratios, the convention) are recomputed, not read."""
+        acc, lat = data.get("accuracy"), data.get("latency")
+        return cls(int(data["params_before"]), int(data["params_after"]), int(data["macs_before"]),
+                   int(data["macs_after"]), Agreement.from_dict(data["agreement"]), int(data["n_images"]),
+                   tuple(int(v) for v in data["input_size"]), str(data["evaluation"]), str(data["calibration"]),
+                   None if acc is None else Accuracy.from_dict(acc), [LayerCheck.from_dict(c) for c in data["layers"]],
+                   None if lat is None else Latency.from_dict(lat), str(data.get("note", "")))
 
     def __str__(self) -> str:
-        lat = self.latency_ratio
-        lines = [
-            f"verification on {self.n_images} images {tuple(self.input_size[1:])}: {len(self.layers)} layers replaced",
-            f"  params {self.params_before:,} -> {self.params_after:,} (x{self.params_ratio:.2f} smaller)",
-            f"  MACs   {self.macs_before / 1e6:.1f}M -> {self.macs_after / 1e6:.1f}M (x{self.macs_ratio:.2f} fewer)",
-            f"  logits cosine {self.logits_cosine:.4f}, KL {self.logits_kl:.4g} nats, "
-            f"top-1 agreement {self.top1_agreement:.1%}",
-            "  latency " + ("not measured" if lat is None else f"({self.latency_device}) {self.latency_before_ms:.1f}"
-                                                                f" -> {self.latency_after_ms:.1f} ms (x{lat:.2f})"),
-        ]
+        ag = self.agreement
+        level = f"{ag.top1.level:.0%}"
+        lines = [f"verification on {self.n_images} images ({ag.n_photos} photos) of {self.evaluation}; "
+                 f"{len(self.layers)} layers replaced; calibration: {self.calibration}",
+                 f"  params {self.params_before:,} -> {self.params_after:,} (x{self.params_ratio:.2f} smaller)",
+                 f"  MACs   {self.macs_before / 1e6:.1f}M -> {self.macs_after / 1e6:.1f}M (x{self.macs_ratio:.2f} "
+                 "fewer; BN, activations, adds and the Ghost concatenation not counted)",
+                 f"  top-1 agreement {ag.top1}, top-5 agreement {ag.top5}, logits cosine {ag.logits_cosine}, "
+                 f"KL {ag.logits_kl} nats ({level} intervals: {ag.top1.method}, {ag.logits_cosine.method})"]
+        if self.accuracy is not None:
+            a = self.accuracy
+            lines.append(f"  labelled: top-1 original {a.original_top1}, replaced {a.replaced_top1}; "
+                         f"difference {a.difference_top1} (McNemar p = {a.mcnemar_top1.p_value:.3g}, "
+                         f"{a.mcnemar_top1.method})")
+            lines.append(f"            top-5 original {a.original_top5}, replaced {a.replaced_top5}; "
+                         f"difference {a.difference_top5} (McNemar p = {a.mcnemar_top5.p_value:.3g})")
+            if a.worst_classes:
+                lines.append("  classes losing most (top-1): " + ", ".join(
+                    f"{c.label} ({c.original:.0%} -> {c.replaced:.0%}, n={c.n})" for c in a.worst_classes))
+        lines.append("  " + (str(self.latency).replace("\n", "\n  ") if self.latency else "latency not measured"))
         lines += [f"  {c.name}: rel error {c.rel_error:.4f} (isolated {c.isolated_rel_error:.4f}), "
                   f"cosine {c.cosine:.4f}" for c in self.layers]
+        if self.note:
+            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
 
@@ -188,9 +248,8 @@ def _io(model: nn.Module, names: list[str], x: torch.Tensor, inputs: bool = True
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Logits and the first-call inputs (when asked) and outputs of ``names``, copied to the CPU: one eval-mode,
     gradient-free forward under ``capture`` (hooks always removed, train/eval flags restored)."""
-    hooks = capture(model, [f"{n}#0" for n in names], to="cpu", inputs=inputs) if names else \
-        nullcontext(CapturedMaps())  # nothing replaced: the logits only
-    with eval_mode(model), torch.no_grad(), hooks as maps:
+    with eval_mode(model), torch.no_grad(), capture(model, [f"{n}#0" for n in names], to="cpu",
+                                                    inputs=inputs) as maps:
         logits = model(x)
     if not isinstance(logits, torch.Tensor):
         raise GhostmapsError(f"{type(model).__name__} returned {type(logits).__name__}; verify_replacement "
@@ -199,59 +258,10 @@ def _io(model: nn.Module, names: list[str], x: torch.Tensor, inputs: bool = True
     return logits.detach().cpu(), {n: maps.inputs[n] for n in names if n in maps.inputs}, outs
 
 
-def _synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work, so a wall-clock timer measures kernels rather than their launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
-    """Median wall-clock milliseconds of ``runs`` forwards of ``x`` (after one warm-up), on ``x``'s device."""
-    with eval_mode(model), torch.no_grad():
-        model(x)  # warm-up
-        times = []
-        for _ in range(runs):
-            _synchronize(x.device)
-            t0 = time.perf_counter()
-            model(x)
-            _synchronize(x.device)
-            times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
-
-
-def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, layers: list[str] | None = None,
-                       latency_runs: int = 5, device: str | torch.device | None = None, note: str = "",
-                       preprocess: Callable[[Any], torch.Tensor] | None = None) -> VerificationReport:
-    """Compare ``replaced`` (a modified copy of ``original``) with ``original`` on ``images``.
-
-    Args:
-        original, replaced: the two networks (neither is modified; eval mode is used and restored).
-        images: any image source of ``analysis.data.batches`` (files, folders, globs, ``"samples"``, an
-            N x C x H x W tensor, a list of tensors, a Dataset or DataLoader, ``analysis.load_images(...)``).
-        layers: the replaced layers' names; default: every module name whose type differs between the two.
-        latency_runs: timed forwards per model (median), on the images' device; 0 skips latency.
-        note: free text stored in the report (e.g. whether the images were also the calibration images).
-        preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
-            evaluation preprocessing.
-    """
-    if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
-        raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
-    latency_runs = check_count(latency_runs, "latency_runs", hint=" (0 skips timing)")
-    x = as_images(images, preprocess or default_preprocess()).tensor()
-    x = x.to(device=model_device(replaced) if device is None else device, dtype=model_dtype(replaced))
-    names = _changed_layers(original, replaced) if layers is None else list(layers)
+def _layer_checks(original: nn.Module, replaced: nn.Module, names: list[str], x: torch.Tensor) -> list[LayerCheck]:
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
-    missing = [n for n in names if n not in o_mods or n not in r_mods]
-    if missing:
-        raise GhostmapsError(f"layers {missing} are not modules of both models; pass names present in both "
-                             "(default: the modules whose type changed)")
-
-    logits_o, ins_o, outs_o = _io(original, names, x)
-    logits_r, _, outs_r = _io(replaced, names, x, inputs=False)
-    if logits_o.shape != logits_r.shape:
-        raise GhostmapsError(f"the models' outputs differ in shape ({tuple(logits_o.shape)} vs "
-                             f"{tuple(logits_r.shape)}); a replacement must keep the output shape")
-
+    _, ins_o, outs_o = _io(original, names, x, inputs=True)
+    _, _, outs_r = _io(replaced, names, x, inputs=False)
     checks = []
     for n in names:
         if n not in outs_o or n not in outs_r:
@@ -262,23 +272,77 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
         checks.append(LayerCheck(
             name=n, type_before=type(o_mods[n]).__name__, type_after=type(mod).__name__,
             rel_error=relative_error(outs_r[n], outs_o[n]), isolated_rel_error=relative_error(iso, outs_o[n]),
-            cosine=_cos(outs_r[n], outs_o[n]),
-            params_before=sum(p.numel() for p in o_mods[n].parameters()),
+            cosine=_cos(outs_r[n], outs_o[n]), params_before=sum(p.numel() for p in o_mods[n].parameters()),
             params_after=sum(p.numel() for p in mod.parameters())))
+    return checks
 
-    lo, lr = logits_o.double().flatten(1), logits_r.double().flatten(1)
-    cos = float(F.cosine_similarity(lo, lr, dim=1, eps=1e-12).mean())
-    logp, logq = F.log_softmax(lo, dim=1), F.log_softmax(lr, dim=1)
-    kl = float((logp.exp() * (logp - logq)).sum(1).mean())
-    agree = float((lo.argmax(1) == lr.argmax(1)).double().mean())
 
-    one = x[:1]
+def _check_int(name: str, v: Any, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise GhostmapsError(f"{name} must be an int >= {low}, got {v!r}.")
+    return v
+
+
+def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, *, calibration: Any = None,
+                       allow_calibration: bool = False, labels: Any = None, class_names: Sequence[str] | None = None,
+                       transform: Any = None, layers: list[str] | None = None, layer_images: int = 16,
+                       level: float = 0.95, latency_repeats: int = 15, latency_batches: Sequence[int] = (1, 16),
+                       threads: int | None = None, device: str | torch.device | None = None, batch_size: int = 32,
+                       worst_classes: int = 5, progress: bool = False, note: str = "",
+                       latency_runs: int | None = None) -> VerificationReport:
+    """Compare ``replaced`` (a modified copy of ``original``) with ``original`` on evaluation ``images``.
+
+    Args:
+        original, replaced: the two networks (neither is changed; eval mode is used and restored).
+        images: evaluation images: a folder (with class folders: labelled), files, globs,
+            ``"samples:evaluation"``, ``load_images(...)`` (views too), a tensor (with ``labels=``), or a
+            Dataset/DataLoader yielding images or ``(image, label)``.
+        calibration: the images the replacement was fitted on; evaluation images sharing a photo with them
+            are refused (``OverlapError``) unless ``allow_calibration=True``. Without it nothing is checked, and
+            the report says so.
+        labels, class_names: class indices for a tensor; the model's class names, to map named class folders.
+        transform: preprocessing for files and sample photos (default ImageNet evaluation preprocessing).
+        layers: the replaced layers' names; default: every module whose type differs between the two.
+        layer_images: evaluation images used for the per-layer errors (their maps are held in memory).
+        level: confidence level of every interval.
+        latency_repeats: interleaved timed forwards per model and batch size (0 skips latency);
+            ``latency_batches``: batch sizes to time; ``threads``: CPU threads to pin (default: current).
+        worst_classes: how many of the classes that lose most to list.
+        latency_runs: the old name of ``latency_repeats`` (kept for callers).
+    """
+    if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
+        raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
+    repeats = _check_int("latency_repeats", latency_repeats if latency_runs is None else latency_runs, 0)
+    layer_images = _check_int("layer_images", layer_images, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    worst_classes = _check_int("worst_classes", worst_classes, 0)
+    evalset = evaluation_set(images, transform, labels)
+    if calibration is None:
+        status = "not checked (no calibration images given)"
+    else:
+        shared = check_disjoint(calibration, evalset.source, allow_overlap=allow_calibration)
+        status = (f"OVERLAP ALLOWED: {len(shared)} evaluation image(s) or photo(s) are calibration images"
+                  if shared else "disjoint from the calibration images (by content)")
+    dev = torch.device(device) if device is not None else model_device(replaced)
+    dtype = model_dtype(replaced)
+    names = _changed_layers(original, replaced) if layers is None else list(layers)
+    o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
+    missing = [n for n in names if n not in o_mods or n not in r_mods]
+    if missing:
+        raise GhostmapsError(f"layers {missing} are not modules of both models; pass names present in both "
+                             "(default: the modules whose type changed)")
+
+    out = compare_outputs(original, replaced, evalset, dev, dtype, batch_size, class_names, progress)
+    first = evalset.first_images(layer_images)
+    first = first.to(device=dev, dtype=dtype)
+    checks = _layer_checks(original, replaced, names, first[:layer_images]) if names and layer_images else []
+    one = first[:1]
     before, after = count_macs(original, one), count_macs(replaced, one)
-    lat_b = lat_a = None
-    if latency_runs:
-        lat_b, lat_a = _latency_ms(original, x, latency_runs), _latency_ms(replaced, x, latency_runs)
+    lat = None
+    if repeats:
+        lat = measure_latency(original, replaced, first, latency_batches, max(2, repeats), threads=threads)
     return VerificationReport(
         params_before=before.params, params_after=after.params, macs_before=before.total_macs,
-        macs_after=after.total_macs, logits_cosine=cos, logits_kl=kl, top1_agreement=agree,
-        n_images=int(x.shape[0]), input_size=tuple(x.shape), layers=checks, latency_before_ms=lat_b,
-        latency_after_ms=lat_a, latency_device=str(x.device) if latency_runs else None, note=note)
+        macs_after=after.total_macs, agreement=agreement(out, level), n_images=out.n,
+        input_size=(out.n, *first.shape[1:]), evaluation=evalset.description, calibration=status,
+        accuracy=accuracy(out, level, worst_classes), layers=checks, latency=lat, note=note)

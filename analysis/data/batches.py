@@ -14,6 +14,10 @@ accept the same sources.
   ``"pixel_values"``/``"input"`` tensor;
 * an object with ``.batches(n)`` yielding ``(names, batch)``.
 
+Labels come along where the source has them: the second entry of ``(image, label)`` items, a dict's
+``label``/``labels``/``target``/``targets`` entry, or ``labels=`` for a tensor; ``ImageBatch.labels`` is then
+a long tensor, one class index per image, else None.
+
 Every image has a *position* in the whole set (0, 1, …, in order). ``Images.batches(batch_size, chunk=,
 rank=, world=)`` yields one process's share with the positions: block ``position // chunk`` belongs to process
 ``block mod world`` (the survey's sharding; its image groups follow the positions too). Single images
@@ -40,12 +44,13 @@ _IMAGE_KEYS = ("image", "images", "pixel_values", "input")
 
 
 class ImageBatch(NamedTuple):
-    """One batch: the positions of its images in the whole set, the N×C×H×W tensor, and the image names
-    (None when the source has none)."""
+    """One batch: the positions of its images in the whole set, the N×C×H×W tensor, the image names (None
+    when the source has none) and the labels (a long tensor, or None when the source has none)."""
 
     positions: list[int]
     images: torch.Tensor
     names: list[str] | None
+    labels: torch.Tensor | None = None
 
 
 def _is_paths(images: Any) -> bool:
@@ -90,17 +95,18 @@ class Images:
                              f"{tuple(x.shape)}.")
         return x, False
 
-    def _image(self, index: int) -> torch.Tensor:
-        """Item ``index`` of a map-style Dataset: one image, as 1×C×H×W."""
-        x, _ = self._tensor_of(self.source[index])
+    def _image(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Item ``index`` of a map-style Dataset: one image, as 1×C×H×W, and its label (or None)."""
+        item = self.source[index]
+        x, _ = self._tensor_of(item)
         if x.shape[0] != 1:
             raise self.error(f"{self.name}: each Dataset item must be one image (C×H×W, or (image, label)); item "
                              f"{index} holds {x.shape[0]}. Pass a DataLoader to yield batches.")
-        return x
+        return x, _labels_in(item, 1, self.name, self.error)
 
-    def _items(self, batch_size: int) -> Iterator[tuple[torch.Tensor, bool, list[str] | None]]:
-        """(the images of one item as N×C×H×W, whether it was a single image, their names or None), in order,
-        up to the limit."""
+    def _items(self, batch_size: int) -> Iterator[tuple[torch.Tensor, bool, list[str] | None, torch.Tensor | None]]:
+        """(the images of one item as N×C×H×W, whether it was a single image, their names or None, their labels
+        or None), in order, up to the limit."""
         left = self.limit
         for item in self.source.batches(batch_size) if self.kind == "named" else self.source:
             if left is not None and left <= 0:
@@ -109,13 +115,15 @@ class Images:
             if self.kind == "named":
                 names, item = list(item[0]), item[1]
             x, single = self._tensor_of(item)
+            labels = None if self.kind == "named" else _labels_in(item, x.shape[0], self.name, self.error)
             if names is not None and len(names) != x.shape[0]:
                 names = None  # not one name per image: no names
             if left is not None and x.shape[0] > left:
                 x, names = x[:left], None if names is None else names[:left]
+                labels = None if labels is None else labels[:left]
             if left is not None:
                 left -= x.shape[0]
-            yield x, single, names
+            yield x, single, names, labels
 
     # -- batches ----------------------------------------------------------------------------------------------
     def batches(self, batch_size: int = 16, *, chunk: int = 1, rank: int = 0, world: int = 1
@@ -128,11 +136,12 @@ class Images:
             return world == 1 or (i // chunk) % world == rank
 
         if self.kind == "tensor":
-            x, names = self.source
+            x, names, labels = self.source
             idx = [i for i in range(x.shape[0]) if mine(i)]
             for s in range(0, len(idx), batch_size):
                 part = idx[s:s + batch_size]
-                yield ImageBatch(part, x[part], None if names is None else [names[i] for i in part])  # a copy
+                yield ImageBatch(part, x[part], None if names is None else [names[i] for i in part],  # a copy
+                                 None if labels is None else labels[part])
             return
         if self.kind == "source":
             position = {n: i for i, n in enumerate(self.source.names)}
@@ -146,35 +155,41 @@ class Images:
             share = [i for i in range(self.length) if mine(i)]  # read only this process's items
             for s in range(0, len(share), batch_size):
                 part = share[s:s + batch_size]
-                yield ImageBatch(part, torch.cat([self._image(i) for i in part]), None)
+                items = [self._image(i) for i in part]
+                labels = [y for _, y in items]
+                yield ImageBatch(part, torch.cat([x for x, _ in items]), None,
+                                 None if any(y is None for y in labels) else torch.cat(labels))
             return
         yield from self._stream(batch_size, mine)
 
     def _stream(self, batch_size: int, mine: Callable[[int], bool]) -> Iterator[ImageBatch]:
         """Single images stacked into batches, batches as they come (each cut to this process's share)."""
         seen = 0
-        pending: list[tuple[int, torch.Tensor, str | None]] = []
+        pending: list[tuple[int, torch.Tensor, str | None, torch.Tensor | None]] = []
 
         def flush() -> Iterator[ImageBatch]:
             if pending:
-                names = [n for _, _, n in pending]
-                yield ImageBatch([p for p, _, _ in pending], torch.cat([t for _, t, _ in pending]),
-                                 None if None in names else names)
+                names = [n for _, _, n, _ in pending]
+                labels = [y for _, _, _, y in pending]
+                yield ImageBatch([p for p, _, _, _ in pending], torch.cat([t for _, t, _, _ in pending]),
+                                 None if None in names else names,
+                                 None if any(y is None for y in labels) else torch.cat(labels))
                 pending.clear()
 
-        for x, single, names in self._items(batch_size):
+        for x, single, names, labels in self._items(batch_size):
             n = x.shape[0]
             keep = [k for k in range(n) if mine(seen + k)]
             if single:
                 if keep:
-                    pending.append((seen, x, None if names is None else names[0]))
+                    pending.append((seen, x, None if names is None else names[0], labels))
                     if len(pending) == batch_size:
                         yield from flush()
             else:
                 yield from flush()
                 if keep:
                     yield ImageBatch([seen + k for k in keep], x if len(keep) == n else x[keep],
-                                     None if names is None else [names[k] for k in keep])
+                                     None if names is None else [names[k] for k in keep],
+                                     None if labels is None else labels[keep])
             seen += n
         yield from flush()
 
@@ -216,7 +231,7 @@ def _length(images: Any) -> int | None:
 
 
 def as_images(images: Any, preprocess: Callable[[Any], torch.Tensor] | None = None, *, limit: int | None = None,
-              name: str = "images", error: Error = GhostmapsError) -> Images:
+              name: str = "images", error: Error = GhostmapsError, labels: Any = None) -> Images:
     """``images`` from any source of the module docstring as ``Images``.
 
     Args:
@@ -226,6 +241,7 @@ def as_images(images: Any, preprocess: Callable[[Any], torch.Tensor] | None = No
         limit: use at most this many images (the first ones).
         name, error: the input's name and the error class for messages (e.g. ``"calibration_images"``,
             ``GhostifyError``).
+        labels: class indices of a tensor's images (one per image); other sources carry their own.
     """
     if limit is not None:
         limit = check_positive_int(limit, "limit", error, " (a number of images, or None for all)")
@@ -234,8 +250,11 @@ def as_images(images: Any, preprocess: Callable[[Any], torch.Tensor] | None = No
             raise error(f"{_what(name)}; got {type(images).__name__} of paths, which need a preprocess transform "
                         "(pass the model's preprocess, e.g. load_model(...).preprocess).")
         images = load_images(images, transform=preprocess, limit=limit)
+    if labels is not None and not isinstance(images, torch.Tensor):
+        raise error(f"{name}: labels= goes with an image tensor; a Dataset or DataLoader yields (image, label) "
+                    "pairs itself, and a folder of class folders gives labels by folder.")
     if isinstance(images, NamedImage):
-        return Images("tensor", (images.tensor.unsqueeze(0), [images.name]), 1, limit, name, error)
+        return Images("tensor", (images.tensor.unsqueeze(0), [images.name], None), 1, limit, name, error)
     if isinstance(images, ImageSource):
         src = images if limit is None else images.take(range(min(limit, len(images))))
         return Images("source", src, len(src), None, name, error)
@@ -243,7 +262,11 @@ def as_images(images: Any, preprocess: Callable[[Any], torch.Tensor] | None = No
         x = images.unsqueeze(0) if images.dim() == 3 else images
         if x.dim() != 4:
             raise error(f"{name}: an image tensor must be N×C×H×W (or C×H×W), got shape {tuple(images.shape)}.")
-        return Images("tensor", (x if limit is None else x[:limit], None), x.shape[0], limit, name, error)
+        y = None if labels is None else _as_labels(labels, x.shape[0], name, error)
+        n = x.shape[0]
+        if limit is not None:
+            x, y = x[:limit], None if y is None else y[:limit]
+        return Images("tensor", (x, None, y), n, limit, name, error)
     if hasattr(images, "batches") and callable(images.batches):
         return Images("named", images, _sized(images), limit, name, error)
     if isinstance(images, torch.utils.data.DataLoader):
@@ -269,6 +292,34 @@ def _tensor_in(item: Any) -> torch.Tensor | None:
     elif isinstance(item, dict):
         item = next((item[k] for k in _IMAGE_KEYS if isinstance(item.get(k), torch.Tensor)), item)
     return item if isinstance(item, torch.Tensor) else None
+
+
+_LABEL_KEYS = ("label", "labels", "target", "targets")
+
+
+def _as_labels(value: Any, n: int, name: str, error: Error) -> torch.Tensor:
+    t = torch.as_tensor(value).reshape(-1) if not isinstance(value, torch.Tensor) else value.detach().reshape(-1)
+    if t.numel() != n or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise error(f"{name}: labels must be one integer class index per image ({n}), got {t.numel()} values of "
+                    f"dtype {t.dtype}.")
+    return t.long().cpu()
+
+
+def _labels_in(item: Any, n: int, name: str, error: Error) -> torch.Tensor | None:
+    """The class labels of one yielded item (the second of an ``(images, labels)`` pair, or a dict's label
+    entry), or None when it has none; a second entry that is not one integer per image (a float target, a
+    string, a mask) is not a class label and gives None, so consumers that need no labels never fail on it."""
+    value = None
+    if isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[0], torch.Tensor):
+        value = item[1]
+    elif isinstance(item, dict):
+        value = next((item[k] for k in _LABEL_KEYS if k in item), None)
+    if value is None or isinstance(value, (str, dict)):
+        return None
+    try:
+        return _as_labels(value, n, name, error)
+    except (error, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _sized(images: Any) -> int | None:

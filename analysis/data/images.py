@@ -1,4 +1,6 @@
-"""Load photos to run through a network: files, folders, globs, or the built-in offline sample set.
+"""Load photos to run through a network: files, folders, globs, or the built-in offline sample set
+(``analysis.data.samples``: ``"samples"``, ``"samples:calibration"``, ``"samples:evaluation"``), optionally as
+many seeded random views of each photo (``views=``, ``analysis.data.views``).
 
 Every image becomes an RGB PIL image first (grayscale, palette, RGBA, CMYK, 16-bit and EXIF-rotated images
 are converted), then the model's preprocessing makes it a tensor. A file that cannot be read is skipped with
@@ -22,11 +24,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from analysis._core.errors import GhostmapsError, NoImagesError
 from analysis._core.validation import check_positive_int
 from analysis.data.models import default_preprocess
+from analysis.data.samples import load_photo, photo_hash, sample_names, sample_photos
+from analysis.data.views import ViewSpec, make_view
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 SAMPLES = "samples"
-# scikit-image photos that ship with the package (no download): natural scenes and objects.
-SKIMAGE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera")
 
 
 class ImageSkippedWarning(UserWarning):
@@ -47,6 +49,8 @@ class _Item:
     name: str
     source: str
     opener: Callable[[], Image.Image]
+    photo: Callable[[], Image.Image] | None = None  # the whole photo a view was cut from (None: opener's image)
+    photo_name: str | None = None
 
 
 class ImageSource:
@@ -72,6 +76,30 @@ class ImageSource:
     @property
     def names(self) -> list[str]:
         return [item.name for item in self._items]
+
+    @property
+    def photo_names(self) -> list[str]:
+        """The photo each image comes from (a view's photo, else the image's own name): the unit that views
+        of one photo share, e.g. for intervals that resample photos rather than views."""
+        return [item.photo_name or item.name for item in self._items]
+
+    def photo_hashes(self) -> dict[str, str]:
+        """``{content hash: photo name}`` of the whole photos behind this source (views share their photo's
+        hash), from the decoded RGB pixels; unreadable files are left out. Used to refuse evaluating on the
+        photos a model was calibrated on."""
+        hashes: dict[str, str] = {}
+        seen: set[tuple[str, str]] = set()
+        for item in self._items:
+            if item.photo is not None:
+                if (item.source, item.photo_name or "") in seen:
+                    continue
+                seen.add((item.source, item.photo_name or ""))
+            try:
+                img = (item.photo or item.opener)()
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue
+            hashes.setdefault(photo_hash(np.asarray(img)), item.photo_name or item.name)
+        return hashes
 
     def __iter__(self) -> Iterator[NamedImage]:
         yielded = 0
@@ -147,35 +175,41 @@ def _open_array(array: np.ndarray) -> Callable[[], Image.Image]:
     return opener
 
 
-def sample_images() -> list[tuple[str, np.ndarray]]:
-    """The offline sample photos: scikit-learn's china and flower, plus scikit-image's natural photos
-    (chelsea the cat, astronaut, coffee, rocket, camera) when scikit-image is installed."""
-    from sklearn.datasets import load_sample_images
+def sample_images(selection: str = "") -> list[tuple[str, np.ndarray]]:
+    """The offline sample photos as ``(name, array)``: by default the classic seven (scikit-learn's china and
+    flower, scikit-image's chelsea, astronaut, coffee, rocket and camera); ``"calibration"``, ``"evaluation"``,
+    ``"all"`` or ``"chelsea,china"`` select others (``analysis.data.samples``)."""
+    return sample_photos(selection)
 
-    bunch = load_sample_images()
-    photos = [(Path(f).stem, img) for f, img in zip(bunch.filenames, bunch.images, strict=True)]
-    try:
-        import skimage.data
-    except ImportError:
-        return photos
-    for name in SKIMAGE_PHOTOS:
-        try:
-            photos.append((name, getattr(skimage.data, name)()))
-        except Exception:  # noqa: BLE001 - a photo missing from this scikit-image version is simply not offered
-            continue
-    return photos
+
+def _open_sample(name: str) -> Callable[[], Image.Image]:
+    def opener() -> Image.Image:
+        return _open_array(load_photo(name))()
+
+    return opener
+
+
+def _open_view(item: _Item, spec: ViewSpec, index: int) -> Callable[[], Image.Image]:
+    def opener() -> Image.Image:
+        return make_view(item.opener(), spec, item.name, index)
+
+    return opener
+
+
+def _as_views(items: list[_Item], spec: ViewSpec) -> list[_Item]:
+    """``spec.n`` views spread over the photos in turn: view i is view i // P of photo i % P."""
+    return [
+        _Item(f"{item.name}@{i // len(items)}", item.source, _open_view(item, spec, i // len(items)),
+              photo=item.opener, photo_name=item.name)
+        for i in range(spec.n)
+        for item in [items[i % len(items)]]
+    ]
 
 
 def _expand(source: str | os.PathLike) -> list[_Item]:
     if isinstance(source, str) and (source == SAMPLES or source.startswith(SAMPLES + ":")):
-        photos = sample_images()
-        wanted = [w for w in source.partition(":")[2].split(",") if w]
-        known = [name for name, _ in photos]
-        for w in wanted:
-            if w not in known:
-                raise GhostmapsError(f"no sample photo named {w!r}; the samples are: {', '.join(known)}.")
-        chosen = [(n, a) for n, a in photos if not wanted or n in wanted]
-        return [_Item(name, f"sample:{name}", _open_array(arr)) for name, arr in chosen]
+        names = sample_names(source.partition(":")[2])
+        return [_Item(name, f"sample:{name}", _open_sample(name)) for name in names]
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -195,6 +229,8 @@ def load_images(
     sources: str | os.PathLike | Sequence[str | os.PathLike] = SAMPLES,
     transform: Callable[[Image.Image], Any] | None = None,
     limit: int | None = None,
+    views: int | None = None,
+    seed: int = 0,
 ) -> ImageSource:
     """Collect images from files, folders (recursive), globs, or ``"samples"``, preprocessed for a model.
 
@@ -203,7 +239,12 @@ def load_images(
             ``"samples:chelsea,china"`` picks photos from it by name.
         transform: maps an RGB PIL image to a C×H×W tensor; default ImageNet evaluation preprocessing
             (pass ``load_model(...).preprocess`` to match a model).
-        limit: keep at most this many images (in order).
+        limit: keep at most this many images (in order; applied to the photos, before views are drawn).
+        views: instead of each photo once, this many seeded random views (random resized crop, area 25-100%,
+            aspect 3/4-4/3, then a left-right flip half the time) spread over the photos in turn; view names
+            are ``photo@k``. ``load_images("samples:evaluation", views=256, seed=0)`` is the project's
+            evaluation set.
+        seed: the views' seed: view k of a photo depends only on (seed, photo name, k).
 
     Returns:
         An ``ImageSource``: iterate it for ``NamedImage``s or call ``.batches(n)``. Names are made unique
@@ -227,4 +268,7 @@ def load_images(
         raise NoImagesError(
             f"no image files found in {description}; looked for {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
+    if views is not None:
+        unique = _as_views(unique, ViewSpec(views, seed))
+        description += f" ({views} views, seed {seed})"
     return ImageSource(unique, transform or default_preprocess(), description)

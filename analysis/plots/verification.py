@@ -17,8 +17,9 @@ def verification(report: Any | Sequence[Any], *, title: str | None = None,
 
     Left: relative output error per replaced layer of the (last) report, inside the network (errors of
     earlier layers included) and in isolation (the new layer on the original input). Right: top-1
-    agreement with the original against the MAC and parameter savings (1 - after/before), one point per
-    report, e.g. one report per number of replaced layers (the agreement-vs-savings curve).
+    agreement with the original, with its interval, against the MAC and parameter savings
+    (1 - after/before), one point per report, e.g. one report per number of replaced layers (the
+    agreement-vs-savings curve).
     """
     reports = list(report) if isinstance(report, (list, tuple)) else [report]
     if not reports or not all(hasattr(r, "layers") and hasattr(r, "top1_agreement") for r in reports):
@@ -44,7 +45,13 @@ def verification(report: Any | Sequence[Any], *, title: str | None = None,
 
     macs = [1 - r.macs_after / r.macs_before if r.macs_before else 0.0 for r in reports]
     params = [1 - r.params_after / r.params_before if r.params_before else 0.0 for r in reports]
-    agree = [r.top1_agreement for r in reports]
+    agree = np.array([r.top1_agreement for r in reports])
+    est = [getattr(getattr(r, "agreement", None), "top1", None) for r in reports]
+    if all(e is not None for e in est):
+        lows = np.array([max(0.0, e.low) for e in est])
+        highs = np.array([min(1.0, e.high) for e in est])
+        ax2.errorbar(macs, agree, yerr=[agree - lows, highs - agree], fmt="none", ecolor="#e41a1c", alpha=0.5,
+                     capsize=3, label=f"{est[-1].level:.0%} interval")
     ax2.plot(macs, agree, "o-", color="#e41a1c", label="MAC savings")
     ax2.plot(params, agree, "s--", color="#4daf4a", label="parameter savings")
     if labels is not None:

@@ -111,37 +111,35 @@ def _relative(sse: np.ndarray, ss: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _PairFits:
-    """All source -> target fits of one layer. Index ``[i, j]`` = making channel j from channel i."""
+class _Moments:
+    """Raw (uncentred) shifted Gram products of one layer's maps, float64 on the maps' device.
+
+    ``sxx[i]`` (q x q) = sum S(i) S(i)^T, ``sx[i]`` (q) = sum S(i), ``sxy[i, :, j]`` (q) = sum S(i) y_j over
+    all ``m`` positions, with ``S(i)`` the d^2 zero-padded shifted copies of channel i and ``y_j`` channel j.
+    The centre shift is the map itself, so ``sum y_j`` and ``sum y_j^2`` are ``sx[j, ctr]``, ``sxx[j, ctr, ctr]``.
+    """
 
     d: int
-    theta: np.ndarray  # (C, d*d, C): kernel of j from i is theta[i, :, j]
-    bias: np.ndarray  # (C, C)
-    sse: np.ndarray  # (C, C), diagonal 0 (a channel makes itself exactly)
-    ss: np.ndarray  # (C,) centred sum of squares of each channel
-    sumsq: np.ndarray  # (C,) uncentred sum of squares
-    mean: np.ndarray  # (C,)
-    m: int  # positions N*H*W
-    dead: np.ndarray  # (C,) bool, all-zero channels
+    sxx: torch.Tensor
+    sx: torch.Tensor
+    sxy: torch.Tensor
+    m: int
+    dead: np.ndarray
 
     @property
-    def rel(self) -> np.ndarray:
-        return _relative(self.sse, self.ss[None, :], self.sumsq[None, :])
+    def sy(self) -> torch.Tensor:
+        return self.sx[:, (self.d * self.d) // 2]
+
+    @property
+    def syy(self) -> torch.Tensor:
+        ctr = (self.d * self.d) // 2
+        return self.sxx[:, ctr, ctr]
 
 
-def _pair_fits(x: torch.Tensor, d: int, ridge: float) -> _PairFits:
-    """Fit every (source i, target j) pair with d^2 matrix products instead of C^2 separate fits.
-
-    Accumulated over image and channel chunks (float64): per source i the Gram block
-    ``A_i[k, l] = S_k(i) . S_l(i)`` (C x q x q, batched matmul) and the row sums ``s_i``; for all pairs the
-    cross products ``B[i, k, j] = S_k(i) . y_j`` (one (C q) x M by M x C matmul). The targets are the
-    unshifted maps, i.e. the centre shift, so ``sum y_j`` and ``sum y_j^2`` come for free. Then one batched
-    solve of C systems of size d^2 with C right-hand sides each, and
-    ``SSE_ij = yy_j - 2 theta . c + theta^T Cov theta`` (centred quantities).
-    """
+def _pair_moments(x: torch.Tensor, d: int) -> _Moments:
+    """Accumulate :class:`_Moments` over image and channel chunks (bounded memory, float64)."""
     n, c, h, w = x.shape
     q, hw = d * d, h * w
-    m = n * hw
     dev = x.device
     dt = torch.float64
     sxx = torch.zeros(c, q, q, dtype=dt, device=dev)
@@ -161,16 +159,70 @@ def _pair_fits(x: torch.Tensor, d: int, ridge: float) -> _PairFits:
             sxx[c0:c0 + cb] += s @ s.transpose(1, 2)
             sx[c0:c0 + cb] += s.sum(-1)
             sxy[c0:c0 + cb] += (s.reshape(cb * q, -1) @ y.T).reshape(cb, q, c)
-    ctr = q // 2
-    sy = sx[:, ctr].clone()  # sum of each channel's own map (centre shift = the map itself)
-    syy = sxx[:, ctr, ctr].clone()
-    theta, b, cov, cross = _solve(sxx, sx, sxy, sy[None, :], m, ridge, bias=True)
+    dead = (x.abs().amax(dim=(0, 2, 3)) == 0).cpu().numpy()
+    return _Moments(d=d, sxx=sxx, sx=sx, sxy=sxy, m=n * hw, dead=dead)
+
+
+@dataclass
+class _PairFits:
+    """All source -> target fits of one layer. Index ``[i, j]`` = making channel j from channel i."""
+
+    d: int
+    theta: np.ndarray  # (C, d*d, C): kernel of j from i is theta[i, :, j]
+    bias: np.ndarray  # (C, C)
+    sse: np.ndarray  # (C, C), diagonal 0 (a channel makes itself exactly)
+    ss: np.ndarray  # (C,) centred sum of squares of each channel
+    sumsq: np.ndarray  # (C,) uncentred sum of squares
+    mean: np.ndarray  # (C,)
+    m: int  # positions N*H*W
+    dead: np.ndarray  # (C,) bool, all-zero channels
+
+    @property
+    def rel(self) -> np.ndarray:
+        return _relative(self.sse, self.ss[None, :], self.sumsq[None, :])
+
+
+def _fits_from_moments(mo: _Moments, ridge: float) -> _PairFits:
+    """One batched solve of C systems of size d^2 with C right-hand sides each, and
+    ``SSE_ij = yy_j - 2 theta . c + theta^T Cov theta`` (centred quantities)."""
+    m = mo.m
+    sy, syy = mo.sy.clone(), mo.syy.clone()
+    theta, b, cov, cross = _solve(mo.sxx, mo.sx, mo.sxy, sy[None, :], m, ridge, bias=True)
     yy = (syy - sy * sy / m).clamp_min(0)
     sse = yy[None, :] - 2 * (theta * cross).sum(1) + (theta * (cov @ theta)).sum(1)
     sse = sse.clamp_min(0)
     sse.fill_diagonal_(0.0)
-    dead = (x.abs().amax(dim=(0, 2, 3)) == 0).cpu().numpy()
-    return _PairFits(d=d, theta=theta.cpu().numpy(), bias=b.cpu().numpy(), sse=sse.cpu().numpy(),
-                     ss=yy.cpu().numpy(), sumsq=syy.cpu().numpy(), mean=(sy / m).cpu().numpy(), m=m, dead=dead)
+    return _PairFits(d=mo.d, theta=theta.cpu().numpy(), bias=b.cpu().numpy(), sse=sse.cpu().numpy(),
+                     ss=yy.cpu().numpy(), sumsq=syy.cpu().numpy(), mean=(sy / m).cpu().numpy(), m=m,
+                     dead=mo.dead.copy())
 
 
+def _pair_fits(x: torch.Tensor, d: int, ridge: float) -> _PairFits:
+    """Fit every (source i, target j) pair with d^2 matrix products instead of C^2 separate fits.
+
+    Per source i the Gram block ``A_i[k, l] = S_k(i) . S_l(i)`` (C x q x q, batched matmul) and the row sums
+    ``s_i``; for all pairs the cross products ``B[i, k, j] = S_k(i) . y_j`` (one (C q) x M by M x C matmul);
+    then :func:`_fits_from_moments`.
+    """
+    return _fits_from_moments(_pair_moments(x, d), ridge)
+
+
+def _pair_sse_on(fits: _PairFits, mo: _Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SSE of every fitted op ``[i, j]`` of ``fits`` applied to other maps with moments ``mo`` (held out), and
+    those maps' centred and uncentred sums of squares per channel: all from Gram products, no convolution.
+
+    ``SSE_ij = sum y_j^2 - 2 theta.(S y_j) - 2 b sum y_j + theta^T (S S^T) theta + 2 b theta.s + m b^2``.
+    The diagonal (a channel kept as it is) is 0.
+    """
+    dev = mo.sxx.device
+    theta = torch.as_tensor(fits.theta, device=dev)  # (C, q, C)
+    b = torch.as_tensor(fits.bias, device=dev)  # (C, C)
+    sy, syy, m = mo.sy, mo.syy, mo.m
+    quad = (theta * (mo.sxx @ theta)).sum(1)  # (C, C): theta_ij^T A_i theta_ij
+    lin = (theta * mo.sxy).sum(1)  # theta_ij . (S_i y_j)
+    ts = (theta * mo.sx[:, :, None]).sum(1)  # theta_ij . s_i
+    sse = syy[None, :] - 2 * lin - 2 * b * sy[None, :] + quad + 2 * b * ts + m * b * b
+    sse = sse.clamp_min(0)
+    sse.fill_diagonal_(0.0)
+    ss = (syy - sy * sy / m).clamp_min(0)
+    return sse.cpu().numpy(), ss.cpu().numpy(), syy.cpu().numpy()

@@ -1,21 +1,29 @@
-"""Layer structure for a Ghost module: which channels to keep as intrinsic maps, which cheap op makes each
-ghost, the resulting relative error (:func:`ghostability`) and the largest ratio within an error budget
-(:func:`suggest_ratio`)."""
+"""Layer structure for a Ghost module and its honest error: which channels to keep as intrinsic maps, which
+cheap op makes each ghost (fitted on one part of the images), and the ghosts' error on the other part, in the
+units the next layer sees (after the following BN, where one follows): :func:`ghostability`.
+:func:`suggest_ratio` (:mod:`.ratio`) picks the largest ratio within an error budget."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, floats, number, plain
 from analysis._core.validation import check_odd_size, check_ratio
+from analysis.reconstruct.choice import IntrinsicChoice, choose_intrinsic
+from analysis.reconstruct.heldout import (
+    DEFAULT_SPLIT,
+    Split,
+    channel_weights,
+    heldout_channel_errors,
+    pooled,
+    split_maps,
+)
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
     _check_ridge,
@@ -24,15 +32,14 @@ from analysis.reconstruct.lstsq import (
     _PairFits,
     _relative,
 )
+from analysis.stats.intervals import Estimate, ratio_interval
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Ghostability", "RatioSuggestion", "ghostability", "suggest_ratio"]
+__all__ = ["Ghostability", "ghostability"]
 
-
-# ----------------------------------------------------------------------------------------------------------
-# ghostability
+_CHUNK = 16  # held-out images per convolution chunk
 
 
 @dataclass(eq=False)
@@ -43,23 +50,24 @@ class Ghostability(Result):
     ``cat([primary, cheap])[:, :C]`` with ``m = ceil(C / ratio)`` primary maps and ``m * (ratio - 1)`` cheap
     maps, cheap map ``p * (ratio - 1) + r`` made from primary map ``p``):
 
-    * ``intrinsic`` - the m channels the primary conv keeps, in primary-output order; ``intrinsic[p]`` is
-      primary map p. Only the last one may feed fewer than ``ratio - 1`` ghosts (the unused cheap slots
-      fall at the end and are cut by the ``[:C]`` slice).
-    * ``slots[p]`` - the ghost channels made from ``intrinsic[p]``, in cheap-slot order (``len <= ratio-1``).
-    * ``assignment`` - ghost channel -> its intrinsic source channel (the same information as a dict).
-    * ``module_order`` - original channel index at each GhostModule output position
-      (``intrinsic + [g for s in slots for g in s]``, length C); undo it with ``np.argsort(module_order)``.
-    * ``kernel`` (C x d x d), ``bias`` (C,) - per original channel: channel j is predicted as
-      ``conv2d(maps[:, source_of(j)], kernel[j], bias[j], padding=d//2)``; an intrinsic channel has the
-      identity (centre-delta) kernel and bias 0. :meth:`cheap_weights` packs the ghosts' kernels into the
-      ``(m*(ratio-1), 1, d, d)`` depthwise weight layout.
-    * ``rel_error`` (C,) - per-channel MSE / variance (0 for intrinsic and dead channels); ``overall_error``
-      = sum of squared residuals of all channels / sum of their centred sums of squares.
-    * ``dead`` (C,) - all-zero channels.
+    * ``intrinsic`` - the m channels the primary conv keeps, in primary-output order; only the last may feed
+      fewer than ``ratio - 1`` ghosts. ``slots[p]`` - the ghosts made from ``intrinsic[p]``;
+      ``assignment`` - ghost -> its source; ``module_order`` - original channel at each module output
+      position (undo with ``np.argsort``).
+    * ``kernel`` (C x d x d), ``bias`` (C,) - fitted on the fit images; intrinsic channels get the identity.
 
-    ``rows()``: one per channel (intrinsic or not, its source channel and module position, bias, error, dead);
-    equality compares ``to_dict()``.
+    Errors (**ghost channels only**: the intrinsic channels are exact and do not dilute them):
+
+    * ``ghost_error`` - sum over ghosts of ``w_j SSE_j`` / sum of ``w_j SS_j`` **on the held-out images**,
+      with ``w_j`` the post-BN weights when a BN was given (``units``), else 1; ``ghost_error_interval`` - its
+      jackknife interval over held-out images (photos with ``groups``); ``overall_error`` is the same number.
+    * ``rel_error`` (C,) - each channel's held-out SSE / centred SS (0 for intrinsic and dead channels);
+      ``mean_rel_error`` / ``max_rel_error`` over the ghosts.
+    * ``post_bn_mse`` (C,) - held-out mean squared error after the BN (``w_j SSE_j / positions``), None without
+      a BN; ``mean_post_bn_mse`` / ``max_post_bn_mse`` over the ghosts.
+    * ``fit_ghost_error`` - ``ghost_error`` on the images the ops were fitted on (in-sample, optimistic).
+    * ``split`` - which images were fitted and which reported on; ``choice`` - how the intrinsic channels were
+      chosen (method, summed fit cost, lower bound when known); ``dead`` (C,) - all-zero channels.
     """
 
     ratio: int
@@ -71,8 +79,43 @@ class Ghostability(Result):
     kernel: np.ndarray
     bias: np.ndarray
     rel_error: np.ndarray
-    overall_error: float
+    ghost_error: float
+    ghost_error_interval: Estimate | None
+    fit_ghost_error: float
+    post_bn_mse: np.ndarray | None
+    units: str
+    split: Split
+    choice: dict[str, Any]
     dead: np.ndarray
+
+    @property
+    def overall_error(self) -> float:
+        """The ghost channels' held-out error (``ghost_error``): what callers of the old name now get."""
+        return self.ghost_error
+
+    @property
+    def ghosts(self) -> list[int]:
+        return sorted(self.assignment)
+
+    @property
+    def mean_rel_error(self) -> float:
+        return float(self.rel_error[self.ghosts].mean()) if self.ghosts else 0.0
+
+    @property
+    def max_rel_error(self) -> float:
+        return float(self.rel_error[self.ghosts].max()) if self.ghosts else 0.0
+
+    @property
+    def mean_post_bn_mse(self) -> float | None:
+        if self.post_bn_mse is None:
+            return None
+        return float(self.post_bn_mse[self.ghosts].mean()) if self.ghosts else 0.0
+
+    @property
+    def max_post_bn_mse(self) -> float | None:
+        if self.post_bn_mse is None:
+            return None
+        return float(self.post_bn_mse[self.ghosts].max()) if self.ghosts else 0.0
 
     def cheap_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise weight ``(m*(ratio-1), 1, d, d)`` and bias ``(m*(ratio-1),)`` in cheap-slot order
@@ -90,207 +133,166 @@ class Ghostability(Result):
     def predict(self, maps: Any) -> torch.Tensor:
         """Reconstruct all C channels of ``maps`` (N x C x H x W) from the intrinsic ones (float64, CPU)."""
         x = _layer_maps(maps).to(torch.float64).cpu()
-        out = x.clone()
-        src = torch.as_tensor([self.assignment[g] for g in sorted(self.assignment)], dtype=torch.long)
-        ghosts = sorted(self.assignment)
-        if ghosts:
-            k = torch.as_tensor(self.kernel[ghosts], dtype=torch.float64)[:, None]
-            b = torch.as_tensor(self.bias[ghosts], dtype=torch.float64)
-            out[:, ghosts] = F.conv2d(x[:, src], k, b, padding=self.d // 2, groups=len(ghosts))
-        return out
+        return _predict(self, x)
 
-    _COLUMNS = ("channel", "intrinsic", "source", "position", "bias", "rel_error", "dead")
+    def summary(self) -> dict[str, Any]:
+        """The layer's numbers as one flat dict."""
+        iv = self.ghost_error_interval
+        return plain({"ratio": self.ratio, "d": self.d, "channels": len(self.module_order),
+                      "ghosts": len(self.assignment), "ghost_error": self.ghost_error,
+                      "ghost_error_low": None if iv is None else iv.low,
+                      "ghost_error_high": None if iv is None else iv.high, "mean_rel_error": self.mean_rel_error,
+                      "max_rel_error": self.max_rel_error, "mean_post_bn_mse": self.mean_post_bn_mse,
+                      "max_post_bn_mse": self.max_post_bn_mse, "fit_ghost_error": self.fit_ghost_error,
+                      "units": self.units, "split": str(self.split), "choice": self.choice.get("method")})
+
+    _COLUMNS = ("channel", "intrinsic", "source", "position", "bias", "rel_error", "post_bn_mse", "dead")
 
     def rows(self) -> list[dict[str, Any]]:
+        """One row per channel: intrinsic or not, its source and module position, held-out error, dead."""
         position = {ch: k for k, ch in enumerate(self.module_order)}
         return [plain({"channel": j, "intrinsic": j not in self.assignment, "source": self.assignment.get(j, j),
                        "position": position[j], "bias": self.bias[j], "rel_error": self.rel_error[j],
+                       "post_bn_mse": None if self.post_bn_mse is None else self.post_bn_mse[j],
                        "dead": self.dead[j]}) for j in range(len(self.module_order))]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "d": self.d, "intrinsic": plain(self.intrinsic),
-                "slots": plain(self.slots), "assignment": plain(self.assignment),
-                "module_order": plain(self.module_order), "kernel": plain(self.kernel),
-                "bias": plain(self.bias), "rel_error": plain(self.rel_error),
-                "overall_error": plain(self.overall_error), "dead": plain(self.dead)}
+        return plain({
+            "ratio": self.ratio, "d": self.d, "intrinsic": self.intrinsic, "slots": self.slots,
+            "assignment": {str(g): s for g, s in self.assignment.items()}, "module_order": self.module_order,
+            "kernel": self.kernel, "bias": self.bias, "rel_error": self.rel_error, "ghost_error": self.ghost_error,
+            "ghost_error_interval": None if self.ghost_error_interval is None else self.ghost_error_interval.to_dict(),
+            "fit_ghost_error": self.fit_ghost_error, "post_bn_mse": self.post_bn_mse, "units": self.units,
+            "split": self.split.to_dict(), "choice": self.choice, "dead": self.dead})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         d, c = int(data["d"]), len(data["module_order"])
+        f = floats
+        iv = data.get("ghost_error_interval")
         return cls(ratio=int(data["ratio"]), d=d, intrinsic=[int(v) for v in data["intrinsic"]],
                    slots=[[int(v) for v in s] for s in data["slots"]],
                    assignment={int(g): int(s) for g, s in data["assignment"].items()},
                    module_order=[int(v) for v in data["module_order"]],
-                   kernel=floats(data["kernel"]).reshape(c, d, d), bias=floats(data["bias"]),
-                   rel_error=floats(data["rel_error"]), overall_error=number(data["overall_error"]),
+                   kernel=floats(data["kernel"]).reshape(c, d, d), bias=f(data["bias"]),
+                   rel_error=f(data["rel_error"]), ghost_error=number(data["ghost_error"]),
+                   ghost_error_interval=None if iv is None else Estimate.from_dict(iv),
+                   fit_ghost_error=number(data["fit_ghost_error"]),
+                   post_bn_mse=None if data.get("post_bn_mse") is None else f(data["post_bn_mse"]),
+                   units=str(data["units"]), split=Split.from_dict(data["split"]), choice=dict(data["choice"]),
                    dead=np.asarray(data["dead"], dtype=bool))
 
     def __str__(self) -> str:
+        iv = self.ghost_error_interval
+        ci = "" if iv is None else f" [{iv.low:.3g}, {iv.high:.3g}]"
         return (f"Ghostability(ratio={self.ratio}, d={self.d}, C={len(self.module_order)}, "
-                f"intrinsic={len(self.intrinsic)}, overall_error={self.overall_error:.4g})")
+                f"intrinsic={len(self.intrinsic)}: ghost error {self.ghost_error:.4g}{ci} held out "
+                f"(in-sample {self.fit_ghost_error:.4g}), per ghost mean {self.mean_rel_error:.3g} / max "
+                f"{self.max_rel_error:.3g}; {self.units}; {self.split})")
 
 
-def _select_intrinsic(e: np.ndarray, ss: np.ndarray, m: int) -> list[int]:
-    """Greedy facility location: repeatedly add the channel that most reduces the total error.
-
-    The error of a non-intrinsic channel j is its best SSE over the chosen sources (initially ``ss_j``, the
-    bias-only fit); choosing c makes c exact and lowers every j to ``min(cost_j, e[c, j])``. This objective
-    is monotone submodular, so greedy is within (1 - 1/e) of the best uncapacitated choice; capacities are
-    handled afterwards by the assignment. Ties go to the lowest index.
-    """
-    c = len(ss)
-    cost = ss.astype(np.float64).copy()
-    chosen: list[int] = []
-    free = np.ones(c, dtype=bool)
-    for _ in range(m):
-        red = np.clip(cost[None, :] - e, 0.0, None)  # e has a zero diagonal: red[c, c] = cost[c]
-        red[:, ~free] = 0.0
-        gain = red.sum(1)
-        gain[~free] = -np.inf
-        k = int(np.argmax(gain))
-        chosen.append(k)
-        free[k] = False
-        cost = np.minimum(cost, e[k])
-        cost[k] = 0.0
-    return chosen
+def _predict(g: Ghostability, x: torch.Tensor) -> torch.Tensor:
+    out = x.clone()
+    ghosts = g.ghosts
+    if ghosts:
+        src = torch.as_tensor([g.assignment[j] for j in ghosts], dtype=torch.long)
+        k = torch.as_tensor(g.kernel[ghosts], dtype=torch.float64)[:, None]
+        b = torch.as_tensor(g.bias[ghosts], dtype=torch.float64)
+        out[:, ghosts] = F.conv2d(x[:, src], k, b, padding=g.d // 2, groups=len(ghosts))
+    return out
 
 
-def _assign(e: np.ndarray, intrinsic: list[int], ghosts: list[int], ratio: int) -> list[list[int]]:
-    """Minimum-total-SSE assignment of ghosts to intrinsic channels, each feeding <= ratio - 1 ghosts and
-    only one feeding fewer than ratio - 1 (so the unused cheap slots can sit at the end of the module).
-
-    Exact for given capacities (Hungarian algorithm on intrinsic channels replicated ratio - 1 times). The
-    one short intrinsic channel is the least-loaded one of the unconstrained-capacity optimum.
-    Returns ``slots`` aligned with ``intrinsic`` (the short one moved last by the caller).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    r1 = ratio - 1
-    m = len(intrinsic)
-    spare = m * r1 - len(ghosts)
-    cost = e[np.ix_(intrinsic, ghosts)].T  # (G, m)
-
-    def solve(caps: list[int]) -> list[list[int]]:
-        cols = [p for p in range(m) for _ in range(caps[p])]
-        if not ghosts:
-            return [[] for _ in range(m)]
-        rows, picked = linear_sum_assignment(cost[:, cols])
-        slots: list[list[int]] = [[] for _ in range(m)]
-        for r, col in zip(rows, picked, strict=True):
-            slots[cols[col]].append(ghosts[r])
-        return [sorted(s) for s in slots]
-
-    slots = solve([r1] * m)
-    short = [p for p in range(m) if len(slots[p]) < r1]
-    if len(short) > 1:
-        p_short = min(short, key=lambda p: (len(slots[p]), p))
-        caps = [r1] * m
-        caps[p_short] = r1 - spare
-        slots = solve(caps)
-    return slots
-
-
-def _ghostability_from_fits(fits: _PairFits, ratio: int) -> Ghostability:
-    d = fits.d
-    c = len(fits.ss)
-    m = math.ceil(c / ratio)
-    e = fits.sse
-    intrinsic = sorted(_select_intrinsic(e, fits.ss, m))
-    chosen = set(intrinsic)
-    ghosts = [j for j in range(c) if j not in chosen]
-    slots = _assign(e, intrinsic, ghosts, ratio)
-    # put the (at most one) short intrinsic channel last, keep the rest in ascending channel order
-    order = sorted(range(m), key=lambda p: (len(slots[p]) < ratio - 1, intrinsic[p]))
-    intrinsic = [intrinsic[p] for p in order]
-    slots = [slots[p] for p in order]
-    assignment = {g: intrinsic[p] for p, s in enumerate(slots) for g in s}
+def _structure(fits: _PairFits, ratio: int, w: np.ndarray | None, method: str) -> tuple[IntrinsicChoice, np.ndarray,
+                                                                                        np.ndarray]:
+    """The intrinsic choice minimising the (post-BN weighted) summed SSE on the fit images, and its kernels."""
+    c, d = len(fits.ss), fits.d
+    ww = np.ones(c) if w is None else w
+    choice = choose_intrinsic(fits.sse * ww[None, :], ratio, method, baseline=fits.ss * ww)
     q = d * d
     kernel = np.zeros((c, q))
     bias = np.zeros(c)
-    kernel[intrinsic, q // 2] = 1.0
-    sse = np.zeros(c)
-    for g, s in assignment.items():
-        kernel[g] = fits.theta[s, :, g]
-        bias[g] = fits.bias[s, g]
-        sse[g] = fits.sse[s, g]
-    rel = _relative(sse, fits.ss, fits.sumsq)
-    total_ss = float(fits.ss.sum())
-    total_sse = float(sse.sum())
-    overall = float(_relative(np.array(total_sse), np.array(total_ss), np.array(float(fits.sumsq.sum()))))
-    module_order = intrinsic + [g for s in slots for g in s]
-    return Ghostability(ratio=ratio, d=d, intrinsic=intrinsic, slots=slots, assignment=assignment,
-                        module_order=module_order, kernel=kernel.reshape(c, d, d), bias=bias, rel_error=rel,
-                        overall_error=overall, dead=fits.dead.copy())
+    kernel[choice.intrinsic, q // 2] = 1.0
+    for p, s in zip(choice.intrinsic, choice.slots, strict=True):
+        for g in s:
+            kernel[g] = fits.theta[p, :, g]
+            bias[g] = fits.bias[p, g]
+    return choice, kernel.reshape(c, d, d), bias
 
 
-def ghostability(maps: Any, ratio: int = 2, d: int = 3, ridge: float = DEFAULT_RIDGE) -> Ghostability:
-    """How well a Ghost module with this ``ratio`` and d x d cheap ops could reproduce a layer's maps.
+def _from_fits(fits: _PairFits, eval_x: torch.Tensor, split: Split, ratio: int, w: np.ndarray | None, method: str,
+               groups: Sequence[Any] | None, level: float) -> Ghostability:
+    choice, kernel, bias = _structure(fits, ratio, w, method)
+    c, d = len(fits.ss), fits.d
+    slots = choice.slots
+    assignment = {g: p for p, s in zip(choice.intrinsic, slots, strict=True) for g in s}
+    ghosts = sorted(assignment)
+    fit_sse = np.zeros(c)
+    for g, p in assignment.items():
+        fit_sse[g] = fits.sse[p, g]
+    g0 = Ghostability(ratio, d, list(choice.intrinsic), [list(s) for s in slots], assignment,
+                      list(choice.intrinsic) + [g for s in slots for g in s], kernel, bias, np.zeros(c), 0.0, None,
+                      pooled(fit_sse, fits.ss, ghosts, w), None,
+                      "post-BN (channel j weighted by gamma_j^2 / (var_j + eps))" if w is not None else
+                      "the layer's output (no BN given: channels weighted by their own variance)", split,
+                      {**choice.to_dict(), "intrinsic": None, "slots": None}, fits.dead.copy())
+    g0.choice = {k: v for k, v in g0.choice.items() if v is not None or k == "lower_bound"}
+    # held-out errors, per image and channel, in chunks of images
+    x = eval_x.to(torch.float64).cpu()
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    err_parts, ss_parts = [], []
+    for n0 in range(0, x.shape[0], _CHUNK):
+        xb = x[n0:n0 + _CHUNK]
+        e, _ = heldout_channel_errors(_predict(g0, xb), xb)
+        err_parts.append(e)
+        ss_parts.append(((xb - mean) ** 2).sum(dim=(2, 3)).numpy())
+    err, ss = np.concatenate(err_parts), np.concatenate(ss_parts)  # N_eval x C
+    sse_c, ss_c = err.sum(0), ss.sum(0)
+    sumsq = (x ** 2).sum(dim=(0, 2, 3)).numpy()
+    rel = _relative(sse_c, ss_c, sumsq)
+    rel[~np.isin(np.arange(c), ghosts)] = 0.0
+    g0.rel_error = rel
+    g0.ghost_error = pooled(sse_c, ss_c, ghosts, w)
+    positions = x.shape[0] * x.shape[2] * x.shape[3]
+    g0.post_bn_mse = None if w is None else np.where(np.isin(np.arange(c), ghosts), w * sse_c / positions, 0.0)
+    if ghosts and x.shape[0] >= 2:
+        ww = np.ones(c) if w is None else w
+        g0.ghost_error_interval = ratio_interval((err[:, ghosts] * ww[ghosts]).sum(1),
+                                                 (ss[:, ghosts] * ww[ghosts]).sum(1), level, groups)
+    return g0
 
-    ``maps``: N x C x H x W. Steps: (1) fit all C x C cheap ops at once (``best_sources``' machinery);
-    (2) choose ``m = ceil(C / ratio)`` intrinsic channels greedily (facility location on the SSE matrix:
-    each step adds the channel that most reduces the summed error of all channels, so one representative
-    per ghost group is picked first; dead channels never help and are picked only to fill up); (3) assign
-    every other channel to one intrinsic source, at most ``ratio - 1`` per source, minimising the summed
-    SSE exactly (Hungarian); (4) report per-channel and overall relative error
-    ``sum_j SSE_j / sum_j sum (x_j - mean x_j)^2`` (intrinsic channels count as exact). The cheap ops are
-    linear (conv + bias, i.e. conv + BN); a ReLU after the cheap op is not modelled.
+
+def ghostability(maps: Any, ratio: int = 2, d: int = 3, *, bn: Any = None, heldout: Any = None,
+                 split: float | None = DEFAULT_SPLIT, seed: int = 0, groups: Sequence[Any] | None = None,
+                 choice: str = "auto", ridge: float = DEFAULT_RIDGE, level: float = 0.95) -> Ghostability:
+    """How well a Ghost module with this ``ratio`` and d x d cheap ops reproduces a layer's maps, held out.
+
+    Args:
+        maps: N x C x H x W outputs of the layer (before its BN).
+        ratio, d: the Ghost module's ratio s and cheap-op kernel size.
+        bn: the BN that follows the layer (a ``BatchNorm2d``, its weights, see
+            :func:`~analysis.reconstruct.heldout.channel_weights`): errors in post-BN units, and the intrinsic
+            choice minimises them; None keeps the layer's own units.
+        heldout: maps of other images to report on (the fit uses all of ``maps``). Otherwise ``split`` of the
+            images (of the photos, with ``groups``: the photo of each image) is held out with ``seed``;
+            ``split=None`` reports in-sample (labelled so in ``split``).
+        choice: the intrinsic-choice method (:func:`~analysis.reconstruct.choice.choose_intrinsic`): exact
+            matching for s = 2, capacitated with swaps (and exact on small layers) for s > 2; ``"greedy"``
+            is the old facility-location pick, for comparison.
+        level: confidence level of ``ghost_error_interval``.
+
+    Steps: fit all C x C cheap ops on the fit images (shifted Gram products); choose the intrinsic channels
+    and assign the ghosts under the Ghost capacity minimising the summed (weighted) SSE; report the ghosts'
+    errors on the held-out images. The cheap ops are linear (conv + bias, i.e. conv + BN); a ReLU after the
+    cheap op is not modelled.
     """
     ratio = check_ratio(ratio)
     d = check_odd_size(d)
     ridge = _check_ridge(ridge)
-    return _ghostability_from_fits(_pair_fits(_layer_maps(maps), d, ridge), ratio)
-
-
-@dataclass(eq=False)
-class RatioSuggestion(Result):
-    """Result of :func:`suggest_ratio`. ``ratio``: the largest tried ratio with ``errors[ratio] <=
-    max_error`` (None if even the smallest exceeds it: keep the plain conv). ``errors``: overall relative
-    error per tried ratio. ``ghostability``: the full result for the chosen ratio (None if none).
-    ``rows()``: one per tried ratio; equality compares ``to_dict()``."""
-
-    ratio: int | None
-    errors: dict[int, float]
-    max_error: float
-    d: int
-    ghostability: Ghostability | None = field(default=None, repr=False)
-
-    _COLUMNS = ("ratio", "error", "within_budget", "chosen")
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [plain({"ratio": r, "error": e, "within_budget": e <= self.max_error, "chosen": r == self.ratio})
-                for r, e in self.errors.items()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "errors": plain(self.errors), "max_error": plain(self.max_error), "d": self.d,
-                "ghostability": self.ghostability.to_dict() if self.ghostability is not None else None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        g = data.get("ghostability")
-        return cls(None if data["ratio"] is None else int(data["ratio"]),
-                   {int(r): number(e) for r, e in data["errors"].items()}, number(data["max_error"]), int(data["d"]),
-                   None if g is None else Ghostability.from_dict(g))
-
-
-def suggest_ratio(maps: Any, max_error: float = 0.1, ratios: Sequence[int] = (2, 3, 4, 5, 6, 8), d: int = 3,
-                  ridge: float = DEFAULT_RIDGE) -> RatioSuggestion:
-    """Largest Ghost ratio whose :func:`ghostability` overall error is within ``max_error``.
-
-    The C x C fits are computed once and reused for every ratio.
-    """
-    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not max_error >= 0:
-        raise GhostmapsError(f"max_error must be a number >= 0 (a relative error budget, e.g. 0.1); got {max_error!r}")
-    if isinstance(ratios, (int, np.integer)) or len(ratios) == 0:
-        raise GhostmapsError(f"ratios must be a non-empty sequence of ints >= 2, e.g. (2, 3, 4); got {ratios!r}")
-    rs = sorted({check_ratio(r, "each of ratios") for r in ratios})
-    d = check_odd_size(d)
-    ridge = _check_ridge(ridge)
-    fits = _pair_fits(_layer_maps(maps), d, ridge)
-    results = {r: _ghostability_from_fits(fits, r) for r in rs}
-    errors = {r: g.overall_error for r, g in results.items()}
-    ok = [r for r in rs if errors[r] <= max_error]
-    best = max(ok) if ok else None
-    return RatioSuggestion(ratio=best, errors=errors, max_error=float(max_error), d=d,
-                           ghostability=results[best] if best is not None else None)
-
-
+    x = _layer_maps(maps)
+    fit_x, eval_x, sp = split_maps(x, heldout, split, seed, groups)
+    w = channel_weights(bn, x.shape[1])
+    eval_groups = None
+    if groups is not None and sp.eval_index is not None:
+        names = [str(g) for g in groups]
+        eval_groups = [names[i] for i in sp.eval_index]
+    return _from_fits(_pair_fits(fit_x, d, ridge), eval_x, sp, ratio, w, choice, eval_groups, level)

@@ -120,7 +120,7 @@ def survey(
     error: Exception | None = None
     try:
         with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
-            for positions, batch, _ in source.batches(batch_size, chunk=chunk, rank=rank, world=world):
+            for positions, batch, *_ in source.batches(batch_size, chunk=chunk, rank=rank, world=world):
                 current[:] = positions
                 net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
                 n_images += len(positions)

@@ -19,17 +19,28 @@ def test_fit_end_to_end(tmp_path, capsys):
                *SMALL, "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "d=1: MSE" in text and "d=3: MSE" in text and "random (n=8)" in text
+    assert "d=1: held-out" in text and "d=3: held-out" in text and "random (n=8)" in text
+    assert "not comparable" in text
     doc = json.loads((out / "table1.json").read_text())
     assert doc["layer"] == "features.3.conv.0.2" and doc["shape"] == [3, 144, 16, 16]
+    split = doc["table"]["split"]
+    assert split["kind"] == "seeded split" and split["by_photo"] and split["n_fit"] + split["n_eval"] == 3
     rows = doc["table"]["rows"]
     assert len(rows) == 2 * 3  # (2 pairs + baseline) x 2 kernel sizes
     pairs = {(r["src"], r["dst"]) for r in rows if r["kind"] == "pair"}
     assert pairs == {(p["i"], p["j"]) for p in doc["pairs"]}
-    for p in pairs:  # a 3x3 kernel contains the 1x1 one: the error can only drop
-        e = {r["d"]: r["rel_error"] for r in rows if (r["src"], r["dst"]) == p}
+    for p in pairs:  # a 3x3 kernel contains the 1x1 one: in-sample the error can only drop
+        e = {r["d"]: r["rel_error_fit"] for r in rows if (r["src"], r["dst"]) == p}
         assert e[3] <= e[1] + 1e-9
-    assert (out / "table1.csv").read_text().startswith("kind,src,dst,d,")
+    assert (out / "table1.csv").read_text().startswith("kind,src,dst,d,rel_error,")
+
+
+def test_fit_with_explicit_heldout_images(tmp_path, capsys):
+    rc = main(["fit", "--layer", "features.3.conv.0.2", "--pairs", "1", "--d", "3", "--random", "2",
+               "--images", "samples:calibration", "--heldout", "samples:evaluation", *SMALL, "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "table1.json").read_text())
+    assert doc["table"]["split"]["kind"] == "held-out maps" and doc["heldout_images"] == 3
 
 
 def test_fit_default_layer_prints_table(capsys):

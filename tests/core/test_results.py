@@ -18,7 +18,9 @@ from torch import nn
 
 from analysis import MissingDependencyError
 from analysis._core.results import Result, floats, plain
+from analysis.convert.evaluate import Accuracy, Agreement, ClassLoss
 from analysis.convert.ghostify import GhostifyResult, ReplacedLayer, SkippedLayer, ghostify
+from analysis.convert.latency import Latency, LatencyRow, measure_latency
 from analysis.convert.macs import MacsReport, ModuleCost, count_macs
 from analysis.convert.verify import LayerCheck, VerificationReport, verify_replacement
 from analysis.data.images import NamedImage
@@ -34,14 +36,18 @@ from analysis.reconstruct import (
     CheapOpFit,
     CheapOpFits,
     Ghostability,
+    IntrinsicChoice,
     RatioSuggestion,
     ReconstructionTable,
+    Split,
     best_sources,
+    choose_intrinsic,
     fit_cheap_op,
     ghostability,
     reconstruction_table,
     suggest_ratio,
 )
+from analysis.stats.intervals import Estimate, McNemar, mcnemar
 from analysis.survey.result import LayerSurvey, Survey
 from analysis.survey.run import survey
 from tests.helpers import TinyNet
@@ -90,13 +96,21 @@ def instances() -> dict[str, Result]:
     images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     new, ghostified = ghostify(net, init="fit", calibration_images=images, min_channels=8)  # the stem is skipped
     report = verify_replacement(net, new, images, latency_runs=0, note="calibration images")
+    labels = torch.tensor([0, 1, 2, 3])
+    labelled = verify_replacement(net, new, images, labels=labels, latency_repeats=0, layer_images=0)
+    lat = measure_latency(net, new, images, batch_sizes=(1, 2), repeats=2, warmup=0, threads=1)
+    g = ghostability(maps, ratio=2)
     macs = count_macs(net, (1, 3, 8, 8))
     fig = run_figure1(tiny, layer="conv1", image=NamedImage("noise", x[0], "test"), k=2)
     made: dict[str, Result] = {
         "GhostPair": pairs[0], "GhostPairs": pairs, "GhostGroups": ghost_groups(sim, 0.8),
         "ChannelSimilarity": sim, "Score": red.scores["ghost_fraction"], "Redundancy": red,
         "LayerSurvey": surveyed["conv2"], "Survey": surveyed, "CheapOpFit": single, "CheapOpFits": batch,
-        "BestSources": best_sources(maps), "Ghostability": ghostability(maps, ratio=2),
+        "BestSources": best_sources(maps), "Ghostability": g, "Split": g.split,
+        "IntrinsicChoice": choose_intrinsic(np.random.default_rng(0).random((5, 5)), 2),
+        "Estimate": labelled.agreement.top1, "McNemar": mcnemar(3, 1), "Agreement": labelled.agreement,
+        "Accuracy": labelled.accuracy, "ClassLoss": ClassLoss(2, 5, 0.8, 0.6), "Latency": lat,
+        "LatencyRow": lat.timings[0],
         "RatioSuggestion": suggestion, "ReconstructionTable": reconstruction_table(maps, pairs, ds=(1, 3), n_random=4),
         "ReplacedLayer": ghostified.replaced[0], "SkippedLayer": ghostified.skipped[0], "GhostifyResult": ghostified,
         "LayerCheck": report.layers[0], "VerificationReport": report, "ModuleCost": macs.modules[1],
@@ -108,7 +122,8 @@ def instances() -> dict[str, Result]:
 
 CLASSES = [GhostPair, GhostPairs, GhostGroups, ChannelSimilarity, Score, Redundancy, LayerSurvey, Survey, CheapOpFit,
            CheapOpFits, BestSources, Ghostability, RatioSuggestion, ReconstructionTable, ReplacedLayer, SkippedLayer,
-           GhostifyResult, LayerCheck, VerificationReport, ModuleCost, MacsReport, LayerInfo, ModelInfo, Figure1Result]
+           GhostifyResult, LayerCheck, VerificationReport, ModuleCost, MacsReport, LayerInfo, ModelInfo, Figure1Result,
+           Split, IntrinsicChoice, Estimate, McNemar, Agreement, Accuracy, ClassLoss, Latency, LatencyRow]
 NAMES = [cls.__name__ for cls in CLASSES]
 
 

@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from analysis.reconstruct import (
     best_sources,
     fit_cheap_op,
-    ghostability,
     reconstruction_table,
-    suggest_ratio,
 )
 
 
@@ -248,151 +246,73 @@ def test_best_sources_degenerate_layers():
         best_sources(torch.randn(4, 4))
 
 
-# ------------------------------------------------------------------------------------------------ ghostability
-
-
-def ghost_module_forward(maps, g):
-    """What a GhostModule initialised from ``g`` outputs: primary = intrinsic maps, cheap = depthwise conv with
-    channel multiplier ratio-1 (groups = m), concatenated and cut to C channels."""
-    primary = maps[:, g.intrinsic].double()
-    w, b = g.cheap_weights()
-    cheap = F.conv2d(primary, w.double(), b.double(), padding=g.d // 2, groups=len(g.intrinsic))
-    return torch.cat([primary, cheap], dim=1)[:, : maps.shape[1]]
-
-
-def module_error(maps, g):
-    """Overall relative error of the GhostModule output against the original channels, in module order."""
-    target = maps[:, g.module_order].double()
-    out = ghost_module_forward(maps, g)
-    ss = ((target - target.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum()
-    return (((out - target) ** 2).sum() / ss).item()
-
-
-@pytest.mark.parametrize("ratio", [2, 3])
-def test_ghostability_planted_groups(ratio):
-    maps, groups, bases = planted_layer(n_base=4, ratio=ratio)
-    g = ghostability(maps, ratio=ratio, d=3)
-    c = maps.shape[1]
-    assert len(g.intrinsic) == math.ceil(c / ratio) == 4
-    assert g.overall_error < 1e-6
-    assert sorted(g.intrinsic) == sorted(bases.values())  # exactly the base channels, one per group
-    for ghost, src in g.assignment.items():
-        assert groups[ghost] == groups[src]
-    assert abs(module_error(maps, g) - g.overall_error) < 1e-6
-    # one ratio too many: the groups cannot all be covered
-    worse = ghostability(maps, ratio=ratio + 2, d=3)
-    assert worse.overall_error > 0.05
-
-
-@pytest.mark.parametrize("c,ratio", [(7, 2), (10, 4), (9, 3), (5, 8), (11, 3)])
-def test_ghostability_structure_is_a_ghost_module(c, ratio):
-    maps = smooth_maps((2, c, 8, 7), seed=c + ratio, relu=True)
-    g = ghostability(maps, ratio=ratio, d=3)
-    m = math.ceil(c / ratio)
-    assert len(g.intrinsic) == m and len(set(g.intrinsic)) == m
-    assert sorted(g.module_order) == list(range(c))
-    assert set(g.assignment) == set(range(c)) - set(g.intrinsic)
-    loads = [len(s) for s in g.slots]
-    assert max(loads) <= ratio - 1  # capacity
-    assert all(n == ratio - 1 for n in loads[:-1])  # only the last intrinsic may be short
-    assert sum(loads) == c - m
-    for p, s in enumerate(g.slots):
-        assert all(g.assignment[k] == g.intrinsic[p] for k in s)
-    # the reported error is what the GhostModule computes, and what predict() gives
-    assert abs(module_error(maps, g) - g.overall_error) < 1e-6
-    rec = g.predict(maps)
-    np.testing.assert_allclose(rec[:, g.module_order].numpy(), ghost_module_forward(maps, g).numpy(), atol=1e-5)
-    assert np.all(g.rel_error[g.intrinsic] == 0)
-    assert 0 <= g.overall_error <= 1 + 1e-9
-    json.dumps(g.to_dict())
-    assert "overall_error" in str(g)
-
-
-def test_ghostability_degenerate_inputs_no_nan():
-    maps, _, _ = planted_layer(n_base=3, ratio=2, hw=(6, 6))
-    maps = torch.cat([maps, torch.zeros(4, 2, 6, 6, dtype=maps.dtype)], dim=1)  # two dead channels
-    g = ghostability(maps, ratio=2)
-    assert g.dead.tolist()[-2:] == [True, True]
-    assert np.all(np.isfinite(g.rel_error)) and g.overall_error < 1e-6
-    assert g.rel_error[-1] == 0 and g.rel_error[-2] == 0
-    for x, ratio in [
-        (torch.randn(3, 1, 5, 5), 2),  # C = 1
-        (torch.randn(5, 6, 1, 1), 2),  # 1x1 spatial
-        (torch.zeros(2, 4, 3, 3), 2),  # all dead
-        (smooth_maps((2, 6, 8, 8), seed=3, relu=True).half(), 3),  # fp16
-        (torch.full((2, 3, 4, 4), 7.0), 2),  # constant channels
-    ]:
-        g = ghostability(x, ratio=ratio, d=3)
-        assert np.all(np.isfinite(g.rel_error)) and math.isfinite(g.overall_error)
-        assert np.all(np.isfinite(g.kernel)) and np.all(np.isfinite(g.bias))
-        assert 0 <= g.overall_error <= 1 + 1e-6
-        assert abs(module_error(x.double(), g) - g.overall_error) < 1e-5 or g.overall_error == 0
-
-
-def test_ghostability_rejects_bad_input():
-    x = torch.randn(2, 4, 5, 5)
-    for r in (1, 0, 2.5, True):
-        with pytest.raises(ValueError, match="ratio must be an int >= 2"):
-            ghostability(x, ratio=r)
-    with pytest.raises(ValueError, match="d must be a positive odd int"):
-        ghostability(x, d=2)
-
-
-def test_suggest_ratio_planted():
-    maps, _, _ = planted_layer(n_base=4, ratio=3, hw=(10, 10))  # C = 12, groups of 3
-    s = suggest_ratio(maps, max_error=0.01, ratios=(2, 3, 4, 6), d=3)
-    assert s.ratio == 3
-    assert s.errors[3] < 0.01 and s.errors[4] > 0.01 and s.errors[6] > 0.01
-    # ratio 2 is not exact either: 6 intrinsic maps with one ghost each cannot cover 4 groups of 3
-    assert s.errors[2] > 0.01
-    assert s.ghostability is not None and s.ghostability.ratio == 3
-    assert json.loads(json.dumps(s.to_dict()))["ratio"] == 3
-    none = suggest_ratio(smooth_maps((2, 6, 8, 8), seed=9), max_error=0.0, ratios=(2,))
-    assert none.ratio is None and none.ghostability is None and none.errors[2] > 0
-    with pytest.raises(ValueError, match="ratio"):
-        suggest_ratio(maps, ratios=(1, 2))
-    with pytest.raises(ValueError, match="max_error"):
-        suggest_ratio(maps, max_error=-0.1)
-
-
 # ------------------------------------------------------------------------------------------------ Table 1
 
 
-def test_reconstruction_table(tmp_path):
-    x = smooth_maps((3, 8, 12, 12), seed=30, relu=True)
+def _heldout_rel(fit_x, eval_x, i, j, d):
+    """Independent held-out error: fit one op on the fit images, apply it to the held-out ones by conv2d."""
+    f = fit_cheap_op(fit_x[:, i], fit_x[:, j], d=d)
+    y = eval_x[:, j].double()
+    pred = conv(eval_x[:, i], f.kernel, f.bias, d)
+    return float(((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()), f.rel_error
+
+
+def test_reconstruction_table_is_held_out(tmp_path):
+    from analysis.reconstruct import split_maps
+
+    x = smooth_maps((6, 8, 12, 12), seed=30, relu=True)
     x[:, 2] = conv(x[:, 5], torch.tensor([[0.0, 0.2, 0.0], [0.3, 0.8, -0.1], [0.0, 0.1, 0.0]]), 0.1, 3)
     holder = SimpleNamespace(pairs=[SimpleNamespace(i=5, j=2), SimpleNamespace(i=0, j=1)])
     t = reconstruction_table(x, holder, ds=(1, 3, 5), n_random=20, seed=1)
-    assert t.ds == (1, 3, 5) and t.n_random == 20
+    assert t.ds == (1, 3, 5) and t.n_random == 20 and t.pairs_from == "given"
+    assert t.split.kind == "seeded split" and t.split.n_fit == 3 and t.split.n_eval == 3
+    fit_x, eval_x, _ = split_maps(x, split=0.5, seed=1)
     pair_rows = {(r["src"], r["dst"], r["d"]): r for r in t.rows() if r["kind"] == "pair"}
     rand_rows = {r["d"]: r for r in t.rows() if r["kind"] == "random"}
     assert len(pair_rows) == 6 and set(rand_rows) == {1, 3, 5}
     for (i, j, d), r in pair_rows.items():
-        f = fit_cheap_op(x[:, i], x[:, j], d=d)
-        assert math.isclose(r["mse"], f.mse, rel_tol=1e-7) and math.isclose(r["rel_error"], f.rel_error, rel_tol=1e-7)
-    # planted pair: exact from d = 3 on, and far below the random baseline; nested kernels never get worse
+        held, fit_rel = _heldout_rel(fit_x, eval_x, i, j, d)
+        assert r["rel_error"] == pytest.approx(held, rel=1e-7, abs=1e-12)
+        assert r["rel_error_fit"] == pytest.approx(fit_rel, rel=1e-7, abs=1e-12)
+        assert r["rel_error_low"] <= r["rel_error"] <= r["rel_error_high"] or r["rel_error"] < 1e-9
+    # the planted pair is exact held out from d = 3 on, far below the random baseline
     assert pair_rows[5, 2, 1]["rel_error"] > 1e-3
     assert pair_rows[5, 2, 3]["rel_error"] < 1e-8 and pair_rows[5, 2, 5]["rel_error"] < 1e-8
-    assert rand_rows[3]["rel_error"] > 0.1
-    e = [pair_rows[0, 1, d]["rel_error"] for d in (1, 3, 5)]
-    assert e[0] >= e[1] - 1e-9 >= e[2] - 2e-9
-    # the baseline is the mean over random pairs of different channels: within the range of all pair errors
-    for d in (1, 3, 5):
-        all_rel = [fit_cheap_op(x[:, i], x[:, j], d=d).rel_error for i in range(8) for j in range(8) if i != j]
-        assert min(all_rel) <= rand_rows[d]["rel_error"] <= max(all_rel)
-    same = reconstruction_table(x, [(5, 2), (0, 1)], ds=(1, 3, 5), n_random=20, seed=1)
-    assert same.rows() == t.rows()
-    # exports
+    assert rand_rows[3]["rel_error"] > 0.1 and rand_rows[3]["rel_error_low"] < rand_rows[3]["rel_error"]
     back = json.loads(t.to_json())
-    assert len(back["rows"]) == len(t.rows()) and back["rows"][-1]["src"] is None
+    assert len(back["rows"]) == len(t.rows()) and back["rows"][-1]["src"] is None and "not comparable" in back["mse_note"]
+    assert type(t).from_dict(back).to_dict() == t.to_dict()
     frame = t.to_frame()
-    assert list(frame.columns) == ["kind", "src", "dst", "d", "mse", "rel_error", "r2", "n"] and len(frame) == 9
-    path = tmp_path / "t.csv"
-    t.to_csv(path)
-    lines = path.read_text().splitlines()
-    assert lines[0] == "kind,src,dst,d,mse,rel_error,r2,n" and len(lines) == 10
-    text = str(t)
-    assert "5 -> 2" in text and "random (n=20)" in text and "d=5" in text
+    assert list(frame.columns)[:5] == ["kind", "src", "dst", "d", "rel_error"] and "mse_raw" in frame
+    text = t.to_csv(tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text() == text and len(text.splitlines()) == 10
+    out = str(t)
+    assert "5 -> 2" in out and "random (n=20)" in out and "held-out" in out and "not comparable" in out
+
+
+def test_reconstruction_table_chooses_pairs_on_the_fit_images_only():
+    x = smooth_maps((8, 6, 9, 9), seed=2, relu=True)
+    t = reconstruction_table(x, 2, ds=(3,), n_random=0, metric="pearson", seed=3)
+    from analysis import channel_similarity, ghost_pairs
+    from analysis.reconstruct import split_maps
+
+    fit_x, _, _ = split_maps(x, seed=3)
+    want = [(p.i, p.j) for p in ghost_pairs(channel_similarity(fit_x, metric="pearson"), k=2)]
+    assert [(r["src"], r["dst"]) for r in t.rows()] == want and "pearson on the fit images" in t.pairs_from
+    assert len(reconstruction_table(x, 1, ds=(3,), n_random=0, metric="r2").rows()) == 1
+
+
+def test_held_out_d_curve_prefers_d3_on_small_noisy_maps():
+    """On 7 x 7 maps with noise, a 7 x 7 op fits in-sample at least as well as a 3 x 3 one, and loses held out."""
+    g = torch.Generator().manual_seed(4)
+    base = smooth_maps((24, 7, 7), seed=8)
+    ghost = conv(base, torch.tensor([[0.1, 0.6, 0.1], [0.2, 1.0, 0.2], [0.1, 0.4, 0.1]]), 0.0, 3)
+    ghost = ghost + 0.4 * torch.randn(ghost.shape, generator=g, dtype=torch.float64)
+    x = torch.stack([base, ghost], 1)
+    t = reconstruction_table(x[:4], [(0, 1)], ds=(3, 7), n_random=0, heldout=x[4:])
+    r3, r7 = (next(r for r in t.rows() if r["d"] == d) for d in (3, 7))
+    assert r7["rel_error_fit"] <= r3["rel_error_fit"] + 1e-12
+    assert r7["rel_error"] > r3["rel_error"]
 
 
 def test_reconstruction_table_bad_input():
@@ -409,3 +329,7 @@ def test_reconstruction_table_bad_input():
         reconstruction_table(x, [(0, 1)], n_random=-1)
     with pytest.raises(ValueError, match="maps must be"):
         reconstruction_table(torch.randn(6, 6), [(0, 1)])
+    with pytest.raises(ValueError, match="metric"):
+        reconstruction_table(x, 2, metric="spearman")
+    with pytest.raises(ValueError, match="split=None"):
+        reconstruction_table(x[:1], [(0, 1)])

@@ -1,0 +1,134 @@
+"""Intervals and tests of analysis.stats.intervals: against scipy, by hand, and by simulated coverage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analysis import GhostmapsError
+from analysis.stats.intervals import (
+    EXACT_MCNEMAR_BELOW,
+    clopper_pearson,
+    mcnemar,
+    mean_interval,
+    paired_difference,
+    proportion,
+    ratio_interval,
+)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 7), (6, 7), (7, 7), (3, 10), (50, 256), (250, 256)])
+def test_clopper_pearson_against_scipy(k, n):
+    low, high = clopper_pearson(k, n)
+    ref = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+    assert low == pytest.approx(ref.low, abs=1e-10) and high == pytest.approx(ref.high, abs=1e-10)
+    # and against the beta quantiles written out
+    lo_b = 0.0 if k == 0 else stats.beta(k, n - k + 1).ppf(0.025)
+    hi_b = 1.0 if k == n else stats.beta(k + 1, n - k).ppf(0.975)
+    assert (low, high) == pytest.approx((lo_b, hi_b), abs=1e-12)
+    # the review's numbers: 0/7 -> [0, 41%], 6/7 -> [42%, 99.6%]
+    if (k, n) == (0, 7):
+        assert high == pytest.approx(0.41, abs=0.005)
+    if (k, n) == (6, 7):
+        assert (low, high) == pytest.approx((0.42, 0.996), abs=0.005)
+
+
+def test_mcnemar_on_hand_made_predictions_against_scipy():
+    truth = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 4)
+    first = truth.copy()
+    second = truth.copy()
+    first[[0, 1, 2]] = 99  # only the second gets these right: c = 3
+    second[[3, 4, 5, 6, 7, 8, 9, 10, 11]] = 99  # only the first gets these right: b = 9
+    second[[0]] = 99  # both wrong on image 0
+    ok1, ok2 = first == truth, second == truth
+    b, c = int((ok1 & ~ok2).sum()), int((~ok1 & ok2).sum())
+    assert (b, c) == (9, 2)
+    res = mcnemar(b, c)
+    assert res.method == "exact binomial"
+    assert res.p_value == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+    for b, c in [(0, 0), (0, 5), (12, 12), (3, 20)]:
+        assert mcnemar(b, c).p_value == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
+    big = mcnemar(40, 20)  # beyond the exact range: continuity-corrected chi-square
+    assert 40 + 20 >= EXACT_MCNEMAR_BELOW and big.method.startswith("chi-square")
+    assert big.statistic == pytest.approx((abs(40 - 20) - 1) ** 2 / 60)
+    assert big.p_value == pytest.approx(stats.chi2(1).sf(19**2 / 60))
+    with pytest.raises(GhostmapsError):
+        mcnemar(-1, 3)
+
+
+def test_paired_difference_matches_newcombe_and_covers():
+    # many images: Newcombe's interval meets the Wald interval with McNemar's variance (an independent formula)
+    n11, n10, n01, n00 = 6000, 1200, 700, 2100
+    n = n11 + n10 + n01 + n00
+    first = np.array([1] * n11 + [1] * n10 + [0] * n01 + [0] * n00, bool)
+    second = np.array([1] * n11 + [0] * n10 + [1] * n01 + [0] * n00, bool)
+    est = paired_difference(first, second)
+    delta = (n01 - n10) / n
+    half = stats.norm.ppf(0.975) * math.sqrt((n10 + n01) / n**2 - (n01 - n10) ** 2 / n**3)
+    assert est.value == pytest.approx(delta)
+    assert (est.low, est.high) == pytest.approx((delta - half, delta + half), abs=2e-4)
+    # coverage by simulation: correlated pairs with a known difference
+    rng = np.random.default_rng(0)
+    n, reps, hits = 80, 1500, 0
+    p = np.array([0.55, 0.15, 0.05, 0.25])  # both right, only first, only second, neither
+    truth = (p[0] + p[2]) - (p[0] + p[1])
+    for _ in range(reps):
+        cell = rng.choice(4, size=n, p=p)
+        x, y = np.isin(cell, (0, 1)), np.isin(cell, (0, 2))
+        e = paired_difference(x, y)
+        hits += e.low <= truth <= e.high
+    assert 0.93 <= hits / reps <= 0.98
+
+
+def test_proportion_and_mean_intervals_cover_with_and_without_photos():
+    rng = np.random.default_rng(1)
+    reps = 1500
+    # independent images: Clopper-Pearson covers at least nominally
+    hits = 0
+    for _ in range(reps):
+        e = proportion(rng.random(60) < 0.8)
+        hits += e.low <= 0.8 <= e.high
+    assert hits / reps >= 0.94
+    # 30 photos x 8 views with a photo effect: the photo-level interval covers, the naive one does not
+    g, v = 30, 8
+    groups = np.repeat(np.arange(g), v)
+    naive = clustered = 0
+    for _ in range(reps):
+        x = rng.normal(0, 1, g)[groups] + rng.normal(0, 0.5, g * v)
+        naive += bool(mean_interval(x).low <= 0 <= mean_interval(x).high)
+        e = mean_interval(x, groups=groups)
+        clustered += e.low <= 0 <= e.high
+    assert 0.93 <= clustered / reps <= 0.975
+    assert naive / reps < 0.75  # the baseline that ignores photos fails, as it should
+    assert e.groups == g and "30 photos" in e.method
+
+
+def test_ratio_interval_covers_and_matches_direct_sums():
+    rng = np.random.default_rng(2)
+    a, b = rng.random(20), rng.random(20) + 1
+    est = ratio_interval(a, b)
+    assert est.value == pytest.approx(a.sum() / b.sum())
+    loo = np.array([(a.sum() - a[i]) / (b.sum() - b[i]) for i in range(20)])
+    se = math.sqrt(19 / 20 * ((loo - loo.mean()) ** 2).sum())
+    assert est.high - est.value == pytest.approx(stats.t(19).ppf(0.975) * se)
+    reps, hits = 1500, 0
+    for _ in range(reps):  # per-image squared errors and variances; truth = E[num] / E[den] = 0.3
+        den = rng.gamma(4.0, 1.0, 25)
+        num = 0.3 * den * rng.gamma(5.0, 0.2, 25)
+        e = ratio_interval(num, den)
+        hits += e.low <= 0.3 <= e.high
+    assert 0.92 <= hits / reps <= 0.975
+
+
+def test_bad_input():
+    with pytest.raises(GhostmapsError, match="level"):
+        clopper_pearson(1, 2, level=1.5)
+    with pytest.raises(GhostmapsError, match="counts"):
+        clopper_pearson(3, 2)
+    with pytest.raises(GhostmapsError, match="groups"):
+        proportion([True, False], groups=["a"])
+    with pytest.raises(GhostmapsError):
+        paired_difference([True], [True, False])
