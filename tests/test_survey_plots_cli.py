@@ -30,25 +30,34 @@ def tiny_survey():
         model.conv2.weight[5] = model.conv2.weight[2] * 2  # channel 5 of conv2 = 2 × channel 2 (+ bias)
         model.conv2.bias[5] = model.conv2.bias[2] * 2
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    return model, x, survey(model, x, layers=["conv1", "conv2"], bootstrap=10, progress=False, threshold=0.95)
+    return model, x, survey(model, x, layers=["conv1", "conv2"], progress=False, threshold=0.95,
+                            baseline="untrained", baseline_positions=None, rank99=True)
 
 
-def test_redundancy_profile_draws_observed_baseline_and_band(tiny_survey):
+def test_redundancy_profile_draws_observed_baselines_band_and_halves(tiny_survey):
     _, _, s = tiny_survey
-    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "rank99"))
-    assert len(fig.axes) == 2
-    ax = fig.axes[0]
-    observed, baseline = ax.lines[0], ax.lines[1]
-    want = [layer.redundancy.scores["ghost_fraction"] for layer in s]
-    np.testing.assert_allclose(observed.get_ydata(), [w.observed for w in want])
-    np.testing.assert_allclose(baseline.get_ydata(), [w.baseline for w in want])
-    assert baseline.get_linestyle() == "--"
-    assert any(isinstance(c, PolyCollection) for c in ax.collections)  # the bootstrap band
-    ranks = fig.axes[1].lines[0].get_ydata()  # rank-like scores are per channel
+    fig = plots.redundancy_profile(s, scores=("mean_sq_similarity", "ghost_fraction", "rank99"))
+    assert len(fig.axes) == 3
+    smooth, threshold = fig.axes[0], fig.axes[1]
+    want = [layer.redundancy.scores["mean_sq_similarity"] for layer in s]
+    lines = {line.get_label(): line for line in smooth.lines}
+    np.testing.assert_allclose(lines["observed"].get_ydata(), [w.observed for w in want])
+    np.testing.assert_allclose(lines["noise-matched null (image pairs)"].get_ydata(), [w.null.value for w in want])
+    np.testing.assert_allclose(lines["untrained network"].get_ydata(), [w.untrained.value for w in want])
+    assert lines["noise-matched null (image pairs)"].get_linestyle() == "--"
+    band = next(c for c in smooth.collections if isinstance(c, PolyCollection))  # the jackknife band
+    assert "jackknife" in band.get_label()
+    assert not any(isinstance(c, PolyCollection) for c in threshold.collections)  # no interval for thresholds
+    halves = next(line for line in threshold.lines if line.get_label().startswith("split halves"))
+    gf = [layer.redundancy.scores["ghost_fraction"].halves for layer in s]
+    np.testing.assert_allclose(halves.get_ydata(), [h[0] for h in gf] + [h[1] for h in gf])
+    ranks = next(line for line in fig.axes[2].lines if line.get_label() == "observed").get_ydata()
     np.testing.assert_allclose(ranks, [layer.redundancy.scores["rank99"].observed / layer.channels for layer in s])
-    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["conv1", "conv2"]
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["conv1", "conv2"]
     with pytest.raises(GhostmapsError, match="unknown scores"):
         plots.redundancy_profile(s, scores=("nope",))
+    with pytest.raises(GhostmapsError, match="rank99"):
+        plots.redundancy_profile(s.rescore(rank99=False), scores=("rank99",))
 
 
 def test_similarity_heatmap_is_reordered_outlined_and_marks_dead(tiny_survey):
@@ -92,7 +101,7 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
 def test_survey_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["survey", "--images", "samples:chelsea,china", "--layers", "features.1.conv.0.0",
-                 "features.2.conv.0.0", "--out", str(out), "--bootstrap", "5", "--no-progress"])
+                 "features.2.conv.0.0", "--out", str(out), "--baseline", "untrained", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "features.2.conv.0.0" in printed and "written to" in printed
@@ -101,7 +110,9 @@ def test_survey_command_end_to_end(tmp_path, capsys):
     assert all(r["images"] == "2" for r in rows)
     loaded = Survey.load(out / "survey.pt")
     assert loaded.names == ["features.1.conv.0.0", "features.2.conv.0.0"] and loaded.meta["images"] == 2
-    assert json.loads((out / "survey.json").read_text())["meta"]["model"] == "mobilenet_v2"
+    meta = json.loads((out / "survey.json").read_text())["meta"]
+    assert meta["model"] == "mobilenet_v2" and meta["metric"] == "pearson" and meta["baseline"] == "untrained"
+    assert all(r["metric"] == "pearson" and r["mean_sq_similarity_untrained"] != "" for r in rows)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "profile.png" in pngs and any(p.startswith("heatmap-") for p in pngs)
     assert any(p.startswith("gallery-") for p in pngs)
@@ -118,7 +129,7 @@ def test_survey_command_interrupted_leaves_no_partial_file(tmp_path, monkeypatch
     monkeypatch.setattr(plots, "redundancy_profile", interrupted)
     out = tmp_path / "run"
     code = main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
-                 "--out", str(out), "--bootstrap", "0", "--no-progress"])
+                 "--out", str(out), "--no-progress"])
     assert code == 130
     assert sorted(p.name for p in out.iterdir()) == ["survey.csv", "survey.json", "survey.pt"]
     Survey.load(out / "survey.pt")  # what is there is whole
@@ -167,10 +178,11 @@ def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, 
 
 def test_profile_panels_say_which_way_is_redundant(tiny_survey):
     _, _, s = tiny_survey
-    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups"))
+    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups",
+                                              "mean_sq_similarity"))
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False]
-    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:])
+    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False, True]
+    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:5])
 
 
 def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():

@@ -17,6 +17,7 @@ from analysis.cli.common import (
     non_negative_int,
     positive_int,
 )
+from analysis.measure.similarity import DEFAULT_METRIC, METRICS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,18 +33,20 @@ def run(args: argparse.Namespace) -> int:
                                         min_size=max(1, x.shape[-1] // 4))
     maps = capture_maps(model, layer, x, device=args.device)
     _, fmap = single_entry(maps, layer, ndim=4)
-    pairs = ghost_pairs(channel_similarity(fmap, layer=layer), k=args.pairs)
+    sim = channel_similarity(fmap, metric=args.metric, layer=layer)
+    pairs = ghost_pairs(sim, k=args.pairs)
     if not len(pairs):
         raise GhostmapsError(f"layer {layer!r} has fewer than two live channels; pick another layer")
     table = reconstruction_table(fmap, pairs, ds=args.d, n_random=args.random, seed=args.seed)
     print(f"{info.name} ({info.weights}) · {layer} · {tuple(fmap.shape)} maps of {x.shape[0]} images")
     print(f"Table 1 protocol: MSE (relative error) of making map j from map i with a d x d depthwise op; "
-          f"pairs = the {len(pairs)} most cosine-similar exclusive pairs")
+          f"pairs = the {len(pairs)} most {sim.metric}-similar exclusive pairs"
+          f"{' (' + str(sum(p.sparse for p in pairs)) + ' sparse: APoZ ≥ 0.8)' if any(p.sparse for p in pairs) else ''}")
     print(table)
     if args.out:
         out = Path(args.out)
         doc = {"model": info.to_dict(), "layer": layer, "shape": list(fmap.shape), "images": int(x.shape[0]),
-               "pairs": [p.to_dict() for p in pairs], "table": table.to_dict()}
+               "metric": sim.metric, "pairs": [p.to_dict() for p in pairs], "table": table.to_dict()}
         print(f"wrote {atomic_write(out / 'table1.json', json.dumps(doc, indent=2) + chr(10))}")
         print(f"wrote {table.to_csv(out / 'table1.csv')}")
     return 0
@@ -61,6 +64,8 @@ def register(sub: Any) -> None:
     p.add_argument("--layer", "-l", help="layer name (see `ghostmaps layers`); default: an early layer with "
                                           "many channels")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs (default: %(default)s)")
+    p.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                   help="similarity the pairs are chosen by (default: %(default)s)")
     p.add_argument("--d", type=positive_int, nargs="+", default=[1, 3, 5, 7],
                    help="kernel sizes (default: 1 3 5 7)")
     p.add_argument("--random", type=non_negative_int, default=64,

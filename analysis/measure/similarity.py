@@ -17,7 +17,9 @@ import torch
 from analysis._core.errors import GhostmapsError
 from analysis.stats import DEFAULT_TOL, LayerStats
 
-METRICS = ("cosine", "pearson")
+METRICS = ("pearson", "cosine")
+DEFAULT_METRIC = "pearson"
+SPARSE_APOZ = 0.8  # a channel zero (|x| ≤ tol) on at least this share of positions is "sparse"
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ChannelSimilarity:
 
     matrix: float64 C×C, symmetric, in [−1, 1]; rows/columns of dead or constant channels are 0.
     dead: channels that are all zero (within tol). constant: channels with a single value everywhere.
+    apoz: per channel, the share of positions that are zero (within tol); ``sparse`` marks APoZ ≥ 0.8.
     """
 
     matrix: torch.Tensor
@@ -33,6 +36,15 @@ class ChannelSimilarity:
     dead: torch.Tensor
     constant: torch.Tensor
     layer: str | None = None
+    apoz: torch.Tensor | None = None
+
+    @property
+    def sparse(self) -> torch.Tensor:
+        """Valid channels that are zero on at least ``SPARSE_APOZ`` of the positions: a high similarity
+        between two of them says mostly that both are off together, not that one is a ghost of the other."""
+        if self.apoz is None:
+            return torch.zeros(self.channels, dtype=torch.bool)
+        return self.valid & (self.apoz >= SPARSE_APOZ)
 
     @property
     def channels(self) -> int:
@@ -53,6 +65,7 @@ class ChannelSimilarity:
             "channels": self.channels,
             "dead": torch.nonzero(self.dead).flatten().tolist(),
             "constant": torch.nonzero(self.constant).flatten().tolist(),
+            "sparse": torch.nonzero(self.sparse).flatten().tolist(),
             "matrix": self.matrix.cpu().tolist(),
         }
 
@@ -66,7 +79,7 @@ class ChannelSimilarity:
 
 def channel_similarity(
     maps: torch.Tensor | LayerStats,
-    metric: str = "cosine",
+    metric: str = DEFAULT_METRIC,
     tol: float = DEFAULT_TOL,
     layer: str | None = None,
 ) -> ChannelSimilarity:
@@ -74,9 +87,11 @@ def channel_similarity(
 
     Args:
         maps: N×C×H×W feature maps (C×H×W is one image), or accumulated ``LayerStats``.
-        metric: ``"cosine"`` — ⟨f_i, f_j⟩ / (‖f_i‖‖f_j‖) over all positions of all images, the plain "do these
-            maps look alike" measure; or ``"pearson"`` — the same after subtracting each channel's mean, which
-            does not reward two non-negative (post-ReLU) maps for merely being positive.
+        metric: ``"pearson"`` (default) — the correlation over all positions of all images: invariant to each
+            channel's scale and offset, which the BatchNorm after a conv removes, so it asks whether a cheap op
+            plus that BN could make one channel from the other; or ``"cosine"`` — ⟨f_i, f_j⟩ / (‖f_i‖‖f_j‖)
+            without removing the means, biased upwards for non-negative (post-ReLU) maps, which look alike
+            merely for being positive (independent ReLU(N(0, 1)) maps score 1/π ≈ 0.32).
         tol: values with |x| ≤ tol count as zero when finding dead channels (ignored for ``LayerStats``).
         layer: a name to carry along in the result.
 
@@ -92,4 +107,5 @@ def channel_similarity(
         dead=stats.dead.cpu(),
         constant=stats.constant.cpu(),
         layer=layer,
+        apoz=stats.apoz.cpu(),
     )

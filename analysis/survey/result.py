@@ -25,12 +25,14 @@ from analysis.stats import GroupedStats
 from analysis.survey.settings import check_settings
 
 FORMAT = "ghostmaps-survey"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SCORING = ("threshold", "metric", "level", "linkage", "pairs", "rank99")
 
 
 @dataclass
 class LayerSurvey:
-    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics."""
+    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics
+    (``baseline_stats``: the untrained network's, when the survey had one)."""
 
     name: str
     shape: tuple[int, ...]
@@ -38,6 +40,7 @@ class LayerSurvey:
     groups: GhostGroups
     pairs: GhostPairs
     stats: GroupedStats | None = None
+    baseline_stats: GroupedStats | None = None
     _similarity: ChannelSimilarity | None = field(default=None, repr=False)
 
     @property
@@ -67,6 +70,8 @@ class LayerSurvey:
         row["shape"] = "×".join(map(str, self.shape))
         row["top_pair"] = f"{self.pairs[0].i}~{self.pairs[0].j}" if len(self.pairs) else ""
         row["top_pair_score"] = self.pairs[0].score if len(self.pairs) else None
+        row["top_pair_sparse"] = self.pairs[0].sparse if len(self.pairs) else None
+        row["sparse_pairs"] = sum(p.sparse for p in self.pairs)
         return row
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,10 +146,9 @@ class Survey:
         no intervals)."""
         payload = self.to_dict()
         for entry, layer in zip(payload["layers"], self, strict=True):
-            kept = None
-            if stats and layer.stats is not None:
-                kept = (layer.stats if groups else layer.stats.collapsed()).state_dict()
-            entry["stats"] = kept
+            for key, kept in (("stats", layer.stats), ("baseline_stats", layer.baseline_stats)):
+                entry[key] = (kept if groups else kept.collapsed()).state_dict() if stats and kept is not None \
+                    else None
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = Path(path)
@@ -163,67 +167,101 @@ class Survey:
             raise GhostmapsError(f"{path} is not a readable survey file ({exc}).") from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise GhostmapsError(f"{path} is not a ghostmaps survey file.")
+        if payload.get("version") != FORMAT_VERSION:
+            raise GhostmapsError(f"{path} is a survey file of format version {payload.get('version')}, this "
+                                 f"ghostmaps reads version {FORMAT_VERSION}; survey again.")
+        survey = cls.from_dict(payload)
+        for entry, layer in zip(payload["layers"], survey, strict=True):
+            for key in ("stats", "baseline_stats"):
+                if entry.get(key):
+                    setattr(layer, key, GroupedStats.from_state_dict(entry[key]))
+        return survey
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Survey:
+        """The survey of a ``to_dict`` (scores, groups, pairs; no statistics)."""
         layers = {}
-        for entry in payload["layers"]:
-            stats = GroupedStats.from_state_dict(entry["stats"]) if entry.get("stats") else None
+        for entry in data["layers"]:
             pairs_d = entry["pairs"]
             pairs = GhostPairs([_pair(p) for p in pairs_d["pairs"]], pairs_d.get("metric"), pairs_d.get("layer"),
                                pairs_d.get("exclusive", True))
             layers[entry["name"]] = LayerSurvey(entry["name"], tuple(entry["shape"]),
                                                 Redundancy.from_dict(entry["redundancy"]),
-                                                GhostGroups.from_dict(entry["groups"]), pairs, stats)
-        return cls(layers, payload.get("meta", {}))
+                                                GhostGroups.from_dict(entry["groups"]), pairs)
+        return cls(layers, dict(data.get("meta", {})))
 
-    def rescore(self, threshold: float | None = None, metric: str | None = None, bootstrap: int | None = None,
-                level: float | None = None, linkage: str | None = None, pairs: int | None = None,
-                seed: int | None = None, layers: Sequence[str] | None = None) -> Survey:
+    def rescore(self, threshold: float | None = None, metric: str | None = None, level: float | None = None,
+                linkage: str | None = None, pairs: int | None = None, rank99: bool | None = None,
+                layers: Sequence[str] | None = None) -> Survey:
         """The same survey scored with other settings, from the kept statistics (no forward pass); ``layers``
         keeps only those layers."""
-        settings = {k: self.meta.get(k) for k in ("threshold", "metric", "bootstrap", "level", "linkage", "pairs",
-                                                  "seed")}
-        for k, v in {"threshold": threshold, "metric": metric, "bootstrap": bootstrap, "level": level,
-                     "linkage": linkage, "pairs": pairs, "seed": seed}.items():
+        settings = {k: self.meta.get(k) for k in SCORING}
+        for k, v in {"threshold": threshold, "metric": metric, "level": level, "linkage": linkage,
+                     "pairs": pairs, "rank99": rank99}.items():
             if v is not None:
                 settings[k] = v
-        check_settings(**{k: v for k, v in settings.items() if k != "seed" and v is not None})
+        settings["rank99"] = bool(settings.get("rank99"))
+        check_settings(**{k: v for k, v in settings.items() if v is not None})
         chosen = [self[name] for name in layers] if layers is not None else list(self)
         missing = [layer.name for layer in chosen if layer.stats is None]
         if missing:
             raise GhostmapsError(f"layers {missing[:3]} have no statistics (saved with stats=False); survey again.")
-        done = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, **settings) for layer in chosen}
+        done = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, layer.baseline_stats, **settings)
+                for layer in chosen}
         return Survey(done, {**self.meta, **settings})
 
     def __str__(self) -> str:
         m = self.meta
+        first = next(iter(self.layers.values()), None)
+        k = first.redundancy.interval_groups if first is not None else 0
         head = (f"survey of {m.get('model', 'a model')} over {m.get('images', '?')} images, {len(self)} layers, "
-                f"{m.get('metric')} similarity, τ = {m.get('threshold')}")
-        lines = [head, f"{'layer':<28} {'C':>5} {'dead':>4}  {'ghost frac [CI] (null)':<30} {'s':>3}"]
+                f"{m.get('metric')} similarity, τ = {m.get('threshold')}; intervals: {int(100 * m.get('level', 0.95))}% "
+                f"jackknife over {k} image groups; ghost fraction: value (split halves), not an interval")
+        base = any(layer.redundancy.scores["mean_sq_similarity"].untrained is not None for layer in self)
+        cols = f"{'layer':<26} {'C':>5} {'dead':>4} {'sparse':>6}  {'mean S² [CI]':<24} {'Δ null [CI]':<26}"
+        cols += f" {'Δ untrained [CI]':<26}" if base else ""
+        lines = [head, cols + f" {'ghost frac (halves)':<22} {'s':>2}"]
         for layer in self:
             r = layer.redundancy
-            lines.append(f"{layer.name:<28} {r.channels:>5} {len(r.dead):>4}  {str(r.scores['ghost_fraction']):<30} "
-                         f"{r.suggested_ratio:>3}")
+            sq, gf = r.scores["mean_sq_similarity"], r.scores["ghost_fraction"]
+            row = f"{layer.name:<26} {r.channels:>5} {len(r.dead):>4} {len(r.sparse):>6}  {_est(sq):<24} " \
+                  f"{_delta(sq.null):<26}"
+            row += f" {_delta(sq.untrained):<26}" if base else ""
+            halves = f" ({gf.halves[0]:.2f}, {gf.halves[1]:.2f})" if gf.halves else ""
+            lines.append(row + f" {f'{gf.observed:.3f}{halves}':<22} {r.suggested_ratio:>2}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"Survey({len(self)} layers, images={self.meta.get('images')}, model={self.meta.get('model')!r})"
 
 
+def _est(score: Any) -> str:
+    return f"{score.observed:.4f}" + ("" if score.low is None else f" [{score.low:.4f}, {score.high:.4f}]")
+
+
+def _delta(b: Any) -> str:
+    if b is None or b.excess is None:
+        return "—"
+    return f"{b.excess:+.4f}" + ("" if b.low is None else f" [{b.low:+.4f}, {b.high:+.4f}]")
+
+
 def _pair(d: dict[str, Any]) -> Any:
     from analysis.measure.pairs import GhostPair
 
-    return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]))
+    return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]), bool(d.get("sparse", False)))
 
 
 # -- scoring one layer --------------------------------------------------------------------------------------
-def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
-                 bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
+def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baseline: GroupedStats | None = None, *,
+                 metric: str, threshold: float, level: float, linkage: str, pairs: int, rank99: bool = False
+                 ) -> LayerSurvey:
     sim = channel_similarity(stats.total(), metric, layer=name)
     found = ghost_groups(sim, threshold, linkage)
-    red = redundancy(stats, metric=metric, threshold=threshold, bootstrap=bootstrap, level=level,
-                     linkage=linkage, seed=seed, layer=name, observed_groups=found)
-    out = LayerSurvey(name, tuple(shape), red, None, None, stats, sim)  # type: ignore[arg-type]
-    out.groups = found
-    out.pairs = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
+    red = redundancy(stats, metric=metric, threshold=threshold, level=level, linkage=linkage, layer=name,
+                     observed_groups=found, baseline=baseline, rank99=rank99)
+    out = LayerSurvey(name, tuple(shape), red, found, GhostPairs([], metric, name), stats, baseline, sim)
+    if pairs:
+        out.pairs = ghost_pairs(sim, k=pairs, absolute=True)
     return out
 
 

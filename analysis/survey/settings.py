@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from analysis._core.errors import GhostmapsError
 from analysis.measure.scores import DEFAULT_THRESHOLD
-from analysis.measure.similarity import METRICS
+from analysis.measure.similarity import DEFAULT_METRIC, METRICS
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL
 
-__all__ = ["check_settings"]
+__all__ = ["BASELINES", "check_settings"]
+
+BASELINES = ("untrained",)
 
 
-def check_settings(*, metric: str = "cosine", threshold: float = DEFAULT_THRESHOLD, bootstrap: int = 0,
-                   level: float = 0.95, linkage: str = "complete", pairs: int = 0, batch_size: int = 1,
-                   groups: int = DEFAULT_GROUPS, tol: float = DEFAULT_TOL, limit: int | None = None) -> None:
+def _count(name: str, value: Any, minimum: int, what: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GhostmapsError(f"{name} must be {what}, got {value!r}.")
+
+
+def check_settings(*, metric: str = DEFAULT_METRIC, threshold: float = DEFAULT_THRESHOLD, level: float = 0.95,
+                   linkage: str = "complete", pairs: int = 0, batch_size: int = 1, groups: int = DEFAULT_GROUPS,
+                   tol: float = DEFAULT_TOL, limit: int | None = None, positions: int | None = None,
+                   baseline: str | None = None, baseline_every: int = 2, baseline_positions: int | None = None,
+                   baseline_bn_images: int = 1, checkpoint_every: int = 1, rank99: bool = False) -> None:
     """Refuse bad survey settings before any forward pass (each error names the setting and what it takes)."""
     from analysis.measure.groups import LINKAGES
 
@@ -20,19 +33,23 @@ def check_settings(*, metric: str = "cosine", threshold: float = DEFAULT_THRESHO
         raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
     if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) <= 1.0:
         raise GhostmapsError(f"threshold must be a |similarity| in (0, 1], got {threshold!r}; e.g. 0.9.")
-    if not isinstance(bootstrap, int) or bootstrap < 0:
-        raise GhostmapsError(f"bootstrap must be 0 (no intervals) or a number of replicates, got {bootstrap!r}.")
     if not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
         raise GhostmapsError(f"level must be a confidence level in (0, 1), got {level!r}; e.g. 0.95.")
     if linkage not in LINKAGES:
         raise GhostmapsError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}.")
-    if not isinstance(pairs, int) or pairs < 0:
-        raise GhostmapsError(f"pairs must be 0 or more ghost pairs per layer, got {pairs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise GhostmapsError(f"batch_size must be at least 1, got {batch_size!r}.")
-    if not isinstance(groups, int) or groups < 1:
-        raise GhostmapsError(f"groups must be at least 1, got {groups!r}.")
+    _count("pairs", pairs, 0, "0 or more ghost pairs per layer")
+    _count("batch_size", batch_size, 1, "at least 1")
+    _count("groups", groups, 1, "at least 1 (1: no intervals; 16 by default)")
     if not isinstance(tol, (int, float)) or not float(tol) >= 0.0:
         raise GhostmapsError(f"tol must be a tolerance ≥ 0, got {tol!r}.")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise GhostmapsError(f"limit must be a number of images ≥ 1 (or None for all), got {limit!r}.")
+    _count("limit", limit, 1, "a number of images ≥ 1 (or None for all)", optional=True)
+    _count("positions", positions, 1, "a number of positions per image ≥ 1 (or None for all)", optional=True)
+    if baseline is not None and baseline not in BASELINES:
+        raise GhostmapsError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)} (or None).")
+    _count("baseline_every", baseline_every, 1, "a number of image pairs ≥ 1 (1: every pair)")
+    _count("baseline_positions", baseline_positions, 1, "a number of positions per image ≥ 1 (or None for all)",
+           optional=True)
+    _count("baseline_bn_images", baseline_bn_images, 1, "a number of images ≥ 1")
+    _count("checkpoint_every", checkpoint_every, 1, "a number of batches ≥ 1")
+    if not isinstance(rank99, bool):
+        raise GhostmapsError(f"rank99 must be True or False, got {rank99!r}.")

@@ -44,13 +44,14 @@ def _source_length(images: Any) -> int | None:
     return None
 
 
-def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int
+def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int, start: int = 0
              ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (image positions in the whole set, batch) for this process's share: block b = position // chunk
-    belongs to process b mod world."""
+    belongs to process b mod world. Images before position ``start`` are left out (a resumed survey): files
+    and tensors are not even read; other sources are read and dropped."""
 
     def mine(i: int) -> bool:
-        return (i // chunk) % world == rank
+        return i >= start and (i // chunk) % world == rank
 
     if isinstance(images, torch.Tensor):
         x = images.unsqueeze(0) if images.dim() == 3 else images
@@ -64,9 +65,9 @@ def _batches(images: Any, batch_size: int, chunk: int, rank: int, world: int
     if isinstance(images, ImageSource):
         position = {name: i for i, name in enumerate(images.names)}
         src = images
-        if world > 1:
+        if world > 1 or start > 0:
             share = [it for i, it in enumerate(images._items) if mine(i)]
-            if not share:  # fewer blocks than processes: this one has nothing to do (not an error)
+            if not share:  # fewer blocks than processes (or all done): nothing to do here (not an error)
                 return
             src = ImageSource(share, images.transform, images.description)
         for names, batch in src.batches(batch_size):
