@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # _core
-    "GhostmapsError": "analysis._core.errors", "NoImagesError": "analysis._core.errors",
+    "GhostmapsError": "analysis._core.errors", "MissingDependencyError": "analysis._core.errors",
+    "NoImagesError": "analysis._core.errors",
     "UnknownLayerError": "analysis._core.errors", "WeightsUnavailableError": "analysis._core.errors",
     "eval_mode": "analysis._core.modes",
     # data

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError, UnknownLayerError, did_you_mean
 from analysis._core.modes import eval_mode, model_device, model_dtype
+from analysis._core.results import Result, plain
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers", "single_entry"]
 
@@ -34,8 +38,9 @@ LayerSpec = str | type | Sequence[str | type]
 
 
 @dataclass(frozen=True)
-class LayerInfo:
-    """One capturable output: the name to capture it by, the module type, and its output shape."""
+class LayerInfo(Result):
+    """One capturable output: the name to capture it by, the module type, and its output shape (``"1×8×32×32"``
+    in ``rows()``)."""
 
     name: str
     type: str
@@ -46,8 +51,17 @@ class LayerInfo:
         """Channels of a 4-D (N×C×H×W) output, else None."""
         return self.shape[1] if len(self.shape) == 4 else None
 
+    _COLUMNS = ("name", "type", "shape")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"name": self.name, "type": self.type, "shape": "×".join(map(str, self.shape))}]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(data["name"], data["type"], tuple(int(v) for v in data["shape"]))
 
 
 def _entry_names(base: str, output: Any) -> list[tuple[str, torch.Tensor]]:

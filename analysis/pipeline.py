@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from matplotlib.figure import Figure
@@ -14,12 +15,16 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write
+from analysis._core.results import Result, floats, plain
 from analysis.data.images import NamedImage, load_images
 from analysis.data.models import LoadedModel, ModelInfo, as_loaded
 from analysis.hooks import LayerInfo, capture_maps, list_layers, single_entry
 from analysis.measure.pairs import GhostPairs, ghost_pairs
 from analysis.measure.similarity import DEFAULT_METRIC, ChannelSimilarity, channel_similarity
 from analysis.plots import figure1, pair_gallery, save_figure
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "Hardswish", "GELU", "LeakyReLU", "Mish", "ELU", "PReLU"}
 DEFAULT_IMAGE = "samples:chelsea"
@@ -40,9 +45,18 @@ def suggest_layer(layers: list[LayerInfo], min_size: int = 56) -> str:
     return max(maps, key=lambda info: info.shape[1]).name
 
 
-@dataclass
-class Figure1Result:
-    """Everything behind one Figure 1: the maps (C×H×W), their similarity, the chosen pairs and the figure."""
+def _title(model: str, layer: str, image: str, shape: tuple[int, ...], metric: str) -> str:
+    return f"{model} · {layer} · {image}  ({shape[0]}×{shape[1]}×{shape[2]}, {metric})"
+
+
+@dataclass(eq=False)
+class Figure1Result(Result):
+    """Everything behind one Figure 1: the maps (C×H×W), their similarity, the chosen pairs and the figure.
+
+    ``rows()``: one per pair. ``to_dict()``: the ``summary()`` (what ``save`` writes beside the figure) plus the
+    maps and the similarity; ``from_dict`` redraws the figure from them (without the input-image panel, which
+    is not kept). Equality compares ``to_dict()``.
+    """
 
     model: ModelInfo
     layer: str
@@ -52,7 +66,13 @@ class Figure1Result:
     pairs: GhostPairs
     figure: Figure
 
-    def to_dict(self) -> dict[str, Any]:
+    _COLUMNS = ("image", "layer", "rank", "i", "j", "score")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"image": self.image, **row} for row in self.pairs.rows()]
+
+    def summary(self) -> dict[str, Any]:
+        """Model, layer, image, shape, metric, dead and constant channels and the pairs (no maps)."""
         return {
             "model": self.model.to_dict(),
             "layer": self.layer,
@@ -64,14 +84,25 @@ class Figure1Result:
             "pairs": [p.to_dict() for p in self.pairs],
         }
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "exclusive": self.pairs.exclusive, "maps": plain(self.maps),
+                "similarity": self.similarity.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        info = ModelInfo.from_dict(data["model"])
+        maps = torch.from_numpy(floats(data["maps"]).reshape(data["shape"]))
+        sim = ChannelSimilarity.from_dict(data["similarity"])
+        pairs = GhostPairs.from_dict({"pairs": data["pairs"], "metric": sim.metric, "layer": sim.layer,
+                                      "exclusive": data.get("exclusive", True)})
+        title = _title(info.name, data["layer"], data["image"], tuple(maps.shape), sim.metric)
+        return cls(info, data["layer"], data["image"], maps, sim, pairs, figure1(maps, pairs, title=title))
 
     def save(self, path: str | os.PathLike, svg: bool = False) -> list[Path]:
-        """Write the figure (PNG, plus SVG when asked) and a JSON of the pairs beside it."""
+        """Write the figure (PNG, plus SVG when asked) and a JSON of the ``summary()`` beside it."""
         written = save_figure(self.figure, path, svg=svg)
         json_path = written[0].with_suffix(".json")
-        atomic_write(json_path, self.to_json(indent=2) + "\n")
+        atomic_write(json_path, json.dumps(self.summary(), indent=2) + "\n")
         return [*written, json_path]
 
 
@@ -105,7 +136,7 @@ def run_figure1(
     fmap = batch[0]
     sim = channel_similarity(fmap, metric=metric, layer=entry)
     pairs = ghost_pairs(sim, k=k)
-    title = f"{info.name} · {entry} · {image.name}  ({fmap.shape[0]}×{fmap.shape[1]}×{fmap.shape[2]}, {metric})"
+    title = _title(info.name, entry, image.name, tuple(fmap.shape), metric)
     fig = figure1(fmap, pairs, max_channels=max_channels, title=title, image=image.tensor)
     return Figure1Result(info, entry, image.name, fmap, sim, pairs, fig)
 

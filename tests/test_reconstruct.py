@@ -364,8 +364,8 @@ def test_reconstruction_table(tmp_path):
     holder = SimpleNamespace(pairs=[SimpleNamespace(i=5, j=2), SimpleNamespace(i=0, j=1)])
     t = reconstruction_table(x, holder, ds=(1, 3, 5), n_random=20, seed=1)
     assert t.ds == (1, 3, 5) and t.n_random == 20
-    pair_rows = {(r["src"], r["dst"], r["d"]): r for r in t.rows if r["kind"] == "pair"}
-    rand_rows = {r["d"]: r for r in t.rows if r["kind"] == "random"}
+    pair_rows = {(r["src"], r["dst"], r["d"]): r for r in t.rows() if r["kind"] == "pair"}
+    rand_rows = {r["d"]: r for r in t.rows() if r["kind"] == "random"}
     assert len(pair_rows) == 6 and set(rand_rows) == {1, 3, 5}
     for (i, j, d), r in pair_rows.items():
         f = fit_cheap_op(x[:, i], x[:, j], d=d)
@@ -381,13 +381,14 @@ def test_reconstruction_table(tmp_path):
         all_rel = [fit_cheap_op(x[:, i], x[:, j], d=d).rel_error for i in range(8) for j in range(8) if i != j]
         assert min(all_rel) <= rand_rows[d]["rel_error"] <= max(all_rel)
     same = reconstruction_table(x, [(5, 2), (0, 1)], ds=(1, 3, 5), n_random=20, seed=1)
-    assert same.rows == t.rows
+    assert same.rows() == t.rows()
     # exports
     back = json.loads(t.to_json())
-    assert len(back["rows"]) == len(t.rows) and back["rows"][-1]["src"] is None
+    assert len(back["rows"]) == len(t.rows()) and back["rows"][-1]["src"] is None
     frame = t.to_frame()
     assert list(frame.columns) == ["kind", "src", "dst", "d", "mse", "rel_error", "r2", "n"] and len(frame) == 9
-    path = t.to_csv(tmp_path / "t.csv")
+    path = tmp_path / "t.csv"
+    t.to_csv(path)
     lines = path.read_text().splitlines()
     assert lines[0] == "kind,src,dst,d,mse,rel_error,r2,n" and len(lines) == 10
     text = str(t)

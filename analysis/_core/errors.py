@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["GhostmapsError", "NoImagesError", "UnknownLayerError", "WeightsUnavailableError", "close_matches",
-           "did_you_mean"]
+__all__ = ["GhostmapsError", "MissingDependencyError", "NoImagesError", "UnknownLayerError",
+           "WeightsUnavailableError", "close_matches", "did_you_mean"]
 
 
 class GhostmapsError(ValueError):
@@ -26,6 +26,11 @@ class WeightsUnavailableError(GhostmapsError):
 
 class NoImagesError(GhostmapsError):
     """An image source yielded no usable image."""
+
+
+class MissingDependencyError(GhostmapsError, ImportError):
+    """An optional package (e.g. pandas for ``to_frame``) is not installed; the message names the package and
+    what works without it. Also an ``ImportError``, so ``except ImportError`` catches it."""
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:

@@ -44,10 +44,13 @@ def weights_arg(text: str) -> str | None:
 
 def add_model_args(p: argparse.ArgumentParser, weights_default: str = "default") -> None:
     p.add_argument("--model", "-m", default="mobilenet_v2",
-                   help="torchvision model name, or 'package.module:callable' (default: %(default)s)")
+                   help="torchvision or ghostnet model name (resnet50, ghostnetv2_100), timm's zoo as "
+                        "timm:NAME (timm:resnet50, timm:resnet18.a1_in1k; needs ghostmaps[timm]), or "
+                        "'package.module:callable' (default: %(default)s)")
     p.add_argument("--weights", "-w", default=weights_default, type=weights_arg,
-                   help="'default' (pretrained), 'none' (random init), a torchvision weights name such as "
-                        "IMAGENET1K_V2, or a checkpoint path (default: %(default)s)")
+                   help="'default' (pretrained: torchvision's, the released ghostnet ones, or timm's from its "
+                        "cache), 'none' (random init), a torchvision weights name such as IMAGENET1K_V2, or a "
+                        "checkpoint path (default: %(default)s)")
     p.add_argument("--device", default="cpu", type=device_arg, help="torch device, e.g. cpu or cuda (default: %(default)s)")
 
 

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         doc = {"model": info.to_dict(), "layer": layer, "shape": list(fmap.shape), "images": int(x.shape[0]),
                "metric": sim.metric, "pairs": [p.to_dict() for p in pairs], "table": table.to_dict()}
         print(f"wrote {atomic_write(out / 'table1.json', json.dumps(doc, indent=2) + chr(10))}")
-        print(f"wrote {table.to_csv(out / 'table1.csv')}")
+        table.to_csv(out / "table1.csv")
+        print(f"wrote {out / 'table1.csv'}")
     return 0
 
 

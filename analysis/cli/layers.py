@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("layers", help="list the layers of a model that can be captured",
                        description="List every module output of MODEL with its type and output shape "
                                    "(one dry forward). Names with #k are later calls of a reused module.")
-    p.add_argument("model_name", nargs="?", metavar="MODEL", help="model (default: mobilenet_v2)")
+    p.add_argument("model_name", nargs="?", metavar="MODEL", help="model: as --model, e.g. resnet50, ghostnetv2_100 or "
+                                                                 "timm:resnet50 (default: mobilenet_v2)")
     add_model_args(p, weights_default="none")
     p.add_argument("--input-size", type=positive_int, default=224, help="input height and width (default: %(default)s)")
     p.add_argument("--grep", help="show only layers matching this glob or module type, e.g. 'features.*' or Conv2d")

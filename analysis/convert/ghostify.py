@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,11 +41,16 @@ from torch import nn
 from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.modes import model_device, model_dtype
 from analysis._core.numerics import relative_error
+from analysis._core.results import Result, plain
 from analysis.data.images import images_tensor
 from analysis.hooks import first_call_io
 from analysis.reconstruct import ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
 from ghostnet.validation import check_odd_size, check_ratio
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from typing_extensions import Self
 
 __all__ = [
     "GhostConv",
@@ -69,11 +73,12 @@ class GhostifyError(GhostmapsError):
 
 
 @dataclass
-class ReplacedLayer:
+class ReplacedLayer(Result):
     """One conv replaced by a GhostConv. ``intrinsic``: original channels the primary conv keeps (in its
     output order; None without a fit). ``fit_error``: relative reconstruction error of the closed-form fit on
     the calibration images (sum of squared errors / centred sum of squares over all channels);
-    ``calibrated_error``: the same after calibration (None when not calibrated)."""
+    ``calibrated_error``: the same after calibration (None when not calibrated). In ``rows()`` the kernel size
+    is ``"3×3"`` and ``intrinsic`` the channels separated by spaces."""
 
     name: str
     in_channels: int
@@ -88,19 +93,53 @@ class ReplacedLayer:
     fit_error: float | None = None
     calibrated_error: float | None = None
 
+    _COLUMNS = ("name", "in_channels", "out_channels", "kernel_size", "ratio", "dw_size", "init_channels",
+                "params_before", "params_after", "intrinsic", "fit_error", "calibrated_error")
+
+    def rows(self) -> list[dict[str, Any]]:
+        row = self.to_dict()
+        row["kernel_size"] = "×".join(map(str, self.kernel_size))
+        row["intrinsic"] = None if self.intrinsic is None else " ".join(map(str, self.intrinsic))
+        return [row]
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        data = dict(data)
+        data["kernel_size"] = tuple(int(k) for k in data["kernel_size"])
+        return cls(**data)
+
 
 @dataclass
-class SkippedLayer:
+class SkippedLayer(Result):
     """A conv that was chosen (by pattern or default) but left as it is, and why."""
 
     name: str
     reason: str
 
+    _COLUMNS = ("name", "reason")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(data["name"], data["reason"])
+
+
+_INT_COLUMNS = ("in_channels", "out_channels", "ratio", "dw_size", "init_channels", "params_before", "params_after")
+
 
 @dataclass
-class GhostifyResult:
+class GhostifyResult(Result):
     """What :func:`ghostify` did. ``spec()`` + the original architecture rebuild the ghostified model
-    (:func:`rebuild`), so a state dict of it can be loaded later."""
+    (:func:`rebuild`), so a state dict of it can be loaded later. ``rows()``: one per chosen conv, replaced
+    (``ReplacedLayer`` columns) or skipped (only name and reason), with its ``status``."""
 
     replaced: list[ReplacedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
@@ -119,25 +158,28 @@ class GhostifyResult:
         """JSON-able ``{"format": "ghostmaps-ghostify/1", "layers": {name: GhostConv config}}``."""
         return {"format": "ghostmaps-ghostify/1", "layers": copy.deepcopy(self.configs)}
 
+    _COLUMNS = ("name", "status", "reason", *ReplacedLayer._COLUMNS[1:])
+
+    def rows(self) -> list[dict[str, Any]]:
+        empty = dict.fromkeys(self._COLUMNS)
+        rows = [{**empty, **r.rows()[0], "status": "replaced", "reason": ""} for r in self.replaced]
+        return rows + [{**empty, "name": s.name, "status": "skipped", "reason": s.reason} for s in self.skipped]
+
     def to_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "dw_size": self.dw_size, "init": self.init,
                 "calibrate_steps": self.calibrate_steps,
-                "replaced": [asdict(r) for r in self.replaced], "skipped": [asdict(s) for s in self.skipped],
-                "spec": self.spec()}
+                "replaced": [r.to_dict() for r in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
+                "spec": plain(self.spec())}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls([ReplacedLayer.from_dict(r) for r in data["replaced"]],
+                   [SkippedLayer.from_dict(s) for s in data["skipped"]], int(data["ratio"]), int(data["dw_size"]),
+                   data.get("init"), int(data.get("calibrate_steps", 0)), dict(data["spec"]["layers"]))
 
-    def to_frame(self) -> Any:
-        """One row per chosen conv (replaced or skipped), needs pandas."""
-        import pandas as pd
-
-        rows = [{**asdict(r), "status": "replaced", "reason": ""} for r in self.replaced]
-        rows += [{"name": s.name, "status": "skipped", "reason": s.reason} for s in self.skipped]
-        ints = ["in_channels", "out_channels", "ratio", "dw_size", "init_channels", "params_before", "params_after"]
-        frame = pd.DataFrame(rows, columns=["name", "status", "reason", *ReplacedLayer.__dataclass_fields__][:3]
-                             + [c for c in ReplacedLayer.__dataclass_fields__ if c != "name"])
-        return frame.astype({c: "Int64" for c in ints})
+    def to_frame(self) -> pd.DataFrame:
+        """``rows()`` as a DataFrame, the integer columns as nullable ``Int64`` (skipped convs have none)."""
+        return super().to_frame().astype(dict.fromkeys(_INT_COLUMNS, "Int64"))
 
     def __str__(self) -> str:
         lines = [f"ghostify: {len(self.replaced)} convs replaced (ratio {self.ratio}, d {self.dw_size}, "

@@ -12,8 +12,9 @@ count; shared parameters count once. ``registered_params`` gives the naive ``sum
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +24,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
+from analysis._core.results import Result, plain
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 CONVENTION = (
     "MACs = FlopCounterMode FLOPs / 2 (one multiply-add per MAC); counts conv, linear and matmul ops only; "
@@ -31,7 +36,7 @@ CONVENTION = (
 
 
 @dataclass
-class ModuleCost:
+class ModuleCost(Result):
     """Cost of one module, its submodules included: MACs and used parameters."""
 
     name: str
@@ -39,10 +44,23 @@ class ModuleCost:
     macs: int
     params: int
 
+    _COLUMNS = ("name", "type", "macs", "params")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(data["name"], data["type"], int(data["macs"]), int(data["params"]))
+
 
 @dataclass
-class MacsReport:
-    """Result of ``count_macs``: totals, a per-module breakdown (execution order) and the convention."""
+class MacsReport(Result):
+    """Result of ``count_macs``: totals, a per-module breakdown (execution order) and the convention.
+    ``rows()``: one per module (``ModuleCost``)."""
 
     total_macs: int
     params: int
@@ -72,8 +90,20 @@ class MacsReport:
             "registered_params": self.registered_params,
             "input_size": list(self.input_size),
             "convention": self.convention,
-            "modules": [asdict(m) for m in self.modules],
+            "modules": [m.to_dict() for m in self.modules],
         }
+
+    _COLUMNS = ModuleCost._COLUMNS
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.modules]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The report back (``total_flops`` is derived, not read)."""
+        return cls(int(data["total_macs"]), int(data["params"]), int(data["registered_params"]),
+                   tuple(int(v) for v in data["input_size"]), [ModuleCost.from_dict(m) for m in data["modules"]],
+                   data.get("convention", CONVENTION))
 
     def __str__(self) -> str:
         return (

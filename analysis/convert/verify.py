@@ -19,14 +19,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +33,21 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
+from analysis._core.results import Result, number, plain
 from analysis.convert.macs import count_macs
 from analysis.data.images import images_tensor
 from analysis.hooks import first_call_io
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LayerCheck", "VerificationReport", "verify_replacement"]
 
 
 @dataclass
-class LayerCheck:
-    """One replaced layer: output errors in the network and in isolation, cosine, and its own cost."""
+class LayerCheck(Result):
+    """One replaced layer: output errors in the network and in isolation, cosine, and its own cost (an inf
+    error, of a constant original output, is None in ``to_dict`` and read back as NaN)."""
 
     name: str
     type_before: str
@@ -55,10 +58,25 @@ class LayerCheck:
     params_before: int
     params_after: int
 
+    _COLUMNS = ("name", "type_before", "type_after", "rel_error", "isolated_rel_error", "cosine", "params_before",
+                "params_after")
+    _FLOATS = ("rel_error", "isolated_rel_error", "cosine")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{k: number(v) if k in cls._FLOATS else v for k, v in data.items()})
+
 
 @dataclass
-class VerificationReport:
-    """Result of :func:`verify_replacement` (plain data). MACs are per image at the images' size."""
+class VerificationReport(Result):
+    """Result of :func:`verify_replacement` (plain data). MACs are per image at the images' size. ``rows()``:
+    one per replaced layer (``LayerCheck``); the whole-model numbers are in ``summary()`` and ``to_dict()``."""
 
     params_before: int
     params_after: int
@@ -102,32 +120,29 @@ class VerificationReport:
                 "latency_ratio": self.latency_ratio, "latency_device": self.latency_device,
                 "replaced_layers": len(self.layers)}
 
+    _COLUMNS = LayerCheck._COLUMNS
+    _FIELDS = ("params_before", "params_after", "macs_before", "macs_after", "logits_cosine", "logits_kl",
+               "top1_agreement", "n_images", "latency_before_ms", "latency_after_ms", "latency_device", "note")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [layer.to_dict() for layer in self.layers]
+
     def to_dict(self) -> dict[str, Any]:
         d = self.summary()
         d.update({"input_size": list(self.input_size), "note": self.note,
                   "macs_convention": "MACs = FlopCounterMode FLOPs / 2 (conv/linear/matmul only); params = "
                                      "parameters the forward pass uses",
-                  "layers": [asdict(layer) for layer in self.layers]})
-        return _finite(d)
+                  "layers": [layer.to_dict() for layer in self.layers]})
+        return plain(d)
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_frame(self) -> Any:
-        """Per-layer table (pandas DataFrame); the whole-model numbers are in ``summary()``."""
-        import pandas as pd
-
-        cols = list(LayerCheck.__dataclass_fields__)
-        return pd.DataFrame([asdict(layer) for layer in self.layers], columns=cols)
-
-    def to_csv(self) -> str:
-        """Per-layer table as CSV text (no pandas needed)."""
-        cols = list(LayerCheck.__dataclass_fields__)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(asdict(layer) for layer in self.layers)
-        return buf.getvalue()
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The report back; the derived numbers (ratios, counts, the convention) are recomputed, not read."""
+        kept = {k: data[k] for k in cls._FIELDS if k in data}
+        for k in ("logits_cosine", "logits_kl", "top1_agreement"):
+            kept[k] = number(kept[k])
+        return cls(**kept, input_size=tuple(int(v) for v in data["input_size"]),
+                   layers=[LayerCheck.from_dict(c) for c in data["layers"]])
 
     def __str__(self) -> str:
         lat = self.latency_ratio
@@ -143,16 +158,6 @@ class VerificationReport:
         lines += [f"  {c.name}: rel error {c.rel_error:.4f} (isolated {c.isolated_rel_error:.4f}), "
                   f"cosine {c.cosine:.4f}" for c in self.layers]
         return "\n".join(lines)
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

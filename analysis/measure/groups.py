@@ -8,25 +8,31 @@ single intrinsic map plus k − 1 cheap operations could stand in for.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, plain
 from analysis.measure.similarity import ChannelSimilarity
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 LINKAGES = ("complete", "average", "single")
 
 
 @dataclass
-class GhostGroups:
+class GhostGroups(Result):
     """Ghost groups of one layer.
 
     labels: per channel, its group number (0 = largest group), or −1 for a dead/constant channel.
     groups: every group's channels (singletons included), largest first, ties by smallest channel.
+    ``rows()``: one per channel (its group and the group's size; −1 and 0 for an excluded channel);
+    ``to_dict`` puts ``meta``'s keys beside the fields and ``from_dict`` reads every other key back into ``meta``.
     """
 
     labels: list[int]
@@ -60,17 +66,24 @@ class GhostGroups:
     def __len__(self) -> int:
         return self.count
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "metric": self.metric, "threshold": self.threshold, "linkage": self.linkage,
-                "count": self.count, "groups": self.groups, "labels": self.labels, **self.meta}
+    _COLUMNS = ("layer", "channel", "group", "group_size")
+    _KEYS = ("layer", "metric", "threshold", "linkage", "count", "groups", "labels")
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layer": self.layer, "channel": c, "group": lab, "group_size": len(self.groups[lab]) if lab >= 0
+                 else 0} for c, lab in enumerate(self.labels)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "metric": self.metric, "threshold": plain(self.threshold),
+                "linkage": self.linkage, "count": self.count, "groups": plain(self.groups),
+                "labels": plain(self.labels), **plain(self.meta)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GhostGroups:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        meta = {k: v for k, v in data.items() if k not in cls._KEYS}
         return cls([int(v) for v in data["labels"]], [[int(c) for c in g] for g in data["groups"]],
-                   float(data["threshold"]), data.get("linkage", "complete"), data.get("metric"), data.get("layer"))
+                   float(data["threshold"]), data.get("linkage", "complete"), data.get("metric"), data.get("layer"),
+                   meta)
 
     def __str__(self) -> str:
         shown = ", ".join("{" + ", ".join(map(str, g)) + "}" for g in self.multi[:8])

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, number, plain
 from analysis.measure.similarity import ChannelSimilarity
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
-class GhostPair:
+class GhostPair(Result):
     """Channels ``i`` < ``j`` and their similarity ``score``; ``sparse`` when either channel is zero on most
     positions (APoZ ≥ 0.8): such a pair is alike mostly for being off together, not a ghost to rely on."""
 
@@ -24,18 +27,29 @@ class GhostPair:
     score: float
     sparse: bool = False
 
+    _COLUMNS = ("i", "j", "score", "sparse")
+
     @property
     def label(self) -> str:
         """``"i ~ j  (score)"``, with ``sparse`` appended for a sparse pair (Figure 1's legend, tables)."""
         return f"{self.i} ~ {self.j}  ({self.score:.3f}{', sparse' if self.sparse else ''})"
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"i": self.i, "j": self.j, "score": plain(self.score), "sparse": bool(self.sparse)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls(int(data["i"]), int(data["j"]), number(data["score"]), bool(data.get("sparse", False)))
 
 
 @dataclass
-class GhostPairs:
-    """The top ghost pairs of a layer, best first. Iterable, indexable, and serialisable."""
+class GhostPairs(Result):
+    """The top ghost pairs of a layer, best first. Iterable, indexable, and serialisable (``Result``: a row
+    per pair; ``to_dict`` puts ``meta``'s keys beside layer, metric and exclusive, and ``from_dict`` reads every
+    other key back into ``meta``)."""
 
     pairs: list[GhostPair]
     metric: str | None = None
@@ -52,17 +66,26 @@ class GhostPairs:
     def __getitem__(self, index: int) -> GhostPair:
         return self.pairs[index]
 
+    _COLUMNS = ("layer", "rank", "i", "j", "score", "sparse")
+    _KEYS = ("layer", "metric", "exclusive", "pairs")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"layer": self.layer, "rank": n + 1, **p.to_dict()} for n, p in enumerate(self.pairs)]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "metric": self.metric, "exclusive": self.exclusive, **self.meta,
+        return {"layer": self.layer, "metric": self.metric, "exclusive": self.exclusive, **plain(self.meta),
                 "pairs": [p.to_dict() for p in self.pairs]}
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        meta = {k: v for k, v in data.items() if k not in cls._KEYS}
+        return cls([GhostPair.from_dict(p) for p in data["pairs"]], data.get("metric"), data.get("layer"),
+                   bool(data.get("exclusive", True)), meta)
 
     def __str__(self) -> str:
         head = f"ghost pairs of {self.layer or 'layer'} ({self.metric or 'similarity'}):"
-        rows = [f"  {n + 1}. channel {p.i:>4} ~ channel {p.j:>4}   {p.score:.4f}{'   sparse (APoZ ≥ 0.8)' if p.sparse else ''}"
-                for n, p in enumerate(self.pairs)]
+        rows = [f"  {n + 1}. channel {p.i:>4} ~ channel {p.j:>4}   {p.score:.4f}"
+                f"{'   sparse (APoZ ≥ 0.8)' if p.sparse else ''}" for n, p in enumerate(self.pairs)]
         return "\n".join([head, *rows]) if rows else head + " none"
 
 

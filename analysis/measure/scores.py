@@ -32,10 +32,7 @@ quantiles, centred on the printed estimate; coverage checked by simulation.
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,145 +49,25 @@ from analysis.measure._scoring import (
 from analysis.measure.groups import GhostGroups
 from analysis.measure.intervals import adjusted_rand, correlation, jackknife, mover
 from analysis.measure.replicates import MsqReplicates, about_centre, msq_replicates
+from analysis.measure.score_types import (
+    REDUNDANCY_COLUMNS,
+    SCORE_NAMES,
+    SMOOTH,
+    THRESHOLD,
+    Baseline,
+    Redundancy,
+    Score,
+    score_columns,
+)
 from analysis.measure.similarity import DEFAULT_METRIC, METRICS, SPARSE_APOZ
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
 
-SMOOTH = ("mean_sq_similarity", "participation_ratio")
-THRESHOLD = ("ghost_fraction", "groups", "ratio")
-SCORE_NAMES = (*SMOOTH, *THRESHOLD, "rank99", "mean_abs_similarity")
+__all__ = ["DEFAULT_THRESHOLD", "REDUNDANCY_COLUMNS", "SCORE_NAMES", "SMOOTH", "THRESHOLD", "Baseline", "Redundancy",
+           "Score", "redundancy", "score_columns"]
 DEFAULT_THRESHOLD = 0.9
 
-
-@dataclass
-class Baseline:
-    """A score on one baseline: its value and the excess ``observed − value`` with its paired interval."""
-
-    value: float | None = None
-    excess: float | None = None
-    low: float | None = None
-    high: float | None = None
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {"value": self.value, "excess": self.excess, "low": self.low, "high": self.high}
-
-
-@dataclass
-class Score:
-    """One score: the estimate, its interval (smooth scores), its baselines, and its split-half values
-    (threshold scores: a stability measure, not an interval)."""
-
-    observed: float
-    low: float | None = None
-    high: float | None = None
-    null: Baseline = field(default_factory=Baseline)
-    untrained: Baseline | None = None
-    halves: list[float] | None = None
-
-    @property
-    def baseline(self) -> float | None:
-        """The noise-matched null's value."""
-        return self.null.value
-
-    @property
-    def excess(self) -> float | None:
-        """observed − null."""
-        return self.null.excess
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"observed": self.observed, "low": self.low, "high": self.high, "null": self.null.to_dict(),
-                "untrained": None if self.untrained is None else self.untrained.to_dict(), "halves": self.halves}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Score:
-        untrained = d.get("untrained")
-        return cls(d["observed"], d.get("low"), d.get("high"), Baseline(**d.get("null") or {}),
-                   None if untrained is None else Baseline(**untrained), d.get("halves"))
-
-    def __str__(self) -> str:
-        text = f"{self.observed:.4g}"
-        if self.low is not None:
-            text += f" [{self.low:.4g}, {self.high:.4g}]"
-        elif self.halves is not None:
-            text += f" (halves {self.halves[0]:.4g}, {self.halves[1]:.4g})"
-        for name, b in (("null", self.null), ("untrained", self.untrained)):
-            if b is not None and b.value is not None:
-                text += f" {name} {b.value:.4g}"
-                if b.low is not None:
-                    text += f" Δ {b.excess:+.4g} [{b.low:+.4g}, {b.high:+.4g}]"
-        return text
-
-
-@dataclass
-class Redundancy:
-    """A layer's redundancy scores (module docstring: every formula and what each baseline answers)."""
-
-    channels: int
-    valid: int
-    dead: list[int]
-    constant: list[int]
-    images: int
-    metric: str
-    threshold: float
-    scores: dict[str, Score]
-    level: float = 0.95
-    interval_groups: int = 0
-    sparse: list[int] = field(default_factory=list)
-    groups_agreement: float | None = None
-    estimated: bool = False
-    baseline_images: int | None = None
-    layer: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Score:
-        scores = self.__dict__.get("scores", {})
-        if name in scores:
-            return scores[name]
-        raise AttributeError(name)
-
-    @property
-    def suggested_ratio(self) -> int:
-        """⌊C / groups⌋, at least 1: the Ghost ratio s this layer's measured redundancy supports at τ."""
-        return max(1, int(math.floor(self.scores["ratio"].observed + 1e-9)))
-
-    def row(self) -> dict[str, Any]:
-        """One flat table row: per score its estimate, interval, split halves, and per baseline its value and
-        the excess with its interval."""
-        out: dict[str, Any] = {"layer": self.layer, "channels": self.channels, "valid": self.valid,
-                               "dead": len(self.dead), "constant": len(self.constant), "sparse": len(self.sparse),
-                               "images": self.images, "metric": self.metric, "threshold": self.threshold,
-                               "interval_groups": self.interval_groups, "estimated": self.estimated,
-                               "suggested_ratio": self.suggested_ratio, "groups_agreement": self.groups_agreement}
-        for name, s in self.scores.items():
-            out[name], out[f"{name}_low"], out[f"{name}_high"] = s.observed, s.low, s.high
-            if name not in SMOOTH:
-                out[f"{name}_half_a"], out[f"{name}_half_b"] = s.halves or (None, None)
-            for tag, b in (("null", s.null), ("untrained", s.untrained or Baseline())):
-                out[f"{name}_{tag}"], out[f"{name}_{tag}_excess"] = b.value, b.excess
-                out[f"{name}_{tag}_excess_low"], out[f"{name}_{tag}_excess_high"] = b.low, b.high
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "scores"}
-        d["scores"] = {k: s.to_dict() for k, s in self.scores.items()}
-        d["suggested_ratio"] = self.suggested_ratio
-        return d
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Redundancy:
-        data = dict(data)
-        data.pop("suggested_ratio", None)
-        data["scores"] = {k: Score.from_dict(v) for k, v in data["scores"].items()}
-        return cls(**data)
-
-    def __str__(self) -> str:
-        head = (f"{self.layer or 'layer'}: {self.channels} channels ({len(self.dead)} dead, {len(self.constant)} "
-                f"constant, {len(self.sparse)} sparse), {self.images} images, {self.metric}, τ = {self.threshold:g}, "
-                f"suggested s = {self.suggested_ratio}")
-        return "\n".join([head, *(f"  {k:<20} {s}" for k, s in self.scores.items())])
-
+if TYPE_CHECKING:
+    pass
 
 # -- scoring ----------------------------------------------------------------------------------------------------
 def _as_grouped(source: GroupedStats | torch.Tensor, groups: int, tol: float) -> GroupedStats:

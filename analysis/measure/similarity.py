@@ -7,28 +7,35 @@ and a whole image set (by merging ``LayerStats``).
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.results import Result, floats, plain
 from analysis.stats import DEFAULT_TOL, LayerStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 METRICS = ("pearson", "cosine")
 DEFAULT_METRIC = "pearson"
 SPARSE_APOZ = 0.8  # a channel zero (|x| ≤ tol) on at least this share of positions is "sparse"
 
 
-@dataclass
-class ChannelSimilarity:
+@dataclass(eq=False)
+class ChannelSimilarity(Result):
     """A C×C similarity matrix with the channels that have no meaningful similarity masked.
 
     matrix: float64 C×C, symmetric, in [−1, 1]; rows/columns of dead or constant channels are 0.
     dead: channels that are all zero (within tol). constant: channels with a single value everywhere.
     apoz: per channel, the share of positions that are zero (within tol); ``sparse`` marks APoZ ≥ 0.8.
+    ``rows()``: one per channel i: ``channel``, ``dead``, ``constant``, ``apoz`` and the similarity to every channel j under
+    the column ``str(j)`` (the matrix as a wide table). ``to_dict`` holds the matrix as nested lists and the
+    dead/constant channels as index lists; equality compares ``to_dict()``.
     """
 
     matrix: torch.Tensor
@@ -58,6 +65,15 @@ class ChannelSimilarity:
     def to_numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
 
+    _COLUMNS = ("channel", "dead", "constant", "apoz")
+
+    def rows(self) -> list[dict[str, Any]]:
+        m = plain(self.matrix)
+        dead, constant = self.dead.tolist(), self.constant.tolist()
+        apoz = [None] * self.channels if self.apoz is None else plain(self.apoz)
+        return [{"channel": i, "dead": dead[i], "constant": constant[i], "apoz": apoz[i],
+                 **{str(j): v for j, v in enumerate(row)}} for i, row in enumerate(m)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
@@ -65,12 +81,24 @@ class ChannelSimilarity:
             "channels": self.channels,
             "dead": torch.nonzero(self.dead).flatten().tolist(),
             "constant": torch.nonzero(self.constant).flatten().tolist(),
+            "apoz": None if self.apoz is None else plain(self.apoz),
             "sparse": torch.nonzero(self.sparse).flatten().tolist(),
-            "matrix": self.matrix.cpu().tolist(),
+            "matrix": plain(self.matrix),
         }
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        c = int(data["channels"])
+        matrix = torch.from_numpy(floats(data["matrix"]).reshape(c, c))
+
+        def mask(idx: list[int]) -> torch.Tensor:
+            out = torch.zeros(c, dtype=torch.bool)
+            out[torch.as_tensor(idx, dtype=torch.long)] = True
+            return out
+
+        apoz = data.get("apoz")
+        return cls(matrix, data["metric"], mask(data["dead"]), mask(data["constant"]), data.get("layer"),
+                   None if apoz is None else torch.from_numpy(floats(apoz)))
 
     def __repr__(self) -> str:
         return (f"ChannelSimilarity(layer={self.layer!r}, metric={self.metric!r}, channels={self.channels}, "

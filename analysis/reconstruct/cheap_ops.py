@@ -37,16 +37,17 @@ CPU, which lacks float64 there) and return plain CPU data (numpy arrays, Python 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import plain
+from analysis._core.results import Result, floats, number, plain
 from analysis.reconstruct.lstsq import (
     _CHUNK_BYTES,
     DEFAULT_RIDGE,
@@ -60,55 +61,119 @@ from analysis.reconstruct.lstsq import (
     _solve,
 )
 
-__all__ = ["BestSources", "CheapOpFit", "best_sources", "fit_cheap_op"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["BestSources", "CheapOpFit", "CheapOpFits", "best_sources", "fit_cheap_op"]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # fit_cheap_op
 
 
-@dataclass
-class CheapOpFit:
-    """Result of :func:`fit_cheap_op` (one pair, or P pairs when ``batched``).
+def _taps(kernel: np.ndarray) -> dict[str, float]:
+    """A d x d kernel as table columns ``k{u}_{v}`` (row u, column v of the cross-correlation)."""
+    d = kernel.shape[-1]
+    return {f"k{u}_{v}": float(kernel[u, v]) for u in range(d) for v in range(d)}
 
-    ``kernel`` (d x d, or P x d x d) and ``bias`` reproduce the prediction as
+
+@dataclass(eq=False)
+class CheapOpFit(Result):
+    """Result of :func:`fit_cheap_op` for one pair of maps (N x H x W each).
+
+    ``kernel`` (d x d) and ``bias`` reproduce the prediction as
     ``F.conv2d(src[:, None], kernel[None, None], bias, padding=d // 2)`` (cross-correlation, zero padding).
     ``mse`` = mean squared residual, ``rel_error`` = MSE / variance of dst (0 for an exactly fitted constant
-    dst), ``r2`` = 1 - rel_error. Floats for a single pair, length-P arrays when batched.
+    dst), ``r2`` = 1 - rel_error. ``rows()``: one row (the numbers and the kernel taps ``k{u}_{v}``); equality
+    compares ``to_dict()``.
     """
 
     kernel: np.ndarray
-    bias: Any
-    mse: Any
-    rel_error: Any
-    r2: Any
+    bias: float
+    mse: float
+    rel_error: float
+    r2: float
     d: int
-    batched: bool = False
+
+    batched: ClassVar[bool] = False
+    _COLUMNS = ("d", "bias", "mse", "rel_error", "r2")
 
     def predict(self, src: Any) -> torch.Tensor:
-        """Apply the fitted op(s) to ``src`` (same layout as in the fit) and return the prediction (float64)."""
+        """Apply the fitted op to ``src`` (N x H x W or H x W, as in the fit) and return the prediction (float64)."""
         s = _as_tensor(src, "src").to(torch.float64)
         k = torch.as_tensor(np.asarray(self.kernel), dtype=torch.float64, device=s.device)
-        b = torch.as_tensor(np.asarray(self.bias), dtype=torch.float64, device=s.device).reshape(-1)
-        if self.batched:
-            p, n, h, w = s.shape
-            out = F.conv2d(s.permute(1, 0, 2, 3), k[:, None], b, padding=self.d // 2, groups=p)
-            return out.permute(1, 0, 2, 3)
+        b = torch.as_tensor([self.bias], dtype=torch.float64, device=s.device)
         shape = s.shape
         out = F.conv2d(s.reshape(-1, 1, *shape[-2:]), k[None, None], b, padding=self.d // 2)
         return out.reshape(shape)
 
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain({"d": self.d, "bias": self.bias, "mse": self.mse, "rel_error": self.rel_error, "r2": self.r2,
+                       **_taps(self.kernel)})]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"d": self.d, "batched": self.batched, "kernel": np.asarray(self.kernel).tolist(),
-                "bias": plain(self.bias), "mse": plain(self.mse), "rel_error": plain(self.rel_error),
-                "r2": plain(self.r2)}
+        return {"d": self.d, "batched": False, "kernel": plain(self.kernel), "bias": plain(self.bias),
+                "mse": plain(self.mse), "rel_error": plain(self.rel_error), "r2": plain(self.r2)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        d = int(data["d"])
+        return cls(floats(data["kernel"]).reshape(d, d), number(data["bias"]), number(data["mse"]),
+                   number(data["rel_error"]), number(data["r2"]), d)
 
 
-def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float = DEFAULT_RIDGE) -> CheapOpFit:
+@dataclass(eq=False)
+class CheapOpFits(Result):
+    """Result of :func:`fit_cheap_op` for P pairs at once (P x N x H x W each): the fields of
+    :class:`CheapOpFit` as arrays, ``kernel`` P x d x d and ``bias``, ``mse``, ``rel_error``, ``r2`` of length P.
+    ``fits[k]`` is pair k's :class:`CheapOpFit`; ``rows()``: one per pair. Equality compares ``to_dict()``."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    mse: np.ndarray
+    rel_error: np.ndarray
+    r2: np.ndarray
+    d: int
+
+    batched: ClassVar[bool] = True
+    _COLUMNS = ("pair", *CheapOpFit._COLUMNS)
+
+    def __len__(self) -> int:
+        return len(self.mse)
+
+    def __getitem__(self, k: int) -> CheapOpFit:
+        return CheapOpFit(self.kernel[k], float(self.bias[k]), float(self.mse[k]), float(self.rel_error[k]),
+                          float(self.r2[k]), self.d)
+
+    def predict(self, src: Any) -> torch.Tensor:
+        """Apply pair k's op to ``src[k]`` (P x N x H x W, as in the fit) for every k; the prediction is float64."""
+        s = _as_tensor(src, "src").to(torch.float64)
+        k = torch.as_tensor(np.asarray(self.kernel), dtype=torch.float64, device=s.device)
+        b = torch.as_tensor(np.asarray(self.bias), dtype=torch.float64, device=s.device).reshape(-1)
+        p = s.shape[0]
+        out = F.conv2d(s.permute(1, 0, 2, 3), k[:, None], b, padding=self.d // 2, groups=p)
+        return out.permute(1, 0, 2, 3)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"pair": k, **self[k].rows()[0]} for k in range(len(self))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"d": self.d, "batched": True, "kernel": plain(self.kernel), "bias": plain(self.bias),
+                "mse": plain(self.mse), "rel_error": plain(self.rel_error), "r2": plain(self.r2)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        d = int(data["d"])
+        return cls(floats(data["kernel"]).reshape(-1, d, d), floats(data["bias"]), floats(data["mse"]),
+                   floats(data["rel_error"]), floats(data["r2"]), d)
+
+
+def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float = DEFAULT_RIDGE
+                 ) -> CheapOpFit | CheapOpFits:
     """Best d x d depthwise filter (plus bias) making ``dst`` from ``src``, by closed-form least squares.
 
-    ``src`` and ``dst`` are N x H x W (one pair over N images; H x W is taken as N = 1) or P x N x H x W
-    (P pairs fitted at once, batched normal equations). The fit minimises
+    ``src`` and ``dst`` are N x H x W (one pair over N images; H x W is taken as N = 1): a :class:`CheapOpFit`;
+    or P x N x H x W (P pairs fitted at once, batched normal equations): a :class:`CheapOpFits`. The fit minimises
     ``sum (dst - conv2d(src, K, b, padding=d//2))^2`` over all N*H*W positions; see the module docstring
     for the formulas and the ridge. Vectorised: memory is bounded by chunking the P pairs.
     """
@@ -150,17 +215,16 @@ def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float
     sse = torch.cat(sses).cpu().numpy()
     rel = _relative(sse, torch.cat(sss).cpu().numpy(), torch.cat(sumsqs).cpu().numpy())
     mse = sse / m
-    if batched:
-        return CheapOpFit(kernel, bvec, mse, rel, 1.0 - rel, d, True)
-    return CheapOpFit(kernel[0], float(bvec[0]), float(mse[0]), float(rel[0]), float(1.0 - rel[0]), d, False)
+    fits = CheapOpFits(kernel, bvec, mse, rel, 1.0 - rel, d)
+    return fits if batched else fits[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # best_sources
 
 
-@dataclass
-class BestSources:
+@dataclass(eq=False)
+class BestSources(Result):
     """Result of :func:`best_sources`: the best single-channel source of every channel.
 
     ``source[j]`` is the channel i != j whose fitted d x d op reconstructs channel j best (-1: none usable,
@@ -169,7 +233,9 @@ class BestSources:
     as ``conv2d(maps[:, source[j]], kernel[j], bias[j], padding=d//2)``. ``rel_error[j]`` = MSE / variance
     of channel j, ``mse[j]`` the MSE. ``dead[j]``: channel j is all zero (trivially reconstructed, never a
     source). ``error_matrix[i, j]``: relative error of making j from i; inf where i is not allowed
-    (i == j, dead or excluded).
+    (i == j, dead or excluded). ``rows()``: one per channel j (its source, errors, bias, dead; the kernels and the
+    error matrix are in ``to_dict``, where the matrix's inf is None and ``from_dict`` reads it back as inf).
+    Equality compares ``to_dict()``.
     """
 
     d: int
@@ -181,10 +247,23 @@ class BestSources:
     dead: np.ndarray
     error_matrix: np.ndarray
 
+    _COLUMNS = ("channel", "source", "rel_error", "mse", "bias", "dead")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain({"channel": j, "source": self.source[j], "rel_error": self.rel_error[j], "mse": self.mse[j],
+                       "bias": self.bias[j], "dead": self.dead[j]}) for j in range(len(self.source))]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"d": self.d, "source": self.source.tolist(), "rel_error": plain(self.rel_error),
-                "mse": plain(self.mse), "kernel": self.kernel.tolist(), "bias": plain(self.bias),
-                "dead": self.dead.tolist(), "error_matrix": plain(self.error_matrix)}
+        return {"d": self.d, "source": plain(self.source), "rel_error": plain(self.rel_error),
+                "mse": plain(self.mse), "kernel": plain(self.kernel), "bias": plain(self.bias),
+                "dead": plain(self.dead), "error_matrix": plain(self.error_matrix)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        d, c = int(data["d"]), len(data["source"])
+        return cls(d, np.asarray(data["source"], dtype=np.int64), floats(data["rel_error"]), floats(data["mse"]),
+                   floats(data["kernel"]).reshape(c, d, d), floats(data["bias"]),
+                   np.asarray(data["dead"], dtype=bool), floats(data["error_matrix"], math.inf).reshape(c, c))
 
     def __str__(self) -> str:
         lines = [f"BestSources(d={self.d}, C={len(self.source)})", "  dst <- src   rel_error"]

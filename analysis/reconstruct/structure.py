@@ -5,16 +5,16 @@ ghost, the resulting relative error (:func:`ghostability`) and the largest ratio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import plain
+from analysis._core.results import Result, floats, number, plain
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
     _check_d,
@@ -26,6 +26,9 @@ from analysis.reconstruct.lstsq import (
     _relative,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["Ghostability", "RatioSuggestion", "ghostability", "suggest_ratio"]
 
 
@@ -33,8 +36,8 @@ __all__ = ["Ghostability", "RatioSuggestion", "ghostability", "suggest_ratio"]
 # ghostability
 
 
-@dataclass
-class Ghostability:
+@dataclass(eq=False)
+class Ghostability(Result):
     """Result of :func:`ghostability`: a Ghost-module structure for one layer and its reconstruction error.
 
     Structure (exactly what ``GhostModule(ratio=ratio, dw_size=d)`` realises, whose output is
@@ -55,6 +58,9 @@ class Ghostability:
     * ``rel_error`` (C,) - per-channel MSE / variance (0 for intrinsic and dead channels); ``overall_error``
       = sum of squared residuals of all channels / sum of their centred sums of squares.
     * ``dead`` (C,) - all-zero channels.
+
+    ``rows()``: one per channel (intrinsic or not, its source channel and module position, bias, error, dead);
+    equality compares ``to_dict()``.
     """
 
     ratio: int
@@ -94,13 +100,31 @@ class Ghostability:
             out[:, ghosts] = F.conv2d(x[:, src], k, b, padding=self.d // 2, groups=len(ghosts))
         return out
 
+    _COLUMNS = ("channel", "intrinsic", "source", "position", "bias", "rel_error", "dead")
+
+    def rows(self) -> list[dict[str, Any]]:
+        position = {ch: k for k, ch in enumerate(self.module_order)}
+        return [plain({"channel": j, "intrinsic": j not in self.assignment, "source": self.assignment.get(j, j),
+                       "position": position[j], "bias": self.bias[j], "rel_error": self.rel_error[j],
+                       "dead": self.dead[j]}) for j in range(len(self.module_order))]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "d": self.d, "intrinsic": list(self.intrinsic),
-                "slots": [list(s) for s in self.slots],
-                "assignment": {str(g): s for g, s in self.assignment.items()},
-                "module_order": list(self.module_order), "kernel": self.kernel.tolist(),
+        return {"ratio": self.ratio, "d": self.d, "intrinsic": plain(self.intrinsic),
+                "slots": plain(self.slots), "assignment": plain(self.assignment),
+                "module_order": plain(self.module_order), "kernel": plain(self.kernel),
                 "bias": plain(self.bias), "rel_error": plain(self.rel_error),
-                "overall_error": plain(self.overall_error), "dead": self.dead.tolist()}
+                "overall_error": plain(self.overall_error), "dead": plain(self.dead)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        d, c = int(data["d"]), len(data["module_order"])
+        return cls(ratio=int(data["ratio"]), d=d, intrinsic=[int(v) for v in data["intrinsic"]],
+                   slots=[[int(v) for v in s] for s in data["slots"]],
+                   assignment={int(g): int(s) for g, s in data["assignment"].items()},
+                   module_order=[int(v) for v in data["module_order"]],
+                   kernel=floats(data["kernel"]).reshape(c, d, d), bias=floats(data["bias"]),
+                   rel_error=floats(data["rel_error"]), overall_error=number(data["overall_error"]),
+                   dead=np.asarray(data["dead"], dtype=bool))
 
     def __str__(self) -> str:
         return (f"Ghostability(ratio={self.ratio}, d={self.d}, C={len(self.module_order)}, "
@@ -218,11 +242,12 @@ def ghostability(maps: Any, ratio: int = 2, d: int = 3, ridge: float = DEFAULT_R
     return _ghostability_from_fits(_pair_fits(_layer_maps(maps), d, ridge), ratio)
 
 
-@dataclass
-class RatioSuggestion:
+@dataclass(eq=False)
+class RatioSuggestion(Result):
     """Result of :func:`suggest_ratio`. ``ratio``: the largest tried ratio with ``errors[ratio] <=
     max_error`` (None if even the smallest exceeds it: keep the plain conv). ``errors``: overall relative
-    error per tried ratio. ``ghostability``: the full result for the chosen ratio (None if none)."""
+    error per tried ratio. ``ghostability``: the full result for the chosen ratio (None if none).
+    ``rows()``: one per tried ratio; equality compares ``to_dict()``."""
 
     ratio: int | None
     errors: dict[int, float]
@@ -230,10 +255,22 @@ class RatioSuggestion:
     d: int
     ghostability: Ghostability | None = field(default=None, repr=False)
 
+    _COLUMNS = ("ratio", "error", "within_budget", "chosen")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain({"ratio": r, "error": e, "within_budget": e <= self.max_error, "chosen": r == self.ratio})
+                for r, e in self.errors.items()]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "errors": {str(k): plain(v) for k, v in self.errors.items()},
-                "max_error": self.max_error, "d": self.d,
+        return {"ratio": self.ratio, "errors": plain(self.errors), "max_error": plain(self.max_error), "d": self.d,
                 "ghostability": self.ghostability.to_dict() if self.ghostability is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        g = data.get("ghostability")
+        return cls(None if data["ratio"] is None else int(data["ratio"]),
+                   {int(r): number(e) for r, e in data["errors"].items()}, number(data["max_error"]), int(data["d"]),
+                   None if g is None else Ghostability.from_dict(g))
 
 
 def suggest_ratio(maps: Any, max_error: float = 0.1, ratios: Sequence[int] = (2, 3, 4, 5, 6, 8), d: int = 3,

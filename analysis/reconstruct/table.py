@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.io import atomic_write
-from analysis._core.results import plain
-from analysis.reconstruct.cheap_ops import fit_cheap_op
+from analysis._core.results import Result, plain
+from analysis.reconstruct.cheap_ops import CheapOpFits, fit_cheap_op
 from analysis.reconstruct.lstsq import DEFAULT_RIDGE, _check_d, _check_ridge, _layer_maps
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ReconstructionTable", "reconstruction_table"]
 
@@ -53,46 +51,34 @@ def _pair_list(pairs: Any, c: int) -> list[tuple[int, int]]:
 
 
 @dataclass
-class ReconstructionTable:
-    """Result of :func:`reconstruction_table`. ``rows``: one dict per (pair, d) with keys ``kind``
-    ('pair' or 'random'), ``src``, ``dst``, ``d``, ``mse``, ``rel_error``, ``r2``, ``n`` (number of pairs
-    averaged: 1 for a pair row, ``n_random`` for the random baseline, whose src/dst are None)."""
+class ReconstructionTable(Result):
+    """Result of :func:`reconstruction_table`. ``records`` (and ``rows()``, as plain data): one dict per
+    (pair, d) with keys ``kind`` ('pair' or 'random'), ``src``, ``dst``, ``d``, ``mse``, ``rel_error``, ``r2``,
+    ``n`` (number of pairs averaged: 1 for a pair row, ``n_random`` for the random baseline, whose src/dst are
+    None)."""
 
-    rows: list[dict[str, Any]]
+    records: list[dict[str, Any]]
     ds: tuple[int, ...]
     n_random: int
     seed: int
 
-    _COLS = ("kind", "src", "dst", "d", "mse", "rel_error", "r2", "n")
+    _COLUMNS = ("kind", "src", "dst", "d", "mse", "rel_error", "r2", "n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain({k: r[k] for k in self._COLUMNS}) for r in self.records]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ds": list(self.ds), "n_random": self.n_random, "seed": self.seed,
-                "rows": [{k: plain(v) for k, v in r.items()} for r in self.rows]}
+        return {"ds": list(self.ds), "n_random": self.n_random, "seed": self.seed, "rows": self.rows()}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def to_frame(self) -> Any:
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("ReconstructionTable.to_frame() needs pandas (pip install pandas); "
-                              "use .to_csv(path) or .rows instead") from None
-        return pd.DataFrame(self.rows, columns=list(self._COLS))
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the rows as CSV (atomically, no pandas needed); returns the path."""
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=list(self._COLS), lineterminator="\n")
-        wr.writeheader()
-        for r in self.rows:
-            wr.writerow({k: ("" if r[k] is None else r[k]) for k in self._COLS})
-        return atomic_write(path, buf.getvalue())
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return cls([dict(r) for r in data["rows"]], tuple(int(d) for d in data["ds"]), int(data["n_random"]),
+                   int(data["seed"]))
 
     def __str__(self) -> str:
         keys: list[tuple[str, Any, Any]] = []
         cell: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for r in self.rows:
+        for r in self.records:
             key = (r["kind"], r["src"], r["dst"])
             if key not in keys:
                 keys.append(key)
@@ -145,6 +131,7 @@ def reconstruction_table(maps: Any, pairs: Any, ds: Sequence[int] = (1, 3, 5, 7)
         si = torch.as_tensor([p[0] for p in all_pairs], device=x.device)
         dj = torch.as_tensor([p[1] for p in all_pairs], device=x.device)
         fit = fit_cheap_op(x[:, si].transpose(0, 1), x[:, dj].transpose(0, 1), d=d, ridge=ridge)
+        assert isinstance(fit, CheapOpFits)  # P x N x H x W maps in: P fits out
         for k, (i, j) in enumerate(plist):
             rows.append({"kind": "pair", "src": i, "dst": j, "d": d, "mse": float(fit.mse[k]),
                          "rel_error": float(fit.rel_error[k]), "r2": float(fit.r2[k]), "n": 1})
@@ -153,4 +140,4 @@ def reconstruction_table(maps: Any, pairs: Any, ds: Sequence[int] = (1, 3, 5, 7)
             rows.append({"kind": "random", "src": None, "dst": None, "d": d, "mse": float(fit.mse[sl].mean()),
                          "rel_error": float(fit.rel_error[sl].mean()), "r2": float(fit.r2[sl].mean()),
                          "n": len(rand)})
-    return ReconstructionTable(rows=rows, ds=ds_t, n_random=len(rand), seed=seed)
+    return ReconstructionTable(records=rows, ds=ds_t, n_random=len(rand), seed=seed)

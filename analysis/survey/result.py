@@ -4,35 +4,44 @@ survey over thousands of images is computed once and re-scored or re-plotted lat
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write as _atomic_write
+from analysis._core.results import Result, plain
 from analysis.measure.groups import GhostGroups, ghost_groups
 from analysis.measure.pairs import GhostPairs, ghost_pairs
-from analysis.measure.scores import Redundancy, redundancy
+from analysis.measure.scores import REDUNDANCY_COLUMNS, Redundancy, redundancy
 from analysis.measure.similarity import ChannelSimilarity, channel_similarity
 from analysis.stats import GroupedStats
 from analysis.survey.settings import check_settings
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 FORMAT = "ghostmaps-survey"
 FORMAT_VERSION = 2
 SCORING = ("threshold", "metric", "level", "linkage", "pairs", "rank99")
+#: a layer's table row: the ``Redundancy`` row, then the shape and the strongest pair
+_LAYER_COLUMNS = (*REDUNDANCY_COLUMNS, "shape", "top_pair", "top_pair_score", "top_pair_sparse", "sparse_pairs")
 
 
-@dataclass
-class LayerSurvey:
+@dataclass(eq=False)
+class LayerSurvey(Result):
     """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics
-    (``baseline_stats``: the untrained network's, when the survey had one)."""
+    (``baseline_stats``: the untrained network's, when the survey had one).
+
+    ``rows()`` is the one ``row()``; ``to_dict`` leaves the statistics out (``Survey.save`` keeps them), and
+    ``from_dict`` also reads the ``"stats"`` and ``"baseline_stats"`` state dicts that ``save`` writes beside
+    them. Equality compares ``to_dict()``.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -74,17 +83,33 @@ class LayerSurvey:
         row["sparse_pairs"] = sum(p.sparse for p in self.pairs)
         return row
 
+    _COLUMNS = _LAYER_COLUMNS
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [plain(self.row())]
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "redundancy": self.redundancy.to_dict(),
                 "groups": self.groups.to_dict(), "pairs": self.pairs.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        stats, base = (GroupedStats.from_state_dict(data[k]) if data.get(k) else None
+                       for k in ("stats", "baseline_stats"))
+        return cls(data["name"], tuple(int(v) for v in data["shape"]), Redundancy.from_dict(data["redundancy"]),
+                   GhostGroups.from_dict(data["groups"]), GhostPairs.from_dict(data["pairs"]), stats, base)
 
     def __str__(self) -> str:
         return f"{self.redundancy}\n  {self.groups}\n{self.pairs}"
 
 
-@dataclass
-class Survey:
-    """A survey's per-layer results in network order, with what produced them in ``meta``."""
+@dataclass(eq=False)
+class Survey(Result):
+    """A survey's per-layer results in network order, with what produced them in ``meta``.
+
+    ``rows()``: one per layer; ``to_frame`` is indexed by layer. ``to_dict``/``from_dict`` carry everything but
+    the statistics, which ``save``/``load`` keep too. Equality compares ``to_dict()``.
+    """
 
     layers: dict[str, LayerSurvey]
     meta: dict[str, Any] = field(default_factory=dict)
@@ -107,43 +132,30 @@ class Survey:
     def names(self) -> list[str]:
         return list(self.layers)
 
+    _COLUMNS = ("depth", *_LAYER_COLUMNS)
+    _INDEX = "layer"
+
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per layer (depth order): every score with its baseline and interval."""
-        return [{"depth": d, **layer.row()} for d, layer in enumerate(self)]
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame of ``rows()`` (needs pandas; ``to_csv`` does not)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
-            raise GhostmapsError("to_frame needs pandas; use to_csv() or rows() instead.") from exc
-        return pd.DataFrame(self.rows()).set_index("layer")
-
-    def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        """The per-layer table as CSV text; also written (atomically) to ``path`` when given."""
-        rows = self.rows()
-        buf = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        text = buf.getvalue()
-        if path is not None:
-            _atomic_write(Path(path), text.encode())
-        return text
+        return [plain({"depth": d, **layer.row()}) for d, layer in enumerate(self)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "meta": self.meta,
+        return {"format": FORMAT, "version": FORMAT_VERSION, "meta": plain(self.meta),
                 "layers": [layer.to_dict() for layer in self]}
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """A survey back from ``to_dict()`` or its JSON (no statistics), or from the payload ``save`` writes."""
+        if data.get("format", FORMAT) != FORMAT:
+            raise GhostmapsError(f"not a ghostmaps survey (format {data.get('format')!r}, expected {FORMAT!r}).")
+        layers = [LayerSurvey.from_dict(entry) for entry in data["layers"]]
+        return cls({layer.name: layer for layer in layers}, dict(data.get("meta", {})))
 
     def save(self, path: str | os.PathLike, stats: bool = True, groups: bool = True) -> Path:
         """Write the survey to one file (``torch.save`` of plain data), atomically. With ``stats`` the per-layer
-        statistics come along, so ``load`` can give similarity matrices and ``rescore``; ``groups=False`` leaves
-        out the per-group matrices (a file of 8·C² instead of (8 + 4K)·C² bytes per layer; a rescore then has
-        no intervals)."""
+        statistics come along (and the untrained baseline's), so ``load`` can give similarity matrices and
+        ``rescore``; ``groups=False`` leaves out the per-group vectors (a file of 16·C² instead of
+        16·C² + 4·K·C² bytes per layer; a rescore then has no intervals)."""
         payload = self.to_dict()
         for entry, layer in zip(payload["layers"], self, strict=True):
             for key, kept in (("stats", layer.stats), ("baseline_stats", layer.baseline_stats)):
@@ -170,25 +182,7 @@ class Survey:
         if payload.get("version") != FORMAT_VERSION:
             raise GhostmapsError(f"{path} is a survey file of format version {payload.get('version')}, this "
                                  f"ghostmaps reads version {FORMAT_VERSION}; survey again.")
-        survey = cls.from_dict(payload)
-        for entry, layer in zip(payload["layers"], survey, strict=True):
-            for key in ("stats", "baseline_stats"):
-                if entry.get(key):
-                    setattr(layer, key, GroupedStats.from_state_dict(entry[key]))
-        return survey
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Survey:
-        """The survey of a ``to_dict`` (scores, groups, pairs; no statistics)."""
-        layers = {}
-        for entry in data["layers"]:
-            pairs_d = entry["pairs"]
-            pairs = GhostPairs([_pair(p) for p in pairs_d["pairs"]], pairs_d.get("metric"), pairs_d.get("layer"),
-                               pairs_d.get("exclusive", True))
-            layers[entry["name"]] = LayerSurvey(entry["name"], tuple(entry["shape"]),
-                                                Redundancy.from_dict(entry["redundancy"]),
-                                                GhostGroups.from_dict(entry["groups"]), pairs)
-        return cls(layers, dict(data.get("meta", {})))
+        return cls.from_dict(payload)
 
     def rescore(self, threshold: float | None = None, metric: str | None = None, level: float | None = None,
                 linkage: str | None = None, pairs: int | None = None, rank99: bool | None = None,
@@ -215,8 +209,10 @@ class Survey:
         first = next(iter(self.layers.values()), None)
         k = first.redundancy.interval_groups if first is not None else 0
         head = (f"survey of {m.get('model', 'a model')} over {m.get('images', '?')} images, {len(self)} layers, "
-                f"{m.get('metric')} similarity, τ = {m.get('threshold')}; intervals: {int(100 * m.get('level', 0.95))}% "
-                f"jackknife over {k} image groups; ghost fraction: value (split halves), not an interval")
+                f"{m.get('metric')} similarity, τ = {m.get('threshold')}; intervals: "
+                f"{int(round(100 * m.get('level', 0.95)))}% jackknife over {k} image groups"
+                + (f"; moments estimated from {m['positions']} positions per image" if m.get("positions") else "")
+                + "; ghost fraction: value (split halves), not an interval")
         base = any(layer.redundancy.scores["mean_sq_similarity"].untrained is not None for layer in self)
         cols = f"{'layer':<26} {'C':>5} {'dead':>4} {'sparse':>6}  {'mean S² [CI]':<24} {'Δ null [CI]':<26}"
         cols += f" {'Δ untrained [CI]':<26}" if base else ""
@@ -245,12 +241,6 @@ def _delta(b: Any) -> str:
     return f"{b.excess:+.4f}" + ("" if b.low is None else f" [{b.low:+.4f}, {b.high:+.4f}]")
 
 
-def _pair(d: dict[str, Any]) -> Any:
-    from analysis.measure.pairs import GhostPair
-
-    return GhostPair(int(d["i"]), int(d["j"]), float(d["score"]), bool(d.get("sparse", False)))
-
-
 # -- scoring one layer --------------------------------------------------------------------------------------
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baseline: GroupedStats | None = None, *,
                  metric: str, threshold: float, level: float, linkage: str, pairs: int, rank99: bool = False
@@ -259,9 +249,5 @@ def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baselin
     found = ghost_groups(sim, threshold, linkage)
     red = redundancy(stats, metric=metric, threshold=threshold, level=level, linkage=linkage, layer=name,
                      observed_groups=found, baseline=baseline, rank99=rank99)
-    out = LayerSurvey(name, tuple(shape), red, found, GhostPairs([], metric, name), stats, baseline, sim)
-    if pairs:
-        out.pairs = ghost_pairs(sim, k=pairs, absolute=True)
-    return out
-
-
+    top = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
+    return LayerSurvey(name, tuple(shape), red, found, top, stats, baseline, sim)
