@@ -346,3 +346,15 @@ def test_backend_follows_the_survey_device():
     from analysis.stats.distributed import _backend
 
     assert _backend(torch.device("cpu")) == "gloo" and _backend(torch.device("cuda", 0)) == "nccl"
+
+
+def test_position_subsets_estimate_the_similarity_within_0_02_and_say_so(tiny):
+    x = images(64, size=48, seed=3)
+    exact = survey(tiny, x, layers=["conv1", "conv2"], progress=False)
+    sub = survey(tiny, x, layers=["conv1", "conv2"], progress=False, positions=256)
+    for name in ("conv1", "conv2"):  # 48×48 and 24×24 maps: 2304 and 576 positions, 256 folded per image
+        diff = (sub[name].similarity.matrix - exact[name].similarity.matrix).abs().max()
+        assert 0 < diff < 0.02, (name, float(diff))
+        assert sub[name].redundancy.estimated and not exact[name].redundancy.estimated
+    assert sub.meta["positions"] == 256 and "estimated from 256 positions per image" in str(sub)
+    assert sub.rows()[0]["estimated"] is True

@@ -200,3 +200,51 @@ def test_gallery_of_a_reused_module_names_its_outputs():
     model = TinyNet().eval()
     with pytest.raises(GhostmapsError, match="gives 2 outputs"):
         survey_gallery(None, layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])
+
+
+def test_pearson_is_the_default_the_json_of_every_command_shows(tmp_path, capsys):
+    fig = tmp_path / "f1.png"
+    assert main(["figure1", "--weights", "none", "--layer", "features.1.conv.0.0", "--out", str(fig)]) == 0
+    assert json.loads(fig.with_suffix(".json").read_text())["metric"] == "pearson"
+    fit = tmp_path / "fit"
+    assert main(["fit", "--weights", "none", "--layer", "features.1.conv.0.0", "--pairs", "1", "--d", "1",
+                 "--random", "2", "--images", "samples:chelsea", "--out", str(fit)]) == 0
+    assert json.loads((fit / "table1.json").read_text())["metric"] == "pearson"
+    assert "most pearson-similar" in capsys.readouterr().out
+
+
+def test_survey_command_checkpoints_and_resumes(tmp_path, capsys):
+    ckpt = tmp_path / "run.ckpt"
+    argv = ["survey", "--weights", "none", "--images", "samples:chelsea,china,coffee", "--layers", "features.0.0",
+            "--no-progress", "--checkpoint", str(ckpt), "--checkpoint-every", "1", "--batch-size", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0 and ckpt.is_file()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (Survey.load(tmp_path / d / "survey.pt") for d in ("a", "b"))
+    assert b.meta["resumed_from"] == 3 and a.to_dict()["layers"] == b.to_dict()["layers"]
+    assert main([*argv, "--out", str(tmp_path / "c"), "--resume", "--groups", "4"]) == 2  # other settings
+    assert "another settings" in capsys.readouterr().err
+
+
+def test_headline_is_the_largest_excess_over_the_untrained_network_with_its_interval_above_zero():
+    from analysis.measure.groups import GhostGroups
+    from analysis.measure.pairs import GhostPairs
+    from analysis.measure.scores import Baseline, Redundancy, Score
+    from analysis.pipeline import headline
+    from analysis.survey.result import LayerSurvey
+
+    def layer(name, excess, low, raw):
+        scores = {"mean_sq_similarity": Score(raw, raw - 0.01, raw + 0.01, Baseline(0.0, raw, raw - 0.01, raw + 0.01),
+                                              Baseline(raw - excess, excess, low, excess + 0.01)),
+                  "ratio": Score(1.0)}
+        red = Redundancy(4, 4, [], [], 8, "pearson", 0.9, scores, layer=name)
+        return LayerSurvey(name, (4, 2, 2), red, GhostGroups([0, 1, 2, 3], [[0], [1], [2], [3]], 0.9),
+                           GhostPairs([], "pearson", name))
+
+    s = Survey({n: layer(n, *v) for n, v in {"a": (0.05, 0.01, 0.9), "b": (0.08, -0.02, 0.2),
+                                             "c": (0.06, 0.02, 0.1)}.items()})
+    name, sentence = headline(s)
+    assert name == "c" and "above 0" in sentence  # not "a" (highest raw score), not "b" (interval includes 0)
+    s.layers.pop("c")
+    s.layers.pop("a")
+    name, sentence = headline(s)
+    assert name == "b" and "includes 0" in sentence

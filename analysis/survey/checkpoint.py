@@ -31,7 +31,7 @@ def _digest(*parts: Any) -> str:
         if isinstance(part, torch.Tensor):
             t = part.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(part).encode())
     return h.hexdigest()[:32]
