@@ -9,8 +9,12 @@ Three traps that other tools fall into are handled here:
 * **leftover hooks**: hooks are removed in ``finally``, also when the forward raises.
 
 Layers are chosen by exact module name, by glob (``layer1.*``), by module type (``"Conv2d"`` or
-``nn.Conv2d``), or by a single call of a reused module (``layer1.0.relu#2``). Names that match nothing fail
-before anything runs, listing close matches.
+``nn.Conv2d``), or by a single call of a reused module (``layer1.0.relu#2``; ``conv#0`` is its first call
+only). Names that match nothing fail before anything runs, listing close matches.
+
+``capture`` is the one hook machinery of ``analysis``: ``list_layers``, ``capture_maps``, the survey and the
+conversion (``capture(..., inputs=True)`` also records each call's input, e.g. to fit or check a replacement
+layer in isolation) all go through it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from analysis._core.results import Result, plain
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers", "single_entry"]
+__all__ = ["CapturedMaps", "LayerInfo", "capture", "capture_maps", "eval_mode", "list_layers", "resolve_layers",
+           "single_entry"]
 
 LayerSpec = str | type | Sequence[str | type]
 
@@ -80,6 +85,15 @@ def _entry_names(base: str, output: Any) -> list[tuple[str, torch.Tensor]]:
             found += _entry_names(f"{base}[{key}]", item)
         return found
     return []
+
+
+class CapturedMaps(dict):
+    """What ``capture`` yields: ``{entry name: detached copy of the output}``, and in ``inputs`` (filled with
+    ``capture(..., inputs=True)``) ``{call name: detached copy of that call's first positional input}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: dict[str, torch.Tensor] = {}
 
 
 def _call_name(name: str, call: int) -> str:
@@ -151,8 +165,11 @@ def capture(
     store: bool = True,
     callback: Callable[[str, torch.Tensor], None] | None = None,
     to: str | torch.device | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the outputs of chosen layers during forward passes run inside the ``with`` block.
+    dtype: torch.dtype | None = None,
+    inputs: bool = False,
+) -> Iterator[CapturedMaps]:
+    """Capture the outputs (and, when asked, the inputs) of chosen layers during forward passes run inside
+    the ``with`` block.
 
     Args:
         model: the network; it is not modified (hooks are added and always removed).
@@ -162,11 +179,14 @@ def capture(
         callback: called as ``callback(name, tensor)`` with each captured copy as soon as it is made, e.g. to
             fold it into running statistics.
         to: move the copies to this device (e.g. ``"cpu"``); default: where they were computed.
+        dtype: cast the copies to this dtype (e.g. ``torch.float32``); default: as computed.
+        inputs: also keep each captured call's first positional input (when it is a tensor) in the yielded
+            dict's ``inputs``, under the call's name (``name``, ``name#1``, …), copied like the outputs.
 
     Yields:
-        A dict ``{entry name: detached copy}`` filled by each forward (reset at the start of each forward of
-        ``model``). A module called k times gives ``name``, ``name#1``, …; tuple or dict outputs give
-        ``name[i]`` / ``name[key]`` entries.
+        A ``CapturedMaps`` dict ``{entry name: detached copy}`` filled by each forward (reset, with its
+        ``inputs``, at the start of each forward of ``model``). A module called k times gives ``name``,
+        ``name#1``, …; tuple or dict outputs give ``name[i]`` / ``name[key]`` entries.
 
     Example:
         >>> with capture(model, ["layer1.0.bn1", "layer1.0.relu"]) as maps:
@@ -175,7 +195,7 @@ def capture(
     """
     chosen = resolve_layers(model, layers)
     modules = dict(model.named_modules())
-    captured: dict[str, torch.Tensor] = {}
+    captured = CapturedMaps()
     calls: dict[str, int] = {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -183,19 +203,27 @@ def capture(
 
     def reset(_module: nn.Module, _args: Any) -> None:
         captured.clear()
+        captured.inputs.clear()
         calls.clear()
         forwards[0] += 1
 
+    def copy_of(tensor: torch.Tensor) -> torch.Tensor:
+        if dtype is None:
+            copy = tensor.detach().clone()
+            return copy if to is None else copy.to(to)
+        return tensor.detach().to(device=to, dtype=dtype, copy=True)
+
     def make_hook(name: str, wanted: set[int] | None) -> Callable[..., None]:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             call = calls.get(name, 0)
             calls[name] = call + 1
             if wanted is not None and call not in wanted:
                 return
-            for entry, tensor in _entry_names(_call_name(name, call), output):
-                copy = tensor.detach().clone()
-                if to is not None:
-                    copy = copy.to(to)
+            call_name = _call_name(name, call)
+            if inputs and args and isinstance(args[0], torch.Tensor):
+                captured.inputs[call_name] = copy_of(args[0])
+            for entry, tensor in _entry_names(call_name, output):
+                copy = copy_of(tensor)
                 if store:
                     captured[entry] = copy
                 if callback is not None:
@@ -279,32 +307,3 @@ def single_entry(maps: dict[str, torch.Tensor], layer: str, ndim: int | None = N
         raise GhostmapsError(f"layer {layer!r} outputs shape {tuple(tensor.shape)}, not feature maps "
                              "(N×C×H×W); pick a convolutional layer.")
     return name, tensor
-
-
-def first_call_io(model: nn.Module, names: Sequence[str], x: torch.Tensor, *, keep_inputs: bool = True,
-                  dtype: torch.dtype | None = None) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One eval-mode, gradient-free ``model(x)``: its output, and the first positional input (when
-    ``keep_inputs``) and the output of the *first* call of each module in ``names``, as detached copies on
-    the CPU (cast to ``dtype`` when given). Non-tensor outputs are not recorded; hooks are always removed
-    and train/eval flags restored."""
-    modules = dict(model.named_modules())
-    ins: dict[str, torch.Tensor] = {}
-    outs: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if name in outs or not isinstance(out, torch.Tensor):
-                return
-            outs[name] = out.detach().to("cpu", dtype, copy=True)
-            if keep_inputs and args and isinstance(args[0], torch.Tensor):
-                ins[name] = args[0].detach().to("cpu", dtype, copy=True)
-        return hook
-
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            result = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return result, ins, outs

@@ -16,7 +16,8 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write
 from analysis._core.results import Result, floats, plain
-from analysis.data.images import NamedImage, load_images
+from analysis.data.batches import as_images
+from analysis.data.images import NamedImage
 from analysis.data.models import LoadedModel, ModelInfo, as_loaded
 from analysis.hooks import LayerInfo, capture_maps, list_layers, single_entry
 from analysis.measure.pairs import GhostPairs, ghost_pairs
@@ -109,7 +110,7 @@ class Figure1Result(Result):
 def run_figure1(
     model: LoadedModel | nn.Module,
     layer: str | None = None,
-    image: str | os.PathLike | NamedImage = DEFAULT_IMAGE,
+    image: Any = DEFAULT_IMAGE,
     k: int = 3,
     metric: str = DEFAULT_METRIC,
     max_channels: int = 64,
@@ -121,14 +122,15 @@ def run_figure1(
         model: a ``load_model`` result (its preprocessing is used) or a bare ``nn.Module`` (ImageNet
             preprocessing).
         layer: the layer to show; default ``suggest_layer`` (an early layer with many channels).
-        image: an image path, ``"samples:NAME"``, or a ``NamedImage``; the first readable image is used.
+        image: any image source of ``analysis.data.batches`` (an image path, ``"samples:NAME"``, a
+            ``NamedImage``, a C×H×W or N×C×H×W tensor, a Dataset, ...); its first readable image is used.
         k: number of pairs; metric: ``"pearson"`` (default: invariant to the per-channel scale and offset the
             next BN removes) or ``"cosine"`` (biased upwards for non-negative maps); max_channels: tiles shown.
             Pairs of channels that are zero on most positions (APoZ ≥ 0.8) are flagged ``sparse`` in the legend.
     """
     net, preprocess, info = as_loaded(model)
-    if not isinstance(image, NamedImage):
-        image = next(iter(load_images(image, transform=preprocess)))
+    name, tensor = as_images(image, preprocess, name="image").first()  # the first readable one
+    image = NamedImage(name, tensor, name)
     if layer is None:
         layer = suggest_layer(list_layers(net, tuple(image.tensor.shape), device=device))
     maps = capture_maps(net, layer, image.tensor.unsqueeze(0), device=device)
@@ -201,16 +203,14 @@ def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images
 
 def layer_maps(model: LoadedModel | nn.Module | str, layer: str, images: Any = "samples", n_images: int = 4
                ) -> tuple[torch.Tensor, list[str] | None]:
-    """One layer's maps (N×C×H×W) on the first ``n_images`` images of ``images`` (an image source for
-    ``load_images`` or an N×3×H×W tensor), with the image names when the source has them."""
+    """One layer's maps (N×C×H×W) on the first ``n_images`` images of ``images`` (any image source of
+    ``analysis.data.batches``), with the image names when the source has them."""
     net, preprocess, _ = as_loaded(model)
-    names: list[str] | None = None
-    if isinstance(images, torch.Tensor):
-        batch = images[:n_images]
-    else:
-        loaded = list(load_images(images, transform=preprocess, limit=n_images))
-        names = [img.name for img in loaded]
-        batch = torch.stack([img.tensor for img in loaded])
+    parts = list(as_images(images, preprocess, limit=n_images).batches(n_images))
+    if not parts:
+        raise GhostmapsError("images holds no image; pass at least one.")
+    batch = torch.cat([b.images for b in parts])
+    names = None if any(b.names is None for b in parts) else [n for b in parts for n in b.names]
     _, maps = single_entry(capture_maps(net, layer, batch), layer, ndim=4)
     return maps, names
 

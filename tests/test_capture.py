@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from analysis import UnknownLayerError, capture, capture_maps, eval_mode, list_layers
+from analysis import GhostmapsError, UnknownLayerError, capture, capture_maps, eval_mode, list_layers
 from analysis.hooks import resolve_layers
 
 
@@ -155,3 +155,59 @@ def test_a_call_that_never_happens_is_reported(tiny):
         with torch.no_grad(), capture(tiny, "relu#5") as maps:
             tiny(torch.randn(1, 3, 8, 8))
     assert not maps
+
+
+class _Reuse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
+        self.pair = nn.Identity()
+
+    def forward(self, x):
+        x = self.bn(self.conv(self.conv(x)))
+        return self.pair((x, x)), x.sum()
+
+
+def test_capture_inputs_records_first_calls_on_cpu_and_cleans_up():
+    """What conversion records (ghostify's calibration, verify's isolated check): capture(..., inputs=True)
+    on the first call (``name#0``) of each layer, in eval mode without gradients."""
+    torch.manual_seed(0)
+    model = _Reuse().train()
+    x = torch.randn(3, 2, 4, 4)
+    stats = model.bn.running_mean.clone()
+    with eval_mode(model), torch.no_grad(), capture(model, ["conv#0", "bn#0", "pair#0"], to="cpu",
+                                                    dtype=torch.float64, inputs=True) as maps:
+        out = model(x)
+    with torch.no_grad():
+        first = model.conv(x)
+    assert torch.equal(maps.inputs["conv"], x.double()) and torch.equal(maps["conv"], first.double())
+    assert "conv#1" not in maps and "conv#1" not in maps.inputs  # the first call only
+    assert maps["conv"].dtype == torch.float64 and maps["conv"].device.type == "cpu"
+    assert "pair" not in maps  # a tuple output has no entry of its own name (only pair[0], pair[1])
+    assert isinstance(out, tuple) and not out[1].requires_grad
+    assert model.training and model.bn.training and torch.equal(model.bn.running_mean, stats)  # eval mode used
+    assert not any(m._forward_hooks for m in model.modules())
+    with capture(model, ["conv#0"]) as maps, torch.no_grad():
+        model(x)
+    assert maps.inputs == {} and set(maps) == {"conv"}  # inputs only when asked
+
+
+def test_conversion_records_through_capture():
+    from analysis.convert.ghostify import _record
+    from analysis.convert.verify import _io
+
+    torch.manual_seed(0)
+    model = _Reuse().train()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    stats = model.bn.running_mean.clone()
+    with torch.no_grad():
+        first = model.conv(x.float())
+    outs, ins = _record(model, ["conv", "bn"], x, keep_inputs=True, batch_size=2)  # three forwards
+    assert torch.equal(ins["conv"], x.float()) and torch.equal(outs["conv"], first)
+    assert outs["bn"].shape == (5, 2, 4, 4) and outs["conv"].dtype == torch.float32
+    assert _record(model, ["conv"], x, keep_inputs=False)[1] == {}
+    with pytest.raises(GhostmapsError, match="returned tuple"):
+        _io(model, ["conv"], x.float())
+    assert model.training and model.bn.training and torch.equal(model.bn.running_mean, stats)
+    assert hook_counts(model) == 0

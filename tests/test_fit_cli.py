@@ -108,3 +108,12 @@ def test_zero_counts_are_accepted():
                                       "--min-channels", "0"])
     assert (args.calibrate_steps, args.latency_runs, args.min_channels) == (0, 0, 0)
     assert build_parser().parse_args(["fit", "--random", "0"]).random == 0
+
+
+def test_a_ghostify_error_is_a_clean_exit_2(capsys, tmp_path):
+    """GhostifyError is a GhostmapsError: main reports it (exit 2, no traceback) without a re-wrap."""
+    code = main(["ghostify", "--weights", "none", "--images", "samples:chelsea", "--image-size", "32",
+                 "--layers", "nothing*", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "ghostmaps ghostify: error: layer pattern 'nothing*' matches no module" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis import GhostmapsError
-from analysis.stats import GroupedStats, block_size, position_subset
+from analysis.stats import GroupedStats, LayerStats, block_size, position_subset
 
 
 def relu_maps(seed: int, shape=(11, 5, 4, 3)) -> torch.Tensor:
@@ -200,6 +200,68 @@ def test_memory_is_the_stated_formula_and_collapsing_drops_the_groups():
     small = stats.collapsed()
     assert small.group_gram is None and small.nbytes() == 16 * c * c + 16 * c + 24 + 8 + 32 * c
     np.testing.assert_allclose(small.moments().cross.numpy(), stats.moments().cross.numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [5, 300])  # 300: the blocked symmetric product (2 row blocks)
+def test_grouped_total_is_layer_stats_and_both_are_the_numpy_moments(dtype, channels):
+    g = torch.Generator().manual_seed(11)
+    maps = (torch.relu(torch.randn(7, channels, 3, 4, generator=g, dtype=torch.float64)) * 3 + 0.5).to(dtype)
+    maps[:, 1] = 0.0  # a dead channel and many exact zeros
+    grouped, layer = GroupedStats(groups=3, chunk=2), LayerStats()  # the pair (2, 3) straddles two batches
+    for s in (slice(0, 2), slice(2, 3), slice(3, 7)):
+        grouped.update(maps[s], s.start)
+        layer.update(maps[s])
+    total = grouped.total()
+    # float64 numpy; the shift is the first batch's channel means (rounded to the working precision)
+    x = maps.double().numpy().transpose(1, 0, 2, 3).reshape(channels, -1)
+    first = x[:, :2 * 12].mean(1)
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    for stats in (total, layer):
+        assert stats.count == 7 * 12 and stats.images == 7 and stats.channels == channels
+        np.testing.assert_allclose(stats.shift.numpy(), first, rtol=1e-7 if dtype == torch.float32 else 1e-14)
+        y = x - stats.shift.numpy()[:, None]
+        want = {"gram": y @ y.T, "sums": y.sum(1), "nonzero": (np.abs(x) > 1e-6).sum(1), "min": x.min(1),
+                "max": x.max(1)}
+        for name, value in want.items():
+            got = getattr(stats, name).numpy()
+            if name in ("nonzero", "min", "max"):
+                np.testing.assert_array_equal(got, value, err_msg=name)
+            else:
+                np.testing.assert_allclose(got, value, err_msg=name, **tol)
+        np.testing.assert_allclose(stats.second_moment.numpy() * stats.count, x @ x.T, **tol)
+        np.testing.assert_allclose(stats.mean.numpy() * stats.count, x.sum(1), **tol)
+    for name in ("shift", "nonzero", "min", "max"):
+        assert torch.equal(getattr(total, name), getattr(layer, name)), name
+    np.testing.assert_allclose(total.gram.numpy(), layer.gram.numpy(), **tol)
+    assert torch.equal(layer.gram, layer.gram.T) and torch.equal(total.gram, total.gram.T)
+
+
+def _state(stats: GroupedStats | LayerStats) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in stats.__dict__.items()}
+
+
+def _assert_same_state(stats: GroupedStats | LayerStats, before: dict) -> None:
+    for k, v in before.items():
+        now = getattr(stats, k)
+        assert torch.equal(now, v) if isinstance(v, torch.Tensor) else now == v, k
+
+
+@pytest.mark.parametrize("kind", [GroupedStats, LayerStats])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_both_statistics_refuse_a_bad_first_or_later_batch_before_anything_changes(kind, bad):
+    poisoned = relu_maps(1)
+    poisoned[2, 3, 1, 1] = bad
+    for stats in (kind(), kind().update(relu_maps(0))):  # a fresh one (no channels yet) and a filled one
+        before = _state(stats)
+        with pytest.raises(GhostmapsError, match=r"NaN or inf values \(channels \[3\]"):
+            stats.update(poisoned)
+        _assert_same_state(stats, before)
+    fresh = kind()
+    with pytest.raises(GhostmapsError, match="NaN or inf"):
+        fresh.update(poisoned)
+    fresh.update(relu_maps(0, (2, 3, 2, 2)))  # a refused first batch fixed nothing, not even the channels
+    assert fresh.channels == 3
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

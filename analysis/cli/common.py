@@ -76,10 +76,11 @@ def load_for_cli(args: argparse.Namespace) -> tuple[nn.Module, Any, Any]:
     return model, preprocess, info
 
 
-def images_batch(source: list[str], preprocess: Any, limit: int | None) -> torch.Tensor:
-    from analysis.data.images import images_tensor, load_images
+def images_batch(source: list[str], preprocess: Any, limit: int | None, name: str = "--images") -> torch.Tensor:
+    """The images of an ``--images`` option as one N×C×H×W tensor (``analysis.data.batches``)."""
+    from analysis.data.batches import as_images
 
-    return images_tensor(load_images(source, transform=preprocess, limit=limit), "--images", GhostmapsError)
+    return as_images(source, preprocess, limit=limit, name=name).tensor()
 
 
 def add_image_args(p: argparse.ArgumentParser, what: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from analysis._core.validation import DEFAULT_METRIC, METRICS
 from analysis.cli.common import add_model_args, positive_int
-from analysis.measure.similarity import DEFAULT_METRIC, METRICS
 
 
 def run(args: argparse.Namespace) -> int:

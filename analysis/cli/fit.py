@@ -9,6 +9,7 @@ from typing import Any
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write
+from analysis._core.validation import DEFAULT_METRIC, METRICS
 from analysis.cli.common import (
     add_image_args,
     add_model_args,
@@ -17,7 +18,6 @@ from analysis.cli.common import (
     non_negative_int,
     positive_int,
 )
-from analysis.measure.similarity import DEFAULT_METRIC, METRICS
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,20 +23,17 @@ from analysis.convert.rebuild import GHOSTIFY_JSON, STATE_FILE
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.convert.ghostify import GhostifyError, ghostify
+    from analysis.convert.ghostify import ghostify
     from analysis.convert.verify import verify_replacement
     from analysis.plots import save_figure, verification
 
     model, preprocess, info = load_for_cli(args)
     calib = images_batch(args.images, preprocess, args.limit)
     same = args.verify_images is None
-    check = calib if same else images_batch(args.verify_images, preprocess, args.limit)
-    try:
-        new, result = ghostify(model, layers=args.layers, ratio=args.ratio, dw_size=args.d,
-                               init=None if args.init == "none" else "fit", calibration_images=calib,
-                               min_channels=args.min_channels, calibrate_steps=args.calibrate_steps)
-    except GhostifyError as exc:
-        raise GhostmapsError(str(exc)) from exc
+    check = calib if same else images_batch(args.verify_images, preprocess, args.limit, "--verify-images")
+    new, result = ghostify(model, layers=args.layers, ratio=args.ratio, dw_size=args.d,
+                           init=None if args.init == "none" else "fit", calibration_images=calib,
+                           min_channels=args.min_channels, calibrate_steps=args.calibrate_steps)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from analysis._core.validation import DEFAULT_METRIC, DEFAULT_THRESHOLD, METRICS
 from analysis.cli.common import add_model_args, positive_int
-from analysis.measure.scores import DEFAULT_THRESHOLD
-from analysis.measure.similarity import DEFAULT_METRIC, METRICS
 from analysis.pipeline import write_survey_outputs
 from analysis.stats import DEFAULT_GROUPS
 

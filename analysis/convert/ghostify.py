@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,14 +39,15 @@ import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError, did_you_mean
-from analysis._core.modes import model_device, model_dtype
+from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.results import Result, plain
-from analysis.data.images import images_tensor
-from analysis.hooks import first_call_io
+from analysis._core.validation import check_count, check_odd_size, check_ratio
+from analysis.data.batches import as_images
+from analysis.data.models import default_preprocess
+from analysis.hooks import capture
 from analysis.reconstruct import ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
-from ghostnet.validation import check_odd_size, check_ratio
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -277,18 +278,19 @@ def _choose(model: nn.Module, layers: str | Sequence[str] | None, ratio: int,
 def _record(model: nn.Module, names: list[str], images: torch.Tensor, keep_inputs: bool,
             batch_size: int = 16) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Outputs (and inputs, when asked) of the first call of each named conv, as CPU float32, over the images
-    in batches (each batch on the model's device and dtype; eval mode, no gradients)."""
+    in batches (each batch on the model's device and dtype; eval mode, no gradients; ``capture``'s hooks)."""
     outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     ins: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     device, dtype = model_device(model), model_dtype(model)
-    for b in images.split(batch_size):
-        _, b_ins, b_outs = first_call_io(model, names, b.to(device=device, dtype=dtype), keep_inputs=keep_inputs,
-                                         dtype=torch.float32)
-        for n in names:
-            if n in b_outs:
-                outs[n].append(b_outs[n])
-            if n in b_ins:
-                ins[n].append(b_ins[n])
+    with eval_mode(model), torch.no_grad(), capture(model, [f"{n}#0" for n in names], to="cpu",
+                                                    dtype=torch.float32, inputs=keep_inputs) as maps:
+        for b in images.split(batch_size):
+            model(b.to(device=device, dtype=dtype))
+            for n in names:
+                if n in maps:
+                    outs[n].append(maps[n])
+                if n in maps.inputs:
+                    ins[n].append(maps.inputs[n])
     missing = [n for n in names if not outs[n]]
     if missing:
         raise GhostifyError(f"layers {missing} never ran in a forward pass of the calibration images, so they "
@@ -339,8 +341,8 @@ def _params(m: nn.Module) -> int:
 
 def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int = 2, dw_size: int = 3,
              init: str | None = None, calibration_images: Any = None, *, min_channels: int = 16,
-             calibrate_steps: int = 0, calibrate_lr: float = 1e-3,
-             calibrate_batch: int = 8) -> tuple[nn.Module, GhostifyResult]:
+             calibrate_steps: int = 0, calibrate_lr: float = 1e-3, calibrate_batch: int = 8,
+             preprocess: Callable[[Any], torch.Tensor] | None = None) -> tuple[nn.Module, GhostifyResult]:
     """Replace chosen ``Conv2d`` layers of a copy of ``model`` by :class:`GhostConv` of the same shape.
 
     Args:
@@ -351,9 +353,13 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
         ratio: s (>= 2); dw_size: d (odd).
         init: None keeps PyTorch's random initialisation (train from scratch); ``"fit"`` initialises from
             the pretrained conv with closed-form fits on ``calibration_images`` (see module docstring).
-        calibration_images: N x C x H x W tensor, list of tensors, or ``analysis.load_images(...)``; required
-            for ``init="fit"``. A few dozen images are plenty; all maps of the chosen convs are held in memory.
+        calibration_images: any image source of ``analysis.data.batches`` (files, folders, globs,
+            ``"samples"``, a tensor, a list of tensors, a Dataset or DataLoader, ``analysis.load_images(...)``);
+            required for ``init="fit"``. A few dozen images are plenty; all maps of the chosen convs are held
+            in memory.
         calibrate_steps: if > 0 (needs ``init="fit"``), Adam steps of layer-wise MSE calibration per layer.
+        preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
+            evaluation preprocessing (``analysis.data.models.default_preprocess()``).
 
     Returns:
         ``(new_model, GhostifyResult)``; the new model is in eval mode.
@@ -362,13 +368,12 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
     if init not in (None, "fit"):
         raise GhostifyError(f"init must be None (random) or 'fit' (from the pretrained conv), got {init!r}")
-    if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or calibrate_steps < 0:
-        raise GhostifyError(f"calibrate_steps must be an int >= 0, got {calibrate_steps!r}")
+    calibrate_steps = check_count(calibrate_steps, "calibrate_steps", GhostifyError, " (0: no calibration)")
     if calibrate_steps and init != "fit":
         raise GhostifyError("calibrate_steps > 0 needs init='fit' (calibration refines a fitted module)")
     if init == "fit" and calibration_images is None:
-        raise GhostifyError("init='fit' needs calibration_images: a few unlabelled images (N x C x H x W tensor "
-                            "or analysis.load_images('samples', transform=preprocess)) to fit the cheap ops on")
+        raise GhostifyError("init='fit' needs calibration_images: a few unlabelled images (e.g. 'samples', a "
+                            "folder, or an N x C x H x W tensor) to fit the cheap ops on")
     if not isinstance(model, nn.Module):
         raise GhostifyError(f"model must be an nn.Module, got {type(model).__name__}")
     chosen, skipped = _choose(model, layers, ratio, min_channels)
@@ -384,7 +389,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     ins: dict[str, torch.Tensor] = {}
     if init == "fit":
 
-        images = images_tensor(calibration_images, "calibration_images", GhostifyError)
+        images = as_images(calibration_images, preprocess or default_preprocess(), name="calibration_images",
+                           error=GhostifyError).tensor()
         outs, ins = _record(model, chosen, images, keep_inputs=calibrate_steps > 0)
         for n in chosen:
             fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size)
@@ -417,7 +423,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                 _calibrate(ghost, ins[n], outs[n], calibrate_steps, calibrate_lr, calibrate_batch)
                 with torch.no_grad():
                     pred = ghost(ins[n].to(conv.weight)).cpu()
-                entry.calibrated_error = relative_error(pred, outs[n])
+                # the same measure as fit_error (the reconstruction's rule for a constant output)
+                entry.calibrated_error = relative_error(pred, outs[n], constant_target="floor")
         ghost.train(conv.training)
         _set_submodule(new, n, ghost)
         result.replaced.append(entry)

@@ -52,9 +52,6 @@ def load_ghostified(out_dir: str | os.PathLike, device: str | torch.device = "cp
                              "`ghostmaps ghostify`")
     meta = json.loads(meta_path.read_text())
     base = load_model(meta["model"]["name"], weights=None, device=device).model
-    try:
-        model = rebuild(base, meta["result"]["spec"])
-    except GhostifyError as exc:
-        raise GhostmapsError(str(exc)) from exc
+    model = rebuild(base, meta["result"]["spec"])  # a GhostifyError is a GhostmapsError
     model.load_state_dict(torch.load(state_path, map_location=device, weights_only=True))
     return model.eval()

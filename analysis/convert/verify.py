@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,11 @@ from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.results import Result, number, plain
+from analysis._core.validation import check_count
 from analysis.convert.macs import count_macs
-from analysis.data.images import images_tensor
-from analysis.hooks import first_call_io
+from analysis.data.batches import as_images
+from analysis.data.models import default_preprocess
+from analysis.hooks import CapturedMaps, capture
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -181,14 +184,19 @@ def _changed_layers(original: nn.Module, replaced: nn.Module) -> list[str]:
     return found
 
 
-def _io(model: nn.Module, names: list[str], x: torch.Tensor
+def _io(model: nn.Module, names: list[str], x: torch.Tensor, inputs: bool = True
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Logits and the (first-call) inputs and outputs of ``names``, copied to the CPU; hooks always removed."""
-    logits, ins, outs = first_call_io(model, names, x)
+    """Logits and the first-call inputs (when asked) and outputs of ``names``, copied to the CPU: one eval-mode,
+    gradient-free forward under ``capture`` (hooks always removed, train/eval flags restored)."""
+    hooks = capture(model, [f"{n}#0" for n in names], to="cpu", inputs=inputs) if names else \
+        nullcontext(CapturedMaps())  # nothing replaced: the logits only
+    with eval_mode(model), torch.no_grad(), hooks as maps:
+        logits = model(x)
     if not isinstance(logits, torch.Tensor):
         raise GhostmapsError(f"{type(model).__name__} returned {type(logits).__name__}; verify_replacement "
                              "needs a model returning a logits tensor (N x classes)")
-    return logits.detach().cpu(), ins, outs
+    outs = {n: maps[n] for n in names if n in maps}  # a tuple or dict output has no plain entry: not recorded
+    return logits.detach().cpu(), {n: maps.inputs[n] for n in names if n in maps.inputs}, outs
 
 
 def _synchronize(device: torch.device) -> None:
@@ -212,22 +220,24 @@ def _latency_ms(model: nn.Module, x: torch.Tensor, runs: int) -> float:
 
 
 def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, layers: list[str] | None = None,
-                       latency_runs: int = 5, device: str | torch.device | None = None,
-                       note: str = "") -> VerificationReport:
+                       latency_runs: int = 5, device: str | torch.device | None = None, note: str = "",
+                       preprocess: Callable[[Any], torch.Tensor] | None = None) -> VerificationReport:
     """Compare ``replaced`` (a modified copy of ``original``) with ``original`` on ``images``.
 
     Args:
         original, replaced: the two networks (neither is modified; eval mode is used and restored).
-        images: N x C x H x W tensor (preprocessed), a list of them, or ``analysis.load_images(...)``.
+        images: any image source of ``analysis.data.batches`` (files, folders, globs, ``"samples"``, an
+            N x C x H x W tensor, a list of tensors, a Dataset or DataLoader, ``analysis.load_images(...)``).
         layers: the replaced layers' names; default: every module name whose type differs between the two.
         latency_runs: timed forwards per model (median), on the images' device; 0 skips latency.
         note: free text stored in the report (e.g. whether the images were also the calibration images).
+        preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
+            evaluation preprocessing.
     """
     if not isinstance(original, nn.Module) or not isinstance(replaced, nn.Module):
         raise GhostmapsError("original and replaced must be nn.Modules (the network and its modified copy)")
-    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
-        raise GhostmapsError(f"latency_runs must be an int >= 0 (0 skips timing), got {latency_runs!r}")
-    x = images_tensor(images, "images", GhostmapsError)
+    latency_runs = check_count(latency_runs, "latency_runs", hint=" (0 skips timing)")
+    x = as_images(images, preprocess or default_preprocess()).tensor()
     x = x.to(device=model_device(replaced) if device is None else device, dtype=model_dtype(replaced))
     names = _changed_layers(original, replaced) if layers is None else list(layers)
     o_mods, r_mods = dict(original.named_modules()), dict(replaced.named_modules())
@@ -237,7 +247,7 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, la
                              "(default: the modules whose type changed)")
 
     logits_o, ins_o, outs_o = _io(original, names, x)
-    logits_r, _, outs_r = _io(replaced, names, x)
+    logits_r, _, outs_r = _io(replaced, names, x, inputs=False)
     if logits_o.shape != logits_r.shape:
         raise GhostmapsError(f"the models' outputs differ in shape ({tuple(logits_o.shape)} vs "
                              f"{tuple(logits_r.shape)}); a replacement must keep the output shape")

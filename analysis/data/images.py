@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from analysis._core.errors import GhostmapsError, NoImagesError
+from analysis._core.validation import check_positive_int
 from analysis.data.models import default_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -88,10 +89,13 @@ class ImageSource:
                 f"no usable image in {self.description}; pass image files, a folder of images, a glob, or 'samples'."
             )
 
+    def take(self, indices: Iterable[int]) -> ImageSource:
+        """A source of the images at these positions (in this order), decoded as lazily."""
+        return ImageSource([self._items[i] for i in indices], self.transform, self.description)
+
     def batches(self, batch_size: int = 16) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Yield ``(names, batch)`` with up to ``batch_size`` images stacked into one tensor."""
-        if batch_size < 1:
-            raise GhostmapsError(f"batch_size must be at least 1, got {batch_size}.")
+        check_positive_int(batch_size, "batch_size")
         names: list[str] = []
         tensors: list[torch.Tensor] = []
         for image in self:
@@ -224,24 +228,3 @@ def load_images(
             f"no image files found in {description}; looked for {', '.join(sorted(IMAGE_SUFFIXES))}."
         )
     return ImageSource(unique, transform or default_preprocess(), description)
-
-
-def images_tensor(images: Any, name: str = "images", error: type[Exception] = ValueError) -> torch.Tensor:
-    """``images`` as one non-empty N x C x H x W tensor: a tensor (one C x H x W image gets a batch dim), a
-    list of image tensors (3-D or 4-D), or an image source with ``.batches(n)`` (``analysis.load_images``).
-    Anything else raises ``error`` naming ``name``. The input is never changed."""
-    if isinstance(images, torch.Tensor):
-        x = images.unsqueeze(0) if images.dim() == 3 else images
-    else:
-        try:
-            if hasattr(images, "batches"):
-                parts = [b for _, b in images.batches(16)]
-            else:
-                parts = [b if b.dim() == 4 else b.unsqueeze(0) for b in images]
-            x = torch.cat(parts)
-        except (TypeError, AttributeError, RuntimeError) as exc:
-            raise error(f"{name} must be an N x C x H x W tensor, a list of image tensors or "
-                        f"analysis.load_images(...); got {type(images).__name__} ({exc})") from None
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise error(f"{name} must be a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
-    return x

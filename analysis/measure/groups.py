@@ -16,13 +16,15 @@ import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import Result, plain
+from analysis._core.validation import DEFAULT_THRESHOLD, LINKAGES, check_linkage, check_threshold
 from analysis.measure.similarity import ChannelSimilarity
+
+__all__ = ["LINKAGES", "GhostGroups", "ghost_groups"]
+from analysis._core.results import Result, plain
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-LINKAGES = ("complete", "average", "single")
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _labels(distance: np.ndarray, threshold: float, linkage: str) -> np.ndarray:
 
 def ghost_groups(
     similarity: ChannelSimilarity | torch.Tensor | np.ndarray,
-    threshold: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLD,
     linkage: str = "complete",
     valid: torch.Tensor | np.ndarray | None = None,
 ) -> GhostGroups:
@@ -123,10 +125,8 @@ def ghost_groups(
     Returns:
         ``GhostGroups``; ``count`` is the number of groups (intrinsic maps needed at τ), singletons included.
     """
-    if linkage not in LINKAGES:
-        raise GhostmapsError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}.")
-    if not 0.0 < float(threshold) <= 1.0:
-        raise GhostmapsError(f"threshold must be in (0, 1], got {threshold}.")
+    check_linkage(linkage)
+    threshold = check_threshold(threshold)
     metric = layer = None
     if isinstance(similarity, ChannelSimilarity):
         matrix, mask = similarity.matrix, similarity.valid

@@ -11,6 +11,7 @@ import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, number, plain
+from analysis._core.validation import check_positive_int
 from analysis.measure.similarity import ChannelSimilarity
 
 if TYPE_CHECKING:
@@ -122,8 +123,8 @@ def ghost_pairs(
         metric = layer = None
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise GhostmapsError(f"similarity must be a square C×C matrix, got shape {tuple(matrix.shape)}.")
-    if k is not None and k < 1:
-        raise GhostmapsError(f"k must be at least 1 (or None for all pairs), got {k}.")
+    if k is not None:
+        k = check_positive_int(k, "k", hint=" (or None for all pairs)")
     matrix = torch.nan_to_num(matrix.detach().cpu().to(torch.float64), nan=0.0)
     c = matrix.shape[0]
     i, j = torch.triu_indices(c, c, offset=1)

@@ -32,12 +32,21 @@ quantiles, centred on the printed estimate; coverage checked by simulation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.validation import (
+    DEFAULT_LEVEL,
+    DEFAULT_METRIC,
+    DEFAULT_THRESHOLD,
+    check_level,
+    check_linkage,
+    check_metric,
+    check_threshold,
+)
 from analysis.measure._scoring import (
     halves,
     null_similarity,
@@ -59,15 +68,12 @@ from analysis.measure.score_types import (
     Score,
     score_columns,
 )
-from analysis.measure.similarity import DEFAULT_METRIC, METRICS, SPARSE_APOZ
+from analysis.measure.similarity import SPARSE_APOZ
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
 
 __all__ = ["DEFAULT_THRESHOLD", "REDUNDANCY_COLUMNS", "SCORE_NAMES", "SMOOTH", "THRESHOLD", "Baseline", "Redundancy",
            "Score", "redundancy", "score_columns"]
-DEFAULT_THRESHOLD = 0.9
 
-if TYPE_CHECKING:
-    pass
 
 # -- scoring ----------------------------------------------------------------------------------------------------
 def _as_grouped(source: GroupedStats | torch.Tensor, groups: int, tol: float) -> GroupedStats:
@@ -124,7 +130,7 @@ def redundancy(
     source: GroupedStats | torch.Tensor,
     metric: str = DEFAULT_METRIC,
     threshold: float = DEFAULT_THRESHOLD,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
     linkage: str = "complete",
     layer: str | None = None,
     groups: int = DEFAULT_GROUPS,
@@ -152,12 +158,10 @@ def redundancy(
 
     Scoring runs on the CPU in float64 whatever device the statistics are on (they are C×C matrices).
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if not 0.0 < level < 1.0:
-        raise GhostmapsError(f"level must be in (0, 1), got {level}.")
-    if not 0.0 < float(threshold) <= 1.0:
-        raise GhostmapsError(f"threshold must be a |similarity| in (0, 1], got {threshold!r}.")
+    check_metric(metric)
+    threshold = check_threshold(threshold)
+    check_linkage(linkage)
+    level = check_level(level)
     grouped = _as_grouped(source, groups, tol)
     grouped = grouped if grouped.device == torch.device("cpu") else grouped.to("cpu")
     work = about_centre(grouped, metric)

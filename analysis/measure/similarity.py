@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from analysis._core.errors import GhostmapsError
-from analysis._core.results import Result, floats, plain
+from analysis._core.validation import DEFAULT_METRIC, METRICS, check_metric
 from analysis.stats import DEFAULT_TOL, LayerStats
+
+__all__ = ["DEFAULT_METRIC", "METRICS", "SPARSE_APOZ", "ChannelSimilarity", "channel_similarity"]
+from analysis._core.results import Result, floats, plain
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-METRICS = ("pearson", "cosine")
-DEFAULT_METRIC = "pearson"
 SPARSE_APOZ = 0.8  # a channel zero (|x| ≤ tol) on at least this share of positions is "sparse"
 
 
@@ -126,8 +126,7 @@ def channel_similarity(
     Returns:
         ``ChannelSimilarity`` with the matrix and the dead/constant masks; never NaN.
     """
-    if metric not in METRICS:
-        raise GhostmapsError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    check_metric(metric)
     stats = maps if isinstance(maps, LayerStats) else LayerStats.from_maps(maps, tol=tol)
     return ChannelSimilarity(
         matrix=stats.similarity_matrix(metric).cpu(),

@@ -29,7 +29,8 @@ all accumulated in float64. Errors: ``SSE = sum (y - y_hat)^2``, ``mse = SSE / M
 ``rel_error = SSE / sum (y - mean y)^2`` = MSE / variance of ``dst`` (``r2 = 1 - rel_error``). A constant
 ``dst`` has variance 0: its relative error is defined as 0 when the fit is exact (``SSE`` at rounding level,
 which it always is with ``bias=True``), and otherwise ``SSE`` over an epsilon floor (``1e-12 * sum y^2``), a
-large but finite number. Nothing returned is ever NaN.
+large but finite number (``analysis._core.numerics.relative_from_sums``, the one definition of the relative
+error, with ``constant_target="floor"``). Nothing returned is ever NaN.
 
 All functions take torch tensors or numpy arrays on any device, compute there (float64; MPS falls back to
 CPU, which lacks float64 there) and return plain CPU data (numpy arrays, Python numbers).
@@ -48,11 +49,11 @@ import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, floats, number, plain
+from analysis._core.validation import check_odd_size
 from analysis.reconstruct.lstsq import (
     _CHUNK_BYTES,
     DEFAULT_RIDGE,
     _as_tensor,
-    _check_d,
     _check_ridge,
     _layer_maps,
     _pair_fits,
@@ -177,7 +178,7 @@ def fit_cheap_op(src: Any, dst: Any, d: int = 3, bias: bool = True, ridge: float
     ``sum (dst - conv2d(src, K, b, padding=d//2))^2`` over all N*H*W positions; see the module docstring
     for the formulas and the ridge. Vectorised: memory is bounded by chunking the P pairs.
     """
-    d = _check_d(d)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     s = _as_tensor(src, "src")
     t = _as_tensor(dst, "dst")
@@ -294,7 +295,7 @@ def best_sources(maps: Any, d: int = 3, exclude: Iterable[int] | None = None,
     Dead (all-zero) channels are never sources. Every pair is fitted at once from shifted Gram products
     (see ``_pair_fits``); "best" = lowest relative error (equivalently lowest SSE, the target being fixed).
     """
-    d = _check_d(d)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     x = _layer_maps(maps)
     c = x.shape[1]

@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
-from ghostnet.validation import check_odd_size, check_ratio
+from analysis._core.numerics import relative_from_sums
 
 #: Default ridge, relative to the mean variance of the shifted source copies. Small enough that exact
 #: (noiseless) relations are recovered to ~1e-7, large enough that rank-deficient sources stay solvable.
 DEFAULT_RIDGE = 1e-8
 #: Memory budget (bytes) for one block of float64 shifted copies.
 _CHUNK_BYTES = 64 * 2**20
-#: Relative threshold under which a sum of squares counts as zero (rounding level of float64 sums).
-_REL_TOL = 1e-12
 
 
 
@@ -45,19 +43,11 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def _check_d(d: Any, name: str = "d") -> int:
-    return check_odd_size(d, name, GhostmapsError)
-
-
 def _check_ridge(ridge: Any) -> float:
     if not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not math.isfinite(ridge) or ridge < 0:
         raise GhostmapsError(f"ridge must be a finite number >= 0 (relative to the source variance); got {ridge!r}, "
                          f"use the default {DEFAULT_RIDGE}")
     return float(ridge)
-
-
-def _check_ratio(ratio: Any, name: str = "ratio") -> int:
-    return check_ratio(ratio, name, GhostmapsError)
 
 
 def _layer_maps(maps: Any, name: str = "maps") -> torch.Tensor:
@@ -111,13 +101,9 @@ def _solve(sxx: torch.Tensor, sx: torch.Tensor, sxy: torch.Tensor, sy: torch.Ten
 
 
 def _relative(sse: np.ndarray, ss: np.ndarray, sumsq: np.ndarray) -> np.ndarray:
-    """SSE / centred sum of squares, epsilon-safe: 0 for an exact fit of a constant target (see module doc)."""
-    sse, ss, sumsq = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (sse, ss, sumsq)))
-    tol = _REL_TOL * sumsq
-    const = ss <= tol
-    denom = np.where(const, np.maximum(tol, np.finfo(np.float64).tiny), ss)
-    rel = sse / denom
-    return np.where(const & (sse <= tol), 0.0, rel)
+    """SSE / centred sum of squares: ``analysis._core.numerics.relative_from_sums`` with the reconstruction's
+    rule for an inexact fit of a constant target (a finite floor, see the module doc)."""
+    return relative_from_sums(sse, ss, sumsq, constant_target="floor")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, floats, number, plain
+from analysis._core.validation import check_odd_size, check_ratio
 from analysis.reconstruct.lstsq import (
     DEFAULT_RIDGE,
-    _check_d,
-    _check_ratio,
     _check_ridge,
     _layer_maps,
     _pair_fits,
@@ -236,8 +235,8 @@ def ghostability(maps: Any, ratio: int = 2, d: int = 3, ridge: float = DEFAULT_R
     ``sum_j SSE_j / sum_j sum (x_j - mean x_j)^2`` (intrinsic channels count as exact). The cheap ops are
     linear (conv + bias, i.e. conv + BN); a ReLU after the cheap op is not modelled.
     """
-    ratio = _check_ratio(ratio)
-    d = _check_d(d)
+    ratio = check_ratio(ratio)
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     return _ghostability_from_fits(_pair_fits(_layer_maps(maps), d, ridge), ratio)
 
@@ -283,8 +282,8 @@ def suggest_ratio(maps: Any, max_error: float = 0.1, ratios: Sequence[int] = (2,
         raise GhostmapsError(f"max_error must be a number >= 0 (a relative error budget, e.g. 0.1); got {max_error!r}")
     if isinstance(ratios, (int, np.integer)) or len(ratios) == 0:
         raise GhostmapsError(f"ratios must be a non-empty sequence of ints >= 2, e.g. (2, 3, 4); got {ratios!r}")
-    rs = sorted({_check_ratio(r, "each of ratios") for r in ratios})
-    d = _check_d(d)
+    rs = sorted({check_ratio(r, "each of ratios") for r in ratios})
+    d = check_odd_size(d)
     ridge = _check_ridge(ridge)
     fits = _pair_fits(_layer_maps(maps), d, ridge)
     results = {r: _ghostability_from_fits(fits, r) for r in rs}

@@ -11,8 +11,9 @@ import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, plain
+from analysis._core.validation import check_count, check_odd_size
 from analysis.reconstruct.cheap_ops import CheapOpFits, fit_cheap_op
-from analysis.reconstruct.lstsq import DEFAULT_RIDGE, _check_d, _check_ridge, _layer_maps
+from analysis.reconstruct.lstsq import DEFAULT_RIDGE, _check_ridge, _layer_maps
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -109,11 +110,10 @@ def reconstruction_table(maps: Any, pairs: Any, ds: Sequence[int] = (1, 3, 5, 7)
     plist = _pair_list(pairs, c)
     if isinstance(ds, (int, np.integer)):
         ds = (ds,)
-    ds_t = tuple(_check_d(v, "each of ds") for v in ds)
+    ds_t = tuple(check_odd_size(v, "each of ds") for v in ds)
     if not ds_t:
         raise GhostmapsError("ds must list at least one odd kernel size, e.g. (1, 3, 5, 7)")
-    if isinstance(n_random, bool) or not isinstance(n_random, (int, np.integer)) or n_random < 0:
-        raise GhostmapsError(f"n_random must be an int >= 0 (number of random baseline pairs); got {n_random!r}")
+    n_random = check_count(n_random, "n_random", hint=" (number of random baseline pairs)")
     ridge = _check_ridge(ridge)
     rng = np.random.default_rng(seed)
     live = np.flatnonzero(x.abs().amax(dim=(0, 2, 3)).cpu().numpy() > 0)

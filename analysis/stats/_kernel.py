@@ -1,8 +1,26 @@
-"""The kernels the statistics share: the channel-matrix view of a batch, the shift algebra, the blocked
-symmetric Gram product and the normalised moment. Private to ``analysis.stats``; inputs are checked by the
-callers."""
+"""The kernels the statistics share: the one batch fold (:func:`prepare_batch` + :func:`add_moments`), the
+channel-matrix view of a batch, the shift algebra, the blocked symmetric Gram product and the normalised
+moment. Private to ``analysis.stats``; shapes are checked by the callers.
+
+One batch of N images, X of shape N×C×P (P = H·W positions per image, raw values), folds as
+
+* refuse it (``GhostmapsError``) if any value is NaN or ±inf, *before* anything is computed from it, so a
+  refused batch leaves the caller's statistics exactly as they were;
+* per channel: min and max (float64), #{|x| > tol} (``nonzero``), and, when asked, Σ_n X[n] (C×P, the
+  per-position sums of the cross-image baseline);
+* the shift k: the one given (the statistics' own), or for the first batch its channel means rounded to the
+  working precision (``_representable_shift``);
+* Y = X − k in the working precision (float32, or float64 for float64 maps; in place for an owned copy), then
+  per run of images Σ_n Y[n] Y[n]ᵀ (blocked, only the upper row blocks, see ``_add_gram``) and Σ Y per
+  channel, both in the working precision for the run and added to float64 accumulators (a float64 reduction
+  of float32 maps costs as much again as the whole product).
+
+``LayerStats.update`` folds the whole batch as one run (the one-group case); ``GroupedStats.update`` folds
+one run per image group."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -33,20 +51,25 @@ def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: t
     return gram + torch.outer(delta, sums) + torch.outer(sums, delta) + count * torch.outer(delta, delta)
 
 
-def as_channel_matrix(maps: torch.Tensor) -> torch.Tensor:
-    """View N×C×H×W (or N×C, or C×H×W treated as one image) maps as a C×M matrix of positions."""
+def as_batch(maps: torch.Tensor) -> torch.Tensor:
+    """``maps`` as a batch: N×C×H×W or N×C as they are, C×H×W as one image (a view, no copy)."""
     if not isinstance(maps, torch.Tensor):
         raise GhostmapsError(f"maps must be a torch.Tensor, got {type(maps).__name__}.")
     if maps.dim() == 3:
         maps = maps.unsqueeze(0)
-    if maps.dim() == 2:
-        return maps.transpose(0, 1)
-    if maps.dim() != 4:
+    if maps.dim() not in (2, 4):
         raise GhostmapsError(
             f"maps must be N×C×H×W (or C×H×W, N×C), got shape {tuple(maps.shape)}; capture a conv-like layer."
         )
-    n, c = maps.shape[:2]
-    return maps.transpose(0, 1).reshape(c, -1)
+    return maps
+
+
+def as_channel_matrix(maps: torch.Tensor) -> torch.Tensor:
+    """View N×C×H×W (or N×C, or C×H×W treated as one image) maps as a C×M matrix of positions."""
+    maps = as_batch(maps)
+    if maps.dim() == 2:
+        return maps.transpose(0, 1)
+    return maps.transpose(0, 1).reshape(maps.shape[1], -1)
 
 
 def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -112,3 +135,69 @@ def _mirror(gram: torch.Tensor) -> torch.Tensor:
     for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
         out[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
     return out
+
+
+def _symmetrise_(gram: torch.Tensor) -> torch.Tensor:
+    """Fill, in place, the row blocks below the diagonal of an accumulator filled by ``_add_gram`` from those
+    above it; returns ``gram``."""
+    edges = _row_blocks(gram.shape[-1])
+    for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
+        gram[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
+    return gram
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch prepared for folding (:func:`prepare_batch`): everything that does not depend on how the
+    images are grouped."""
+
+    y: torch.Tensor  #: N×C×P shifted maps X − k, in the working precision (image n: the C×P matrix y[n])
+    shift: torch.Tensor  #: k, float64 C (the given shift, or the first batch's)
+    low: torch.Tensor  #: per-channel min of the raw values, float64 C
+    high: torch.Tensor  #: per-channel max, float64 C
+    nonzero: torch.Tensor  #: per-channel #{|x| > tol}, int64 C
+    position_sums: torch.Tensor | None  #: C×P Σ over the images of the raw values (when asked), working precision
+
+    @property
+    def images(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def positions(self) -> int:
+        """Positions per image (P)."""
+        return self.y.shape[2]
+
+
+def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = None, *, owned: bool = False,
+                  position_sums: bool = False) -> Batch:
+    """The shared first half of the batch fold (module docstring) for N×C×H×W or N×C ``maps`` with N·P > 0.
+
+    Refuses NaN/inf before computing anything else, and changes nothing outside the returned ``Batch``
+    (except an ``owned`` tensor, which may be shifted in place and is then spent). ``shift``: the statistics'
+    shift, or None for the first batch (its channel means)."""
+    n, c = maps.shape[:2]
+    x = maps if maps.dtype in (torch.float32, torch.float64) else maps.float()
+    x = x.contiguous()
+    owned = owned or x is not maps  # a converted or compacted copy is ours to change
+    x3 = x.view(n, c, -1)  # image k's channels are the contiguous C×P matrix x3[k]
+    # (reducing the contiguous last axis first, then the images, is the faster order)
+    low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
+    high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
+    _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before anything else
+    if shift is None:
+        shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype)
+    # |x| > tol counted as (x > tol) + (x < −tol): no |x| temporary
+    nonzero = torch.gt(x3, tol).sum(dim=2, dtype=torch.int32).sum(dim=0) \
+        + torch.lt(x3, -tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
+    sums = x3.sum(dim=0) if position_sums else None  # before an owned batch is shifted in place
+    k = shift.to(device=x.device, dtype=x.dtype).view(1, c, 1)
+    y = x3.sub_(k) if owned else x3 - k
+    return Batch(y, shift, low, high, nonzero.to(torch.int64), sums)
+
+
+def add_moments(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+    """The shared second half of the batch fold, for one run of images y (m×C×P, shifted): add Σ_n y[n] y[n]ᵀ
+    to the upper row blocks of ``gram`` (and ``group``), see ``_add_gram``; return Σ y per channel (summed in
+    the working precision, returned as float64)."""
+    _add_gram(y, gram, group)
+    return y.sum(dim=(0, 2)).to(torch.float64)

@@ -12,14 +12,7 @@ from typing import Any
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis.stats._kernel import (
-    DEFAULT_GROUPS,
-    DEFAULT_TOL,
-    _mirror,
-    _representable_shift,
-    _require_finite,
-    _reshift_gram,
-)
+from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram, prepare_batch
 from analysis.stats._pairs import fold_cross, fold_pairs, fold_singles, pack, packed_size, unpack
 from analysis.stats.layer import LayerStats
 from analysis.stats.moments import PairedMoments, position_subset
@@ -147,29 +140,22 @@ class GroupedStats:
             if self.channels is None:
                 self.init(c, spatial, maps.device)
             return self
-        x = maps if maps.dtype in (torch.float32, torch.float64) else maps.float()
-        owned = owned or x is not maps
-        x = x.reshape(n, c, p)
-        weight = 1.0
+        x, weight = maps, 1.0
         if self.positions is not None and int(self.positions) < p:
-            x, owned, weight = self._subsample(x, index, p), True, p / int(self.positions)
-        low = x.amin(dim=2).amin(dim=0).to(torch.float64)
-        high = x.amax(dim=2).amax(dim=0).to(torch.float64)
-        _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before changing anything
+            x, owned, weight = self._subsample(maps.reshape(n, c, p), index, p), True, p / int(self.positions)
+        # the shared first half of the fold (analysis.stats._kernel): refuses NaN/inf before anything changes
+        batch = prepare_batch(x, self.tol, self.shift if self.started else None, owned=owned)
         if self.channels is None:
             self.init(c, spatial, maps.device)
-        if not self.started:
-            self.shift = _representable_shift(x.mean(dim=(0, 2), dtype=torch.float64), x.dtype).to(self.device)
-            self.started = True
-        self.min, self.max = torch.minimum(self.min, low), torch.maximum(self.max, high)
-        self.nonzero += (torch.gt(x, self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
-                         + torch.lt(x, -self.tol).sum(dim=2, dtype=torch.int32).sum(dim=0))
-        self.sampled += n * x.shape[2]
-        k = self.shift.to(x.dtype).view(1, c, 1)
-        y = x.sub_(k) if owned else x - k
+        if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
+            self.shift, self.started = batch.shift.to(self.device), True
+        self.min, self.max = torch.minimum(self.min, batch.low), torch.maximum(self.max, batch.high)
+        self.nonzero += batch.nonzero
+        self.sampled += n * batch.positions
+        y = batch.y  # ours: the spent owned copy or a new tensor
         if weight != 1.0:
             y.mul_(math.sqrt(weight))
-        self._fold(y, index, p, math.sqrt(weight), spatial)
+        self._fold(y, index, p, math.sqrt(weight))
         return self
 
     def _subsample(self, x: torch.Tensor, index: list[int], p: int) -> torch.Tensor:
@@ -179,7 +165,7 @@ class GroupedStats:
             out[t] = x[t].index_select(1, position_subset(self.seed, i // 2, p, m, x.device))
         return out
 
-    def _fold(self, y: torch.Tensor, index: list[int], p: int, root_w: float, spatial: tuple[int, ...]) -> None:
+    def _fold(self, y: torch.Tensor, index: list[int], p: int, root_w: float) -> None:
         """Fold shifted (and weighted) maps: pairs complete in this batch with the paired kernel, the others as
         single images (waiting in ``pending`` for their partner)."""
         where = {i: t for t, i in enumerate(index)}

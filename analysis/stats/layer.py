@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.validation import check_metric
 from analysis.stats._kernel import (
     DEFAULT_TOL,
-    _representable_shift,
-    _require_finite,
     _reshift_gram,
-    as_channel_matrix,
+    _symmetrise_,
+    add_moments,
+    as_batch,
     normalised_moment,
+    prepare_batch,
 )
 
 __all__ = ["LayerStats"]
@@ -66,29 +68,31 @@ class LayerStats:
         return stats
 
     def update(self, maps: torch.Tensor) -> LayerStats:
-        """Fold a batch of maps (N×C×H×W, or N×C) into the running statistics; returns self."""
-        x = as_channel_matrix(maps)
-        n_images = maps.shape[0] if maps.dim() in (2, 4) else 1
-        c, m = x.shape
-        if self.channels is None:
-            self._init(c, x.device)
-        elif c != self.channels:
+        """Fold a batch of maps (N×C×H×W, or N×C, or one C×H×W image) into the running statistics; returns self.
+
+        The fold is the one of :mod:`analysis.stats._kernel` with all images as one run (``GroupedStats`` with
+        one group gives the same moments). A batch with NaN or inf is refused (``GhostmapsError``) before
+        anything changes."""
+        maps = as_batch(maps)
+        c = maps.shape[1]
+        if self.channels is not None and c != self.channels:
             raise GhostmapsError(f"these maps have {c} channels but the statistics hold {self.channels}.")
-        if m == 0:
+        if maps.numel() == 0:
+            if self.channels is None:
+                self._init(c, maps.device)
             return self
-        work = x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
+        batch = prepare_batch(maps, self.tol, self.shift if self.count else None)  # refuses NaN/inf first
+        if self.channels is None:
+            self._init(c, maps.device)
         if self.count == 0:
-            self.shift = _representable_shift(work.mean(dim=1, dtype=torch.float64), work.dtype).to(self.device)
-        y = work - self.shift.to(work.dtype).unsqueeze(1)
-        batch_sums = y.sum(dim=1, dtype=torch.float64)
-        _require_finite(batch_sums)
-        self.gram += (y @ y.T).to(torch.float64)
-        self.sums += batch_sums
-        self.nonzero += (work.abs() > self.tol).sum(dim=1)
-        self.min = torch.minimum(self.min, work.amin(dim=1).to(torch.float64))
-        self.max = torch.maximum(self.max, work.amax(dim=1).to(torch.float64))
-        self.count += m
-        self.images += n_images
+            self.shift = batch.shift.to(self.device)
+        self.sums += add_moments(batch.y, self.gram)
+        _symmetrise_(self.gram)  # add_moments fills the upper row blocks only
+        self.nonzero += batch.nonzero
+        self.min = torch.minimum(self.min, batch.low)
+        self.max = torch.maximum(self.max, batch.high)
+        self.count += batch.images * batch.positions
+        self.images += batch.images
         return self
 
     def _init(self, c: int, device: torch.device) -> None:
@@ -197,10 +201,5 @@ class LayerStats:
         Rows and columns of dead or constant channels are 0 (never NaN); the diagonal of the other channels
         is 1. Values are clipped to [−1, 1].
         """
-        if metric == "cosine":
-            moment = self.second_moment
-        elif metric == "pearson":
-            moment = self.covariance
-        else:
-            raise GhostmapsError(f"unknown metric {metric!r}; use 'cosine' or 'pearson'.")
+        moment = self.second_moment if check_metric(metric) == "cosine" else self.covariance
         return normalised_moment(moment, ~(self.dead | self.constant))

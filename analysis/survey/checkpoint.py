@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.io import atomic_write
-from analysis.data.images import ImageSource
+from analysis.data.batches import Images
 from analysis.stats import GroupedStats
 
 FORMAT = "ghostmaps-survey-checkpoint"
@@ -42,35 +43,21 @@ def model_fingerprint(model: nn.Module) -> str:
     return _digest(*(x for name, t in model.state_dict().items() for x in (name, t)))
 
 
-def _first_image(images: Any) -> torch.Tensor | None:
-    if isinstance(images, torch.Tensor):
-        return images if images.dim() == 3 else images[0]
-    dataset = getattr(images, "dataset", None)
-    if dataset is not None:
-        try:
-            item = dataset[0]
-        except Exception:  # noqa: BLE001 - a dataset without indexing: fall back to the first batch
-            item = None
-        if item is not None:
-            return item[0] if isinstance(item, (tuple, list)) else item if isinstance(item, torch.Tensor) else None
-    return None
+def one_shot(images: Any) -> bool:
+    """Whether ``images`` can be read only once (an iterator or generator, not a tensor, list or DataLoader)."""
+    return isinstance(images, Iterator)
 
 
-def source_fingerprint(images: Any, total: int | None) -> str:
-    """A hash saying which image source this is: the file names of an ``ImageSource``; otherwise its kind, its
-    length and the values of its first image."""
-    if isinstance(images, ImageSource):
-        return _digest("files", total, tuple(images.names))
-    first = _first_image(images)
-    if first is None and iter(images) is images:
+def source_fingerprint(images: Images, raw: Any) -> str:
+    """A hash saying which image source this is: the file names of image files; otherwise its kind, its length
+    and the values of its first image."""
+    if one_shot(raw):
         raise GhostmapsError("checkpoint/resume needs an image source that can be read again from the start (files, "
                              "a tensor, a Dataset or DataLoader), not a one-shot iterator.")
-    if first is None:
-        for item in images:
-            first = item[0] if isinstance(item, (tuple, list)) else item
-            first = first[0] if isinstance(first, torch.Tensor) and first.dim() == 4 else first
-            break
-    return _digest(type(images).__name__, total, first)
+    if images.kind == "source":
+        return _digest("files", images.length, tuple(images.source.names))
+    _, first = images.first()
+    return _digest(images.kind, images.length, first)
 
 
 def save_checkpoint(path: str | os.PathLike, *, identity: dict[str, Any], done: int, order: list[str],

@@ -26,18 +26,16 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_dtype
-from analysis.data.images import ImageSource, load_images
+from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_METRIC, DEFAULT_THRESHOLD
+from analysis.data.batches import as_images
 from analysis.data.models import LoadedModel, as_loaded
 from analysis.hooks import LayerSpec, resolve_layers
-from analysis.measure.scores import DEFAULT_THRESHOLD
-from analysis.measure.similarity import DEFAULT_METRIC
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 from analysis.stats.distributed import _distributed_context, _full_device, _sync_layers
 from analysis.survey.baseline import reestimate_batchnorm, untrained_copy
 from analysis.survey.checkpoint import load_checkpoint, model_fingerprint, source_fingerprint
 from analysis.survey.result import Survey, _score_layer
 from analysis.survey.settings import check_settings
-from analysis.survey.sources import _limited, _source_length
 from analysis.survey.stream import Folded, Stream, bn_batches
 
 
@@ -50,7 +48,7 @@ def survey(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
-    level: float = 0.95,
+    level: float = DEFAULT_LEVEL,
     groups: int = DEFAULT_GROUPS,
     linkage: str = "complete",
     pairs: int = 8,
@@ -73,8 +71,9 @@ def survey(
     Args:
         model: an ``nn.Module`` (ImageNet preprocessing for image files), a ``load_model`` result (its
             preprocessing), or a model name for ``load_model``. It is not modified. It must be on ``device``.
-        images: anything ``load_images`` takes (paths, folders, globs, ``"samples"``), an ``ImageSource``, an
-            N×C×H×W tensor, or a DataLoader / iterable of batches (tensors or ``(images, labels)``).
+        images: any image source of ``analysis.data.batches``: paths, folders, globs, ``"samples"`` (read with
+            the model's preprocessing), an ``ImageSource``, an N×C×H×W tensor, a list of image tensors, a
+            Dataset, a DataLoader or an iterable of batches (tensors or ``(images, labels)``).
         layers: which outputs to survey (names, globs, a type such as ``"Conv2d"``; see ``capture``).
         metric: ``"pearson"`` (default; invariant to the per-channel scale and offset a following BN removes)
             or ``"cosine"`` (biased upwards for non-negative maps).
@@ -119,21 +118,13 @@ def survey(
     if param is not None and model_device != device:
         raise GhostmapsError(f"the model is on {model_device} but device={device}; move it first with "
                              f"model.to({str(device)!r}).")
-    known = None if isinstance(images, (str, os.PathLike)) else _source_length(images)  # before any wrapping
-    if isinstance(images, (str, os.PathLike)) or (isinstance(images, Sequence) and images
-                                                  and all(isinstance(s, (str, os.PathLike)) for s in images)):
-        images = load_images(images, transform=preprocess, limit=limit)
-    elif limit is not None and isinstance(images, ImageSource):
-        images = ImageSource(images._items[:limit], images.transform, images.description)
-    elif limit is not None:
-        images = images[:limit] if isinstance(images, torch.Tensor) else _limited(images, limit)
     if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
         raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
                              "the images over the processes itself.")
+    raw = images
+    images = as_images(images, preprocess, limit=limit)  # the one image adapter
     rank, world, started = _distributed_context(distributed, device)
-    total = _source_length(images)
-    if total is None and known is not None:
-        total = known if limit is None else min(limit, known)
+    total = images.length
     chunk = block_size(total, groups)
     dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
     template = GroupedStats(groups=groups, chunk=chunk, tol=tol, positions=positions, seed=seed)
@@ -143,7 +134,7 @@ def survey(
                 "baseline_bn_images": baseline_bn_images}
     identity = {} if checkpoint is None else {
         "model": model_fingerprint(net), "layers": sorted(resolve_layers(net, layers)),
-        "source": source_fingerprint(images, total), "settings": settings}
+        "source": source_fingerprint(images, raw), "settings": settings}
     restored = None
     if resume and Path(checkpoint).is_file():
         restored = load_checkpoint(checkpoint, identity)
@@ -158,7 +149,7 @@ def survey(
             stream.baseline.found = restored["baseline"]
             stream.baseline.order = [n for n in stream.observed.order if n in stream.baseline.found]
         else:
-            reestimate_batchnorm(stream.untrained, bn_batches(images, batch_size, chunk, stream.keeps,
+            reestimate_batchnorm(stream.untrained, bn_batches(images, raw, batch_size, chunk, stream.keeps,
                                                               baseline_bn_images, stream._to_device))
     from tqdm.auto import tqdm
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError
+from analysis.data.batches import Images
 from analysis.hooks import LayerSpec, capture, eval_mode
 from analysis.stats import GroupedStats
-from analysis.survey.checkpoint import save_checkpoint
-from analysis.survey.sources import _batches
+from analysis.survey.checkpoint import one_shot, save_checkpoint
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Stream:
             return batch.to(device=self.device, dtype=self.dtype)
         return batch.to(self.device)
 
-    def run(self, images: Any, batch_size: int, chunk: int, rank: int, world: int, bar: Any,
+    def run(self, images: Images, batch_size: int, chunk: int, rank: int, world: int, bar: Any,
             checkpoint: str | os.PathLike | None = None, every_batches: int = 0,
             identity: dict[str, Any] | None = None) -> None:
         """Fold every image from position ``done`` on (earlier ones are in the statistics already)."""
@@ -84,7 +84,12 @@ class Stream:
                 stack.enter_context(eval_mode(self.untrained))
                 stack.enter_context(capture(self.untrained, self.layers, store=False,
                                             callback=self.baseline.fold(base_positions)))
-            for index, batch in _batches(images, batch_size, chunk, rank, world, start=self.done):
+            for index, batch, _ in images.batches(batch_size, chunk=chunk, rank=rank, world=world):
+                if index[-1] < self.done:
+                    continue  # folded before the checkpoint this run resumed from
+                if index[0] < self.done:
+                    keep = [t for t, i in enumerate(index) if i >= self.done]
+                    index, batch = [index[t] for t in keep], batch[keep]
                 positions[:] = index
                 self.net(self._to_device(batch))
                 if self.untrained is not None:
@@ -107,15 +112,15 @@ class Stream:
                         baseline_state=None if self.untrained is None else self.untrained.state_dict())
 
 
-def bn_batches(images: Any, batch_size: int, chunk: int, keeps: Callable[[int], bool], limit: int,
+def bn_batches(images: Images, raw: Any, batch_size: int, chunk: int, keeps: Callable[[int], bool], limit: int,
                to_device: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """The first ``limit`` images the untrained network will survey, in batches (for its BN re-estimation)."""
-    if not isinstance(images, torch.Tensor) and iter(images) is images:
+    if one_shot(raw):
         raise GhostmapsError("baseline='untrained' reads the first images twice (BatchNorm re-estimation, then the "
                              "survey); pass a source that can be read again (files, a tensor, a Dataset or "
                              "DataLoader), not a one-shot iterator.")
     left = limit
-    for index, batch in _batches(images, batch_size, chunk, 0, 1):
+    for index, batch, _ in images.batches(batch_size, chunk=chunk):
         keep = [t for t, i in enumerate(index) if keeps(i)][:left]
         if keep:
             yield to_device(batch if len(keep) == len(index) else batch[keep])
