@@ -21,7 +21,7 @@ from analysis.data.images import NamedImage
 from analysis.data.models import LoadedModel, ModelInfo, as_loaded
 from analysis.hooks import LayerInfo, capture_maps, list_layers, single_entry
 from analysis.measure.pairs import GhostPairs, ghost_pairs
-from analysis.measure.similarity import ChannelSimilarity, channel_similarity
+from analysis.measure.similarity import DEFAULT_METRIC, ChannelSimilarity, channel_similarity
 from analysis.plots import figure1, pair_gallery, save_figure
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def run_figure1(
     layer: str | None = None,
     image: Any = DEFAULT_IMAGE,
     k: int = 3,
-    metric: str = "cosine",
+    metric: str = DEFAULT_METRIC,
     max_channels: int = 64,
     device: str | torch.device | None = None,
 ) -> Figure1Result:
@@ -124,7 +124,9 @@ def run_figure1(
         layer: the layer to show; default ``suggest_layer`` (an early layer with many channels).
         image: any image source of ``analysis.data.batches`` (an image path, ``"samples:NAME"``, a
             ``NamedImage``, a C×H×W or N×C×H×W tensor, a Dataset, ...); its first readable image is used.
-        k: number of pairs; metric: ``"cosine"`` or ``"pearson"``; max_channels: tiles shown.
+        k: number of pairs; metric: ``"pearson"`` (default: invariant to the per-channel scale and offset the
+            next BN removes) or ``"cosine"`` (biased upwards for non-negative maps); max_channels: tiles shown.
+            Pairs of channels that are zero on most positions (APoZ ≥ 0.8) are flagged ``sparse`` in the legend.
     """
     net, preprocess, info = as_loaded(model)
     name, tensor = as_images(image, preprocess, name="image").first()  # the first readable one
@@ -141,19 +143,42 @@ def run_figure1(
     return Figure1Result(info, entry, image.name, fmap, sim, pairs, fig)
 
 
-def most_redundant(survey: Any) -> str:
-    """The layer whose ghost fraction exceeds its null baseline the most (the first layer on ties)."""
-    def excess(layer: Any) -> float:
-        s = layer.redundancy.scores["ghost_fraction"]
-        return s.observed - (s.baseline or 0.0)
+HEADLINE_SCORE = "mean_sq_similarity"
 
-    return max(survey, key=excess).name
+
+def headline(survey: Any) -> tuple[str, str]:
+    """The layer to show first and why: the largest excess of the mean squared similarity over the untrained
+    baseline whose interval lies above 0 (over the noise-matched null when the survey has no untrained
+    baseline); when no layer's interval is above 0, the largest excess, said to be not significant."""
+    base = "untrained" if any(layer.redundancy.scores[HEADLINE_SCORE].untrained is not None for layer in survey) \
+        else "null"
+
+    def excess(layer: Any) -> tuple[float, float | None]:
+        b = getattr(layer.redundancy.scores[HEADLINE_SCORE], base)
+        return (b.excess if b is not None and b.excess is not None else float("-inf")), \
+            (None if b is None else b.low)
+
+    ranked = sorted(survey, key=lambda layer: -excess(layer)[0])
+    what = "the untrained network" if base == "untrained" else "the noise-matched null"
+    for layer in ranked:
+        value, low = excess(layer)
+        if low is not None and low > 0:
+            return layer.name, (f"{layer.name}: mean squared similarity {value:+.4f} above {what}, its "
+                                f"{int(100 * layer.redundancy.level)}% interval above 0 (largest such excess)")
+    top = ranked[0]
+    return top.name, (f"no layer's mean squared similarity is significantly above {what}; the largest excess is "
+                      f"{top.name} ({excess(top)[0]:+.4f}), its interval includes 0")
+
+
+def most_redundant(survey: Any) -> str:
+    """The layer ``headline`` picks."""
+    return headline(survey)[0]
 
 
 def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images: Any = None,
                          heatmaps: list[str] | None = None, save: bool = True, compact: bool = False) -> list[Path]:
     """Write the survey file (``survey.pt``), the per-layer CSV, the JSON, the profile, heatmaps (default: the
-    most redundant layer) and, given the model and images, a pair gallery of that layer. Returns the paths."""
+    ``headline`` layer) and, given the model and images, a pair gallery of that layer. Returns the paths."""
     from analysis.plots import redundancy_profile, similarity_heatmap
 
     out = Path(out)

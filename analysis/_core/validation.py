@@ -18,17 +18,19 @@ from ghostnet.validation import check_odd_size as _ghost_odd_size
 from ghostnet.validation import check_ratio as _ghost_ratio
 from ghostnet.validation import is_int
 
-__all__ = ["DEFAULT_LEVEL", "DEFAULT_THRESHOLD", "LINKAGES", "METRICS", "check_count", "check_level",
+__all__ = ["DEFAULT_LEVEL", "DEFAULT_METRIC", "DEFAULT_THRESHOLD", "LINKAGES", "METRICS", "check_count", "check_level",
            "check_linkage", "check_metric", "check_odd_size", "check_positive_int", "check_ratio",
            "check_threshold", "check_tol", "is_int"]
 
 #: channel similarities: ``cosine`` (uncentred) and ``pearson`` (centred)
 METRICS = ("cosine", "pearson")
+#: the default: Pearson is invariant to the per-channel scale and offset the BatchNorm after a conv removes
+DEFAULT_METRIC = "pearson"
 #: ghost-group linkages (``analysis.measure.groups``)
 LINKAGES = ("complete", "average", "single")
 #: τ, the |similarity| at which two channels are ghosts of each other (scores, groups, survey, CLI)
 DEFAULT_THRESHOLD = 0.9
-#: confidence level of the bootstrap intervals
+#: confidence level of the intervals
 DEFAULT_LEVEL = 0.95
 
 Error = type[Exception]

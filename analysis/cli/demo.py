@@ -26,13 +26,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"Figure 1 and its pairs are in {out}/:")
     for path in written:
         print(f"  {path}")
-    from analysis.pipeline import write_survey_outputs
+    from analysis.pipeline import headline, write_survey_outputs
     from analysis.survey.run import survey
 
-    print("survey: every Conv2d output over the sample photos (cross-image baselines, bootstrap intervals)")
-    result = survey(loaded, "samples", bootstrap=20, progress=False)
+    print("survey: every Conv2d output over the sample photos, Pearson similarity, against the noise-matched null "
+          "and the same architecture untrained (BN re-estimated on the photos), jackknife intervals over images")
+    result = survey(loaded, "samples", baseline="untrained", baseline_every=1, baseline_positions=None,
+                    progress=False)
     print(result)
-    for path in write_survey_outputs(result, out, model=loaded, images="samples", save=False):
+    name, sentence = headline(result)
+    print(f"headline: {sentence}")
+    for path in write_survey_outputs(result, out, model=loaded, images="samples", save=False, heatmaps=[name]):
         print(f"  {path}")
     return 0
 
@@ -43,7 +47,8 @@ def register(sub: Any) -> None:
                        description="Run pretrained mobilenet_v2 (offline weights) on the sample photos, pick an "
                                    "early layer with many channels, and write the Figure 1 PNG and a JSON of the "
                                    "ghost pairs into an output folder; then survey every conv over the photos "
-                                   "and write the per-layer scores (CSV, JSON) and the redundancy plots beside it.")
+                                   "against the noise-matched null and the untrained architecture, and write the "
+                                   "per-layer scores (CSV, JSON) and the redundancy plots beside it.")
     p.add_argument("--out", "-o", default=str(DEMO_OUT), help="output folder (default: %(default)s)")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
     p.set_defaults(func=run)

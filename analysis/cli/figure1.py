@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analysis._core.validation import METRICS
+from analysis._core.validation import DEFAULT_METRIC, METRICS
 from analysis.cli.common import add_model_args, positive_int
 
 
@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument("--image", "-i", default="samples:chelsea",
                    help="image file, or samples:NAME for a built-in photo (default: %(default)s)")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
-    p.add_argument("--metric", choices=METRICS, default="cosine",
-                   help="channel similarity (default: %(default)s)")
+    p.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                   help="channel similarity: pearson is invariant to the per-channel scale and offset a following "
+                        "BN removes; cosine is biased upwards for non-negative maps (default: %(default)s)")
     p.add_argument("--max-channels", type=positive_int, default=64, help="tiles to show (default: %(default)s)")
     p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")
     p.add_argument("--svg", action="store_true", help="also write an SVG beside the PNG")

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         doc = {"model": info.to_dict(), "layer": layer, "shape": list(fmap.shape), "images": int(x.shape[0]),
-               "heldout_images": None if held is None else int(held.shape[0]),
+               "heldout_images": None if held is None else int(held.shape[0]), "metric": args.metric,
                "pairs": [{"i": i, "j": j} for i, j in pairs], "table": table.to_dict()}
         print(f"wrote {atomic_write(out / 'table1.json', json.dumps(doc, indent=2) + chr(10))}")
         table.to_csv(out / "table1.csv")

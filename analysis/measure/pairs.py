@@ -20,23 +20,30 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GhostPair(Result):
-    """Channels ``i`` < ``j`` and their similarity ``score``."""
+    """Channels ``i`` < ``j`` and their similarity ``score``; ``sparse`` when either channel is zero on most
+    positions (APoZ ≥ 0.8): such a pair is alike mostly for being off together, not a ghost to rely on."""
 
     i: int
     j: int
     score: float
+    sparse: bool = False
 
-    _COLUMNS = ("i", "j", "score")
+    _COLUMNS = ("i", "j", "score", "sparse")
+
+    @property
+    def label(self) -> str:
+        """``"i ~ j  (score)"``, with ``sparse`` appended for a sparse pair (Figure 1's legend, tables)."""
+        return f"{self.i} ~ {self.j}  ({self.score:.3f}{', sparse' if self.sparse else ''})"
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.to_dict()]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"i": self.i, "j": self.j, "score": plain(self.score)}
+        return {"i": self.i, "j": self.j, "score": plain(self.score), "sparse": bool(self.sparse)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        return cls(int(data["i"]), int(data["j"]), number(data["score"]))
+        return cls(int(data["i"]), int(data["j"]), number(data["score"]), bool(data.get("sparse", False)))
 
 
 @dataclass
@@ -60,7 +67,7 @@ class GhostPairs(Result):
     def __getitem__(self, index: int) -> GhostPair:
         return self.pairs[index]
 
-    _COLUMNS = ("layer", "rank", "i", "j", "score")
+    _COLUMNS = ("layer", "rank", "i", "j", "score", "sparse")
     _KEYS = ("layer", "metric", "exclusive", "pairs")
 
     def rows(self) -> list[dict[str, Any]]:
@@ -78,7 +85,8 @@ class GhostPairs(Result):
 
     def __str__(self) -> str:
         head = f"ghost pairs of {self.layer or 'layer'} ({self.metric or 'similarity'}):"
-        rows = [f"  {n + 1}. channel {p.i:>4} ~ channel {p.j:>4}   {p.score:.4f}" for n, p in enumerate(self.pairs)]
+        rows = [f"  {n + 1}. channel {p.i:>4} ~ channel {p.j:>4}   {p.score:.4f}"
+                f"{'   sparse (APoZ ≥ 0.8)' if p.sparse else ''}" for n, p in enumerate(self.pairs)]
         return "\n".join([head, *rows]) if rows else head + " none"
 
 
@@ -100,14 +108,18 @@ def ghost_pairs(
         min_score: keep only pairs whose (absolute, if asked) score is at least this.
 
     Returns:
-        ``GhostPairs`` (pairs with i < j, best first). Ties break by channel index, so results are deterministic.
+        ``GhostPairs`` (pairs with i < j, best first), each flagged ``sparse`` when either channel is zero on
+        at least 80% of the positions (a ``ChannelSimilarity`` knows the APoZ; a plain matrix flags none). Ties
+        break by channel index, so results are deterministic.
     """
     if isinstance(similarity, ChannelSimilarity):
         matrix, valid = similarity.matrix, similarity.valid
         metric, layer = similarity.metric, similarity.layer
+        sparse = similarity.sparse
     else:
         matrix = torch.as_tensor(np.asarray(similarity) if not isinstance(similarity, torch.Tensor) else similarity)
         valid = torch.ones(matrix.shape[0], dtype=torch.bool)
+        sparse = torch.zeros(matrix.shape[0], dtype=torch.bool)
         metric = layer = None
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise GhostmapsError(f"similarity must be a square C×C matrix, got shape {tuple(matrix.shape)}.")
@@ -130,7 +142,7 @@ def ghost_pairs(
         a, b = int(i[idx]), int(j[idx])
         if exclusive and (a in used or b in used):
             continue
-        chosen.append(GhostPair(a, b, float(scores[idx])))
+        chosen.append(GhostPair(a, b, float(scores[idx]), bool(sparse[a] or sparse[b])))
         used.update((a, b))
         if k is not None and len(chosen) == k:
             break

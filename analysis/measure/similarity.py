@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from analysis._core.validation import METRICS, check_metric
+from analysis._core.validation import DEFAULT_METRIC, METRICS, check_metric
 from analysis.stats import DEFAULT_TOL, LayerStats
 
-__all__ = ["METRICS", "ChannelSimilarity", "channel_similarity"]
+__all__ = ["DEFAULT_METRIC", "METRICS", "SPARSE_APOZ", "ChannelSimilarity", "channel_similarity"]
 from analysis._core.results import Result, floats, plain
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+SPARSE_APOZ = 0.8  # a channel zero (|x| ≤ tol) on at least this share of positions is "sparse"
 
 
 @dataclass(eq=False)
@@ -31,7 +32,8 @@ class ChannelSimilarity(Result):
 
     matrix: float64 C×C, symmetric, in [−1, 1]; rows/columns of dead or constant channels are 0.
     dead: channels that are all zero (within tol). constant: channels with a single value everywhere.
-    ``rows()``: one per channel i: ``channel``, ``dead``, ``constant`` and the similarity to every channel j under
+    apoz: per channel, the share of positions that are zero (within tol); ``sparse`` marks APoZ ≥ 0.8.
+    ``rows()``: one per channel i: ``channel``, ``dead``, ``constant``, ``apoz`` and the similarity to every channel j under
     the column ``str(j)`` (the matrix as a wide table). ``to_dict`` holds the matrix as nested lists and the
     dead/constant channels as index lists; equality compares ``to_dict()``.
     """
@@ -41,6 +43,15 @@ class ChannelSimilarity(Result):
     dead: torch.Tensor
     constant: torch.Tensor
     layer: str | None = None
+    apoz: torch.Tensor | None = None
+
+    @property
+    def sparse(self) -> torch.Tensor:
+        """Valid channels that are zero on at least ``SPARSE_APOZ`` of the positions: a high similarity
+        between two of them says mostly that both are off together, not that one is a ghost of the other."""
+        if self.apoz is None:
+            return torch.zeros(self.channels, dtype=torch.bool)
+        return self.valid & (self.apoz >= SPARSE_APOZ)
 
     @property
     def channels(self) -> int:
@@ -54,13 +65,14 @@ class ChannelSimilarity(Result):
     def to_numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
 
-    _COLUMNS = ("channel", "dead", "constant")
+    _COLUMNS = ("channel", "dead", "constant", "apoz")
 
     def rows(self) -> list[dict[str, Any]]:
         m = plain(self.matrix)
         dead, constant = self.dead.tolist(), self.constant.tolist()
-        return [{"channel": i, "dead": dead[i], "constant": constant[i], **{str(j): v for j, v in enumerate(row)}}
-                for i, row in enumerate(m)]
+        apoz = [None] * self.channels if self.apoz is None else plain(self.apoz)
+        return [{"channel": i, "dead": dead[i], "constant": constant[i], "apoz": apoz[i],
+                 **{str(j): v for j, v in enumerate(row)}} for i, row in enumerate(m)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +81,8 @@ class ChannelSimilarity(Result):
             "channels": self.channels,
             "dead": torch.nonzero(self.dead).flatten().tolist(),
             "constant": torch.nonzero(self.constant).flatten().tolist(),
+            "apoz": None if self.apoz is None else plain(self.apoz),
+            "sparse": torch.nonzero(self.sparse).flatten().tolist(),
             "matrix": plain(self.matrix),
         }
 
@@ -82,7 +96,9 @@ class ChannelSimilarity(Result):
             out[torch.as_tensor(idx, dtype=torch.long)] = True
             return out
 
-        return cls(matrix, data["metric"], mask(data["dead"]), mask(data["constant"]), data.get("layer"))
+        apoz = data.get("apoz")
+        return cls(matrix, data["metric"], mask(data["dead"]), mask(data["constant"]), data.get("layer"),
+                   None if apoz is None else torch.from_numpy(floats(apoz)))
 
     def __repr__(self) -> str:
         return (f"ChannelSimilarity(layer={self.layer!r}, metric={self.metric!r}, channels={self.channels}, "
@@ -91,7 +107,7 @@ class ChannelSimilarity(Result):
 
 def channel_similarity(
     maps: torch.Tensor | LayerStats,
-    metric: str = "cosine",
+    metric: str = DEFAULT_METRIC,
     tol: float = DEFAULT_TOL,
     layer: str | None = None,
 ) -> ChannelSimilarity:
@@ -99,9 +115,11 @@ def channel_similarity(
 
     Args:
         maps: N×C×H×W feature maps (C×H×W is one image), or accumulated ``LayerStats``.
-        metric: ``"cosine"`` — ⟨f_i, f_j⟩ / (‖f_i‖‖f_j‖) over all positions of all images, the plain "do these
-            maps look alike" measure; or ``"pearson"`` — the same after subtracting each channel's mean, which
-            does not reward two non-negative (post-ReLU) maps for merely being positive.
+        metric: ``"pearson"`` (default) — the correlation over all positions of all images: invariant to each
+            channel's scale and offset, which the BatchNorm after a conv removes, so it asks whether a cheap op
+            plus that BN could make one channel from the other; or ``"cosine"`` — ⟨f_i, f_j⟩ / (‖f_i‖‖f_j‖)
+            without removing the means, biased upwards for non-negative (post-ReLU) maps, which look alike
+            merely for being positive (independent ReLU(N(0, 1)) maps score 1/π ≈ 0.32).
         tol: values with |x| ≤ tol count as zero when finding dead channels (ignored for ``LayerStats``).
         layer: a name to carry along in the result.
 
@@ -116,4 +134,5 @@ def channel_similarity(
         dead=stats.dead.cpu(),
         constant=stats.constant.cpu(),
         layer=layer,
+        apoz=stats.apoz.cpu(),
     )

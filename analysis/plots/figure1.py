@@ -35,7 +35,8 @@ def figure1(
 
     Args:
         maps: C×H×W (or 1×C×H×W) maps of one layer for one image.
-        pairs: ghost pairs (e.g. ``ghost_pairs(...)``); pair n is framed in colour n (red, green, blue, ...).
+        pairs: ghost pairs (e.g. ``ghost_pairs(...)``); pair n is framed in colour n (red, green, blue, ...). A
+            pair flagged ``sparse`` (a channel zero on most positions) says so in the legend.
         max_channels: show at most this many tiles: the first channels, always including every pair's channels.
         ncols: tiles per row (default: a near-square grid).
         title: figure title.
@@ -87,14 +88,22 @@ def figure1(
             ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=2.4,
                                    edgecolor=colour_of[ch], clip_on=False))
     if pairs:
-        handles = [Patch(facecolor="none", edgecolor=pair_colour(n), lw=2,
-                         label=f"{p.i} ~ {p.j}  ({p.score:.3f})") for n, p in enumerate(pairs)]
+        handles = [Patch(facecolor="none", edgecolor=pair_colour(n), lw=2, label=_label(p))
+                   for n, p in enumerate(pairs)]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
         fig.subplots_adjust(bottom=0.45 / fig.get_figheight() + 0.02)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _sparse(p: GhostPair) -> bool:
+    return bool(getattr(p, "sparse", False))
+
+
+def _label(p: GhostPair) -> str:
+    return f"{p.i} ~ {p.j}  ({p.score:.3f}{', sparse: APoZ ≥ 0.8' if _sparse(p) else ''})"
 
 
 def _display_image(image: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ def pair_gallery(
         pairs = list(survey[layer].pairs)
     chosen = [(int(p.i), int(p.j)) if hasattr(p, "i") else (int(p[0]), int(p[1])) for p in list(pairs)[:k]]
     scores = [getattr(p, "score", None) for p in list(pairs)[:k]]
+    sparse = [bool(getattr(p, "sparse", False)) for p in list(pairs)[:k]]
     if not chosen:
         raise GhostmapsError(f"no pairs to show for layer {layer!r}.")
     if maps is None:
@@ -81,7 +82,8 @@ def pair_gallery(
                 else:
                     ax.set_title(f"ch {ch}", fontsize=7)
         score = scores[row]
-        axes[row, 0].set_ylabel(f"{i}~{j}" + (f"\n{score:.3f}" if score is not None else ""), fontsize=7)
+        axes[row, 0].set_ylabel(f"{i}~{j}" + (f"\n{score:.3f}" if score is not None else "")
+                                + ("\nsparse" if sparse[row] else ""), fontsize=7)
     fig.suptitle(f"strongest ghost pairs of {layer or 'the layer'} over {n} images", fontsize=9)
     fig.tight_layout()
     return fig

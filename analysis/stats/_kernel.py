@@ -85,18 +85,19 @@ def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     return sim
 
 
-DEFAULT_GROUPS = 8
+DEFAULT_GROUPS = 16
 MAX_CHUNK = 16
 
 
 def block_size(total_images: int | None, groups: int = DEFAULT_GROUPS) -> int:
-    """Images per contiguous block when ``total_images`` are spread over ``groups`` groups: enough blocks that
-    every group gets some (one image per block for small sets), at most ``MAX_CHUNK`` so that large sets
-    still interleave blocks over the groups (block b goes to group b mod K). An unknown number of images gets
-    blocks of one image."""
+    """Images per contiguous block when ``total_images`` are spread over ``groups`` groups: an even number (the
+    two images of a pair, 2j and 2j + 1, share a block, so a group and a process), enough blocks that every
+    group gets some (one pair per block for small sets), at most ``MAX_CHUNK`` so that large sets still
+    interleave blocks over the groups (block b goes to group b mod K). An unknown number of images gets blocks
+    of one pair."""
     if total_images is None:
-        return 1  # unknown length: single images dealt round-robin, so every group fills from K images on
-    return max(1, min(MAX_CHUNK, -(-int(total_images) // max(1, groups))))
+        return 2  # unknown length: pairs dealt round-robin, so every group fills from 2K images on
+    return max(2, min(MAX_CHUNK, 2 * (int(total_images) // (2 * max(1, groups)))))
 
 
 SPLIT_CHANNELS = 256

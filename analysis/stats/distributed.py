@@ -44,13 +44,13 @@ def _distributed_context(distributed: bool, device: torch.device) -> tuple[int, 
     return dist.get_rank(), dist.get_world_size(), started
 
 
-def _sync_layers(found: dict[str, GroupedStats], order: list[str], groups: int, chunk: int, tol: float,
+def _sync_layers(found: dict[str, GroupedStats], order: list[str], template: GroupedStats,
                  device: torch.device, error: BaseException | None = None) -> list[str]:
     """Make every process hold the same layers (zero statistics where it saw none), then all-reduce them.
 
     Every process first shares its layers (with their map sizes) and whether its forward pass failed, so one
-    process's error is raised on all of them instead of leaving the others waiting in a collective. A layer whose
-    map size differs between processes keeps no position sums (no null baseline), as in one process."""
+    process's error is raised on all of them instead of leaving the others waiting in a collective. ``template``
+    gives the settings (groups, chunk, tol, positions, seed) of a layer a process has to create."""
     import torch.distributed as dist
 
     mine = {"error": None if error is None else f"{type(error).__name__}: {error}",
@@ -62,16 +62,14 @@ def _sync_layers(found: dict[str, GroupedStats], order: list[str], groups: int, 
         rank, message = failed[0]
         raise GhostmapsError(f"the survey failed on process {rank} ({message}); every process stops.") from error
     layers: dict[str, tuple[int, tuple[int, ...]]] = {}
-    sizes: dict[str, set[tuple[int, ...]]] = {}
     for entries in everyone:
         for name, channels, spatial in entries["layers"]:
-            layers.setdefault(name, (channels, tuple(spatial)))
-            sizes.setdefault(name, set()).add(tuple(spatial))
+            layers.setdefault(name, (channels, tuple(spatial or ())))
     for name, (channels, spatial) in layers.items():
         if name not in found:
-            found[name] = GroupedStats(groups=groups, chunk=chunk, tol=tol).init(channels, spatial, device)
-        if len(sizes[name]) > 1:
-            found[name].position_sums = None  # maps of different sizes: no position-aligned baseline
+            found[name] = GroupedStats(groups=template.groups, chunk=template.chunk, tol=template.tol,
+                                       positions=template.positions, seed=template.seed).init(channels, spatial,
+                                                                                              device)
     for name in layers:
         found[name].all_reduce()
     return list(layers)

@@ -1,90 +1,100 @@
-"""Channel statistics split over K groups of images (for intervals) plus per-position sums (for the
-cross-image null); ``total()`` is exactly the one-pass :class:`~analysis.stats.layer.LayerStats`."""
+"""Channel statistics of an image set split over K groups of images (for jackknife intervals), with each image
+paired with the next one in the stream (for the noise-matched null); ``total()`` is exactly the one-pass
+:class:`~analysis.stats.layer.LayerStats`. Kernels: :mod:`analysis.stats._pairs`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.validation import check_positive_int
-from analysis.stats._kernel import (
-    DEFAULT_GROUPS,
-    DEFAULT_TOL,
-    _mirror,
-    _reshift_gram,
-    add_moments,
-    prepare_batch,
-)
+from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram, prepare_batch
+from analysis.stats._pairs import fold_cross, fold_pairs, fold_singles, pack, packed_size, unpack
 from analysis.stats.layer import LayerStats
+from analysis.stats.moments import PairedMoments, position_subset
 
 __all__ = ["GroupedStats"]
+
+_TENSORS = ("shift", "gram", "cross", "group_gram", "group_cross", "sums", "count", "images", "pair_sums",
+            "pair_count", "nonzero", "sampled", "min", "max")
 
 
 @dataclass
 class GroupedStats:
-    """``LayerStats`` split over K groups of images, plus per-position sums over images.
+    """``LayerStats`` split over K groups of images, with the noise-matched null's cross products.
 
-    Image number i (its position in the whole image set) belongs to block ``i // chunk`` and group
-    ``(i // chunk) mod K``. Each group keeps its own Gram matrix (``group_gram``, float32: it only feeds
-    confidence intervals), sums, position and image counts (one shared shift); the total Gram matrix is kept
-    apart in float64. So ``total()`` is exactly the one-pass ``LayerStats`` and ``resample(weights)`` is a
-    bootstrap replicate over groups of images; nothing depends on batch size or order. Why groups and not
-    images: a batch of consecutive images touches one or two groups, so the per-batch cost stays about that of
-    one Gram matrix; memory is (8 + 4K)·C² bytes instead of 8·C², still independent of the number of images.
-    With ``groups=1`` there are no group matrices (and no intervals).
+    Image number i (its position in the image set) belongs to block ``i // chunk`` and group
+    ``(i // chunk) mod K``; ``chunk`` is even, so the images 2j and 2j + 1 of a pair are always in one group
+    (and, under ``distributed``, one process). Per group, in float32 and packed (upper triangles, see
+    :mod:`analysis.stats._pairs`): the Gram matrix Σ (x − k)(x − k)ᵀ and the pairs' symmetric cross product
+    Σ_pairs (x_a − k)(x_b − k)ᵀ + (x_b − k)(x_a − k)ᵀ; per group in float64: sums, positions and images, and
+    the same for the paired images only. The totals (Gram and cross) are kept apart in float64, so ``total()``
+    is exactly the one-pass ``LayerStats``. Memory 16·C² + 4·K·C² bytes (K groups), whatever the number of
+    images; ``groups=1`` keeps no group vectors (no intervals).
 
-    ``position_sums`` S (C×P, P = H·W positions per image, raw values) gives the cross-image null exactly:
-    Σ_{n≠n'} x_i(n, p)·x_j(n', p) summed over p equals (S Sᵀ − Σ x xᵀ)_ij, i.e. every pair of *different*
-    images compared position by position. It is dropped (``None``) when images of different sizes arrive.
+    ``positions=m`` folds, for each pair, the same seeded random m positions of its two images (all of them
+    when a map has at most m), weighted by P/m: an unbiased estimate of every moment (``estimated`` says so).
     """
 
     groups: int = DEFAULT_GROUPS
-    chunk: int = 1
+    chunk: int = 2
     tol: float = DEFAULT_TOL
+    positions: int | None = None
+    seed: int = 0
     channels: int | None = None
     spatial: tuple[int, ...] | None = None
     shift: torch.Tensor | None = None
     gram: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
     group_gram: torch.Tensor | None = None
+    group_cross: torch.Tensor | None = None
     sums: torch.Tensor | None = None
     count: torch.Tensor | None = None
     images: torch.Tensor | None = None
+    pair_sums: torch.Tensor | None = None
+    pair_count: torch.Tensor | None = None
     nonzero: torch.Tensor | None = None
+    sampled: torch.Tensor | None = None
     min: torch.Tensor | None = None
     max: torch.Tensor | None = None
-    position_sums: torch.Tensor | None = None
+    pending: dict[int, tuple[int, torch.Tensor, float]] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    started: bool = False  # whether the shift was set from data (kept on the host: no device read per batch)
+    started: bool = False  # whether the shift was set from data (a host flag: no device read per batch)
 
     def __post_init__(self) -> None:
-        self.groups = check_positive_int(self.groups, "groups")
-        self.chunk = check_positive_int(self.chunk, "chunk")
+        if int(self.groups) < 1 or int(self.chunk) < 2 or int(self.chunk) % 2:
+            raise GhostmapsError(f"groups must be at least 1 and chunk an even number ≥ 2 (pairs of images never "
+                                 f"straddle groups), got groups={self.groups}, chunk={self.chunk}.")
+        if self.positions is not None and int(self.positions) < 1:
+            raise GhostmapsError(f"positions must be a number of positions per image ≥ 1 (or None for all), got "
+                                 f"{self.positions!r}.")
 
     def init(self, channels: int, spatial: tuple[int, ...], device: str | torch.device = "cpu") -> GroupedStats:
         """Allocate zero accumulators for ``channels`` channels with maps of shape ``spatial`` (H, W)."""
         self.channels, self.spatial, self.device = int(channels), tuple(spatial), torch.device(device)
-        self.started = False
+        self.started, self.pending = False, {}
         c, k = self.channels, self.groups
         f64 = {"dtype": torch.float64, "device": self.device}
+        i64 = {"dtype": torch.int64, "device": self.device}
         self.shift = torch.zeros(c, **f64)
-        self.gram = torch.zeros(c, c, **f64)
-        self.group_gram = torch.zeros(k, c, c, dtype=torch.float32, device=self.device) if k > 1 else None
-        self.sums = torch.zeros(k, c, **f64)
-        self.count = torch.zeros(k, dtype=torch.int64, device=self.device)
-        self.images = torch.zeros(k, dtype=torch.int64, device=self.device)
-        self.nonzero = torch.zeros(c, dtype=torch.int64, device=self.device)
+        self.gram, self.cross = torch.zeros(c, c, **f64), torch.zeros(c, c, **f64)
+        if k > 1:
+            self.group_gram = torch.zeros(k, packed_size(c, 0), dtype=torch.float32, device=self.device)
+            self.group_cross = torch.zeros(k, packed_size(c, 0), dtype=torch.float32, device=self.device)
+        else:
+            self.group_gram = self.group_cross = None
+        self.sums, self.pair_sums = torch.zeros(k, c, **f64), torch.zeros(k, c, **f64)
+        self.count, self.images, self.pair_count = (torch.zeros(k, **i64) for _ in range(3))
+        self.nonzero, self.sampled = torch.zeros(c, **i64), torch.zeros((), **i64)
         self.min = torch.full((c,), float("inf"), **f64)
         self.max = torch.full((c,), float("-inf"), **f64)
-        positions = 1
-        for s in self.spatial:
-            positions *= s
-        self.position_sums = torch.zeros(c, positions, **f64)
         return self
 
+    # -- sizes ---------------------------------------------------------------------------------------------
     @property
     def total_count(self) -> int:
         return 0 if self.count is None else int(self.count.sum())
@@ -93,17 +103,27 @@ class GroupedStats:
     def total_images(self) -> int:
         return 0 if self.images is None else int(self.images.sum())
 
+    @property
+    def estimated(self) -> bool:
+        """Whether the moments are estimates from a subset of positions (``positions=``)."""
+        return self.positions is not None and self.sampled is not None and int(self.sampled) < self.total_count
+
+    @property
+    def filled_groups(self) -> list[int]:
+        """Groups that received at least one image."""
+        return [] if self.images is None else torch.nonzero(self.images > 0).flatten().tolist()
+
     def group_of(self, index: int) -> int:
         """The group of the image with this position in the image set."""
         return (index // self.chunk) % self.groups
 
+    # -- folding -------------------------------------------------------------------------------------------
     def update(self, maps: torch.Tensor, first_index: int | Sequence[int] = 0, *, owned: bool = False
                ) -> GroupedStats:
         """Fold a batch of maps (N×C×H×W or N×C). ``first_index``: the position of its first image in the image
         set (the others follow), or the N positions themselves. ``owned=True`` lets the statistics shift the
-        maps in place (the caller's copy is then spent; ``survey`` passes the copy ``capture`` made). A batch
-        with NaN or inf is refused (``GhostmapsError``) before anything changes. The fold is the one of
-        :mod:`analysis.stats._kernel`, one run of consecutive images of the same group at a time."""
+        maps in place (the caller's copy is then spent). A batch with NaN or inf is refused before anything
+        changes."""
         if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 4):
             shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise GhostmapsError(f"maps must be an N×C×H×W (or N×C) tensor, got {shape}.")
@@ -111,150 +131,200 @@ class GroupedStats:
         spatial = tuple(maps.shape[2:])
         if self.channels is not None and c != self.channels:
             raise GhostmapsError(f"these maps have {c} channels but the statistics hold {self.channels}.")
-        if isinstance(first_index, int):
-            positions = range(first_index, first_index + n)
-        else:
-            positions = [int(i) for i in first_index]
-            if len(positions) != n:
-                raise GhostmapsError(f"got {len(positions)} image positions for a batch of {n} images.")
-        if n == 0 or math.prod(spatial) == 0:
+        index = list(range(first_index, first_index + n)) if isinstance(first_index, int) else \
+            [int(i) for i in first_index]
+        if len(index) != n:
+            raise GhostmapsError(f"got {len(index)} image positions for a batch of {n} images.")
+        p = math.prod(spatial)
+        if n == 0 or p == 0:
             if self.channels is None:
                 self.init(c, spatial, maps.device)
             return self
-        aligned = self.channels is None or (self.position_sums is not None and spatial == self.spatial)
-        batch = prepare_batch(maps, self.tol, self.shift if self.started else None, owned=owned,
-                              position_sums=aligned)  # refuses NaN/inf: nothing has changed yet
+        x, weight = maps, 1.0
+        if self.positions is not None and int(self.positions) < p:
+            x, owned, weight = self._subsample(maps.reshape(n, c, p), index, p), True, p / int(self.positions)
+        # the shared first half of the fold (analysis.stats._kernel): refuses NaN/inf before anything changes
+        batch = prepare_batch(x, self.tol, self.shift if self.started else None, owned=owned)
         if self.channels is None:
             self.init(c, spatial, maps.device)
         if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
             self.shift, self.started = batch.shift.to(self.device), True
-        self.min = torch.minimum(self.min, batch.low)
-        self.max = torch.maximum(self.max, batch.high)
+        self.min, self.max = torch.minimum(self.min, batch.low), torch.maximum(self.max, batch.high)
         self.nonzero += batch.nonzero
-        if batch.position_sums is not None:
-            self.position_sums += batch.position_sums  # ≤ one batch in the working precision, then float64
-        else:
-            self.position_sums = None  # images of different sizes: no position-aligned baseline
-        y, p = batch.y, batch.positions
-        groups = [self.group_of(i) for i in positions]
-        start = 0
-        while start < n:
-            g, stop = groups[start], start + 1
-            while stop < n and groups[stop] == g:
-                stop += 1
-            self.sums[g] += add_moments(y[start:stop], self.gram,
-                                        None if self.group_gram is None else self.group_gram[g])
-            self.count[g] += (stop - start) * p
-            self.images[g] += stop - start
-            start = stop
+        self.sampled += n * batch.positions
+        y = batch.y  # ours: the spent owned copy or a new tensor
+        if weight != 1.0:
+            y.mul_(math.sqrt(weight))
+        self._fold(y, index, p, math.sqrt(weight))
         return self
 
+    def _subsample(self, x: torch.Tensor, index: list[int], p: int) -> torch.Tensor:
+        m = int(self.positions)
+        out = torch.empty(x.shape[0], x.shape[1], m, dtype=x.dtype, device=x.device)
+        for t, i in enumerate(index):
+            out[t] = x[t].index_select(1, position_subset(self.seed, i // 2, p, m, x.device))
+        return out
+
+    def _fold(self, y: torch.Tensor, index: list[int], p: int, root_w: float) -> None:
+        """Fold shifted (and weighted) maps: pairs complete in this batch with the paired kernel, the others as
+        single images (waiting in ``pending`` for their partner)."""
+        where = {i: t for t, i in enumerate(index)}
+        runs: dict[int, tuple[list[int], list[int]]] = {}
+        singles: list[int] = []
+        for t, i in enumerate(index):
+            partner = where.get(i ^ 1)
+            if partner is None:
+                singles.append(t)
+            elif i % 2 == 0:
+                a, b = runs.setdefault(self.group_of(i), ([], []))
+                a.append(t)
+                b.append(partner)
+        for g, (a, b) in runs.items():
+            ya, yb = self._rows(y, a), self._rows(y, b)
+            gg, gc = (None, None) if self.group_gram is None else (self.group_gram[g], self.group_cross[g])
+            fold_pairs(ya, yb, self.gram, self.cross, gg, gc)
+            part = (ya.sum(dim=(0, 2)) + yb.sum(dim=(0, 2))).to(torch.float64) * root_w
+            self.sums[g] += part
+            self.pair_sums[g] += part
+            self.count[g] += 2 * len(a) * p
+            self.pair_count[g] += 2 * len(a) * p
+            self.images[g] += 2 * len(a)
+        for t in singles:
+            i, g = index[t], self.group_of(index[t])
+            yt = y[t:t + 1]
+            fold_singles(yt, self.gram, None if self.group_gram is None else self.group_gram[g])
+            part = yt.sum(dim=(0, 2)).to(torch.float64) * root_w
+            self.sums[g] += part
+            self.count[g] += p
+            self.images[g] += 1
+            waiting = self.pending.pop(i // 2, None)
+            if waiting is not None and waiting[1].shape == yt[0].shape and waiting[2] == root_w and waiting[0] != i:
+                self._complete(waiting[1].to(yt.dtype), yt[0], g, root_w, p)
+            else:
+                self.pending[i // 2] = (i, yt[0].clone(), root_w)
+
+    def _complete(self, ya: torch.Tensor, yb: torch.Tensor, g: int, root_w: float, p: int) -> None:
+        """Add the cross product of a pair whose images were folded apart (each already in the Gram totals)."""
+        fold_cross(ya, yb, self.cross, None if self.group_cross is None else self.group_cross[g])
+        self.pair_sums[g] += (ya.sum(dim=1) + yb.sum(dim=1)).to(torch.float64) * root_w
+        self.pair_count[g] += 2 * p
+
+    @staticmethod
+    def _rows(y: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        if rows == list(range(rows[0], rows[0] + 2 * len(rows), 2)):
+            return y[rows[0]:rows[-1] + 1:2]  # the usual case, pairs side by side: a view
+        return y[rows]
+
+    def finish(self) -> GroupedStats:
+        """Forget the images still waiting for a partner (an odd last image): they stay in the Gram totals and
+        out of the null. ``survey`` calls it when the stream ends; ``update`` after it starts new pairs."""
+        self.pending = {}
+        return self
+
+    # -- reading -------------------------------------------------------------------------------------------
     def _require(self) -> None:
         if self.channels is None or self.total_count == 0:
             raise GhostmapsError("these statistics are empty; call update(maps) with at least one batch first.")
 
-    def _stats(self, gram: torch.Tensor, sums: torch.Tensor, count: int, images: int) -> LayerStats:
-        return LayerStats(self.tol, self.channels, count, images, self.shift.clone(), gram, sums,
-                          self.nonzero.clone(), self.min.clone(), self.max.clone(), self.device)
+    def _nonzero_estimate(self) -> torch.Tensor:
+        sampled, total = int(self.sampled), self.total_count
+        if sampled in (0, total):
+            return self.nonzero.clone()
+        return torch.round(self.nonzero.to(torch.float64) * (total / sampled)).to(torch.int64)
 
     def total(self) -> LayerStats:
         """The ``LayerStats`` of all images (the sum of the groups)."""
         self._require()
-        return self._stats(_mirror(self.gram), self.sums.sum(0), self.total_count, self.total_images)
+        return LayerStats(self.tol, self.channels, self.total_count, self.total_images, self.shift.clone(),
+                          _mirror(self.gram), self.sums.sum(0), self._nonzero_estimate(), self.min.clone(),
+                          self.max.clone(), self.device)
 
-    def group(self, k: int) -> LayerStats:
-        """The moments of group ``k`` alone (dead/constant masks stay those of all images)."""
-        return self.resample(torch.eye(self.groups, dtype=torch.float64)[k])
-
-    @property
-    def filled_groups(self) -> list[int]:
-        """Groups that received at least one image."""
-        return [] if self.images is None else torch.nonzero(self.images > 0).flatten().tolist()
-
-    def resample(self, weights: torch.Tensor) -> LayerStats:
-        """A bootstrap replicate: group k counted ``weights[k]`` times (integer weights, one per group).
-        Dead/constant masks (from min/max) stay those of all images, so a replicate never revives a channel."""
+    def moments(self, groups: Sequence[int] | None = None) -> PairedMoments:
+        """Gram, cross product, sums and counts (float64, about ``shift``) of all images, or of the listed
+        groups (summed from the float32 group vectors)."""
         self._require()
-        w = torch.as_tensor(weights, dtype=torch.float64, device=self.device)
-        if w.shape != (self.groups,):
-            raise GhostmapsError(f"resample needs one weight per group ({self.groups}), got shape {tuple(w.shape)}.")
+        if groups is None:
+            return PairedMoments(self.shift.clone(), _mirror(self.gram), _mirror(self.cross), self.sums.sum(0),
+                                 float(self.count.sum()), self.pair_sums.sum(0), float(self.pair_count.sum()),
+                                 self.total_images)
         if self.group_gram is None:
-            gram = _mirror(self.gram) * float(w[0])
-        else:
-            gram = torch.zeros_like(self.gram)
-            for k in torch.nonzero(w).flatten().tolist():
-                gram += float(w[k]) * self.group_gram[k]
-            gram = _mirror(gram)
-        count = int(round(float((w * self.count.to(torch.float64)).sum())))
-        images = int(round(float((w * self.images.to(torch.float64)).sum())))
-        return self._stats(gram, w @ self.sums, count, images)
+            raise GhostmapsError("these statistics keep no image groups (groups=1 or a compact file).")
+        g = list(groups)
+        c = self.channels
+        gram = unpack(self.group_gram[g].sum(0, dtype=torch.float64), c, 0)
+        cross = unpack(self.group_cross[g].sum(0, dtype=torch.float64), c, 0)
+        return PairedMoments(self.shift.clone(), gram, cross, self.sums[g].sum(0), float(self.count[g].sum()),
+                             self.pair_sums[g].sum(0), float(self.pair_count[g].sum()), int(self.images[g].sum()))
 
-    def cross_image_moment(self) -> torch.Tensor | None:
-        """C×C null second moment: E[x_i(n, p)·x_j(n', p)] over positions p and pairs of different images
-        n ≠ n' (from the position sums; ``None`` with fewer than two images or mixed image sizes).
-
-        The diagonal holds each channel's own E[x_i²], so a similarity built from it has the observed norms."""
-        self._require()
-        n = self.total_images
-        if self.position_sums is None or n < 2:
-            return None
-        raw = self.total().second_moment * self.total_count  # Σ x xᵀ over all positions of all images
-        s = self.position_sums
-        cross = (s @ s.T - raw) / (n - 1)  # per image, the expected product with one other image
-        cross = (cross + cross.T) / (2 * self.total_count)
-        cross.diagonal().copy_(raw.diagonal() / self.total_count)
-        return cross
-
-    # -- combining ----------------------------------------------------------------------------------------
+    # -- combining -----------------------------------------------------------------------------------------
     def with_shift(self, shift: torch.Tensor) -> GroupedStats:
-        """The same statistics about another shift (exact float64 algebra, group by group)."""
+        """The same statistics about another shift (exact float64 algebra for the totals, group by group for
+        the float32 group vectors)."""
         self._require()
         shift = shift.to(device=self.device, dtype=torch.float64)
         delta = self.shift - shift
-        s, cnt = self.sums, self.count.to(torch.float64)
         out = self._copy()
+        cnt, pcnt = self.count.to(torch.float64), self.pair_count.to(torch.float64)
+        out.gram = _reshift_gram(self.gram, self.sums.sum(0), float(cnt.sum()), delta)
+        # cross: Σ_pairs over both orders of (y_a + δ)(y_b + δ)ᵀ = H + δ spᵀ + sp δᵀ + (paired positions) δδᵀ
+        out.cross = _reshift_gram(self.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
         if out.group_gram is not None:
-            out.group_gram += (delta.view(1, -1, 1) * s.unsqueeze(1) + s.unsqueeze(2) * delta.view(1, 1, -1)
-                               + cnt.view(-1, 1, 1) * torch.outer(delta, delta)).float()
-        total_s, total_n = s.sum(0), float(cnt.sum())
-        out.gram = _reshift_gram(self.gram, total_s, total_n, delta)
-        out.shift, out.sums = shift.clone(), s + cnt.view(-1, 1) * delta
+            for g in range(self.groups):
+                out.group_gram[g] += pack(_reshift_gram(torch.zeros_like(self.gram), self.sums[g], float(cnt[g]),
+                                                        delta), 0).float()
+                out.group_cross[g] += pack(_reshift_gram(torch.zeros_like(self.gram), self.pair_sums[g],
+                                                         float(pcnt[g]), delta), 0).float()
+        out.shift = shift.clone()
+        out.sums = self.sums + cnt.view(-1, 1) * delta
+        out.pair_sums = self.pair_sums + pcnt.view(-1, 1) * delta
+        out.pending = {j: (i, y + (delta * w).to(y.dtype).view(-1, 1), w) for j, (i, y, w) in self.pending.items()}
         return out
 
     def to(self, device: str | torch.device) -> GroupedStats:
         """A copy on another device (the statistics are unchanged)."""
-        moved = {k: (v.to(device, copy=True) if isinstance(v, torch.Tensor) else v)
-                 for k, v in self.__dict__.items()}
-        moved["device"] = torch.device(device)
-        return GroupedStats(**moved)
+        out = self._copy()
+        for name in _TENSORS:
+            value = getattr(out, name)
+            if isinstance(value, torch.Tensor):
+                setattr(out, name, value.to(device))
+        out.pending = {j: (i, y.to(device), w) for j, (i, y, w) in self.pending.items()}
+        out.device = torch.device(device)
+        return out
 
     def _copy(self) -> GroupedStats:
-        return GroupedStats(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
+        values = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        values["pending"] = {j: (i, y.clone(), w) for j, (i, y, w) in self.pending.items()}
+        return GroupedStats(**values)
+
+    def _layout(self) -> tuple[Any, ...]:
+        return self.channels, self.groups, self.chunk, self.tol, self.positions, self.seed
 
     def merge(self, other: GroupedStats) -> GroupedStats:
-        """A new ``GroupedStats`` holding both image sets (group k with group k). Neither input is changed."""
+        """A new ``GroupedStats`` holding both image sets (group k with group k; a pair split between the two
+        is completed). Neither input is changed."""
         if other.channels is None or other.total_count == 0:
             return self._copy()
         if self.channels is None or self.total_count == 0:
             return other._copy()
-        if (other.channels, other.groups, other.chunk, other.tol) != (self.channels, self.groups, self.chunk, self.tol):
-            raise GhostmapsError("cannot merge statistics with different channels, groups, chunk or tol: "
-                                 f"{(self.channels, self.groups, self.chunk, self.tol)} vs "
-                                 f"{(other.channels, other.groups, other.chunk, other.tol)}.")
+        if other._layout() != self._layout():
+            raise GhostmapsError("cannot merge statistics with different channels, groups, chunk, tol, positions or "
+                                 f"seed: {self._layout()} vs {other._layout()}.")
         o = (other if other.device == self.device else other.to(self.device)).with_shift(self.shift)
         out = self._copy()
-        out.gram += o.gram
-        if out.group_gram is not None:
-            out.group_gram += o.group_gram
-        out.sums += o.sums
-        out.count += o.count
-        out.images += o.images
-        out.nonzero += o.nonzero
+        for name in ("gram", "cross", "group_gram", "group_cross", "sums", "count", "images", "pair_sums",
+                     "pair_count", "nonzero", "sampled"):
+            if getattr(out, name) is not None:
+                setattr(out, name, getattr(out, name) + getattr(o, name))
         out.min, out.max = torch.minimum(self.min, o.min), torch.maximum(self.max, o.max)
-        if self.position_sums is not None and o.position_sums is not None and self.spatial == o.spatial:
-            out.position_sums = self.position_sums + o.position_sums
-        else:
-            out.position_sums = None
+        if out.spatial != o.spatial:
+            out.spatial = None
+        for j, (i, y, w) in o.pending.items():
+            mine = out.pending.pop(j, None)
+            if mine is None:
+                out.pending[j] = (i, y.clone(), w)
+            elif mine[1].shape == y.shape and mine[2] == w and mine[0] != i:
+                p = round(y.shape[1] * w * w)  # the positions of each image (weight² = P / sampled)
+                out._complete(mine[1], y, self.group_of(i), w, p)
         return out
 
     def __add__(self, other: GroupedStats) -> GroupedStats:
@@ -265,11 +335,13 @@ class GroupedStats:
 
         Every process must call it with statistics of the same layer, initialised with ``init`` (zero counts
         allowed). All move to one common shift (the count-weighted mean of the shifts) first, so the sums of
-        the shifted moments are exact; the result on every process equals a single pass over all images."""
+        the shifted moments are exact; the result on every process equals a single pass over all images. Pairs
+        never straddle processes (blocks of an even number of images), so nothing is pending across them."""
         import torch.distributed as dist
 
         if self.channels is None:
             raise GhostmapsError("call init(channels, spatial) before all_reduce on a process that saw no images.")
+        self.finish()
         cnt = torch.tensor([float(self.total_count)], dtype=torch.float64, device=self.device)
         weighted = self.shift * cnt
         dist.all_reduce(cnt)
@@ -278,44 +350,44 @@ class GroupedStats:
         self.started = bool(cnt.item() > 0)
         if self.total_count:
             rebased = self.with_shift(common)
-            self.gram, self.group_gram, self.sums = rebased.gram, rebased.group_gram, rebased.sums
+            for name in ("gram", "cross", "group_gram", "group_cross", "sums", "pair_sums"):
+                setattr(self, name, getattr(rebased, name))
         self.shift = common
-        has_positions = torch.tensor([0 if self.position_sums is None else 1], device=self.device)
-        dist.all_reduce(has_positions, op=dist.ReduceOp.MIN)
-        if int(has_positions) == 0:
-            self.position_sums = None
-        tensors = [self.gram, self.sums, self.count, self.images, self.nonzero]
-        if self.group_gram is not None:
-            tensors.append(self.group_gram)
-        if self.position_sums is not None:
-            tensors.append(self.position_sums)
-        for t in tensors:
-            dist.all_reduce(t)
+        for name in ("gram", "cross", "sums", "count", "images", "pair_sums", "pair_count", "nonzero", "sampled",
+                     "group_gram", "group_cross"):
+            if getattr(self, name) is not None:
+                dist.all_reduce(getattr(self, name))
         dist.all_reduce(self.min, op=dist.ReduceOp.MIN)
         dist.all_reduce(self.max, op=dist.ReduceOp.MAX)
         return self
 
     def collapsed(self) -> GroupedStats:
-        """A copy with all images in one group: the same totals and baseline, no group matrices (and so no
-        bootstrap intervals); (8 + 4K)·C² bytes become 8·C²."""
+        """A copy with all images in one group: the same totals and null, no group vectors (and so no intervals);
+        16·C² + 4·K·C² bytes become 16·C²."""
         out = self._copy()
-        out.groups, out.group_gram = 1, None
+        out.groups, out.group_gram, out.group_cross = 1, None, None
         if out.sums is not None:
-            out.sums = out.sums.sum(0, keepdim=True)
-            out.count = out.count.sum(0, keepdim=True)
-            out.images = out.images.sum(0, keepdim=True)
+            for name in ("sums", "count", "images", "pair_sums", "pair_count"):
+                setattr(out, name, getattr(out, name).sum(0, keepdim=True))
         return out
+
+    def nbytes(self) -> int:
+        """Bytes held by the accumulators (what a survey keeps per layer)."""
+        total = sum(v.numel() * v.element_size() for v in (getattr(self, n) for n in _TENSORS)
+                    if isinstance(v, torch.Tensor))
+        return total + sum(y.numel() * y.element_size() for _, y, _ in self.pending.values())
 
     def state_dict(self) -> dict[str, object]:
         """Plain tensors and numbers (for ``torch.save`` / ``torch.load(weights_only=True)``)."""
-        return {k: (v.cpu() if isinstance(v, torch.Tensor) else (str(v) if k == "device" else v))
-                for k, v in self.__dict__.items()} | {"spatial": list(self.spatial or ())}
+        state = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+                 if k not in ("device", "pending")}
+        state["spatial"] = list(self.spatial or ())
+        state["pending"] = [[j, i, y.cpu(), w] for j, (i, y, w) in self.pending.items()]
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, object]) -> GroupedStats:
         state = dict(state)
-        state["device"] = torch.device("cpu")
         state["spatial"] = tuple(state["spatial"]) if state.get("channels") is not None else None
-        count = state.get("count")
-        state.setdefault("started", isinstance(count, torch.Tensor) and int(count.sum()) > 0)  # older files
+        state["pending"] = {int(j): (int(i), y, float(w)) for j, i, y, w in state.get("pending", [])}
         return cls(**state)

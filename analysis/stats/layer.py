@@ -195,7 +195,7 @@ class LayerStats:
         self._require()
         return 1.0 - self.nonzero.to(torch.float64) / self.count
 
-    def similarity_matrix(self, metric: str = "cosine") -> torch.Tensor:
+    def similarity_matrix(self, metric: str = "pearson") -> torch.Tensor:
         """C×C channel similarity from the moments: ``"cosine"`` (uncentred) or ``"pearson"`` (centred).
 
         Rows and columns of dead or constant channels are 0 (never NaN); the diagonal of the other channels

@@ -18,7 +18,7 @@ from analysis._core.io import atomic_write as _atomic_write
 from analysis._core.results import Result, plain
 from analysis.measure.groups import GhostGroups, ghost_groups
 from analysis.measure.pairs import GhostPairs, ghost_pairs
-from analysis.measure.scores import SCORE_NAMES, Redundancy, redundancy
+from analysis.measure.scores import REDUNDANCY_COLUMNS, Redundancy, redundancy
 from analysis.measure.similarity import ChannelSimilarity, channel_similarity
 from analysis.stats import GroupedStats
 from analysis.survey.settings import check_settings
@@ -27,20 +27,20 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 FORMAT = "ghostmaps-survey"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SCORING = ("threshold", "metric", "level", "linkage", "pairs", "rank99")
 #: a layer's table row: the ``Redundancy`` row, then the shape and the strongest pair
-_LAYER_COLUMNS = ("layer", "channels", "valid", "dead", "constant", "images", "metric", "threshold", "suggested_ratio",
-                  *(f"{n}{suffix}" for n in SCORE_NAMES for suffix in ("", "_baseline", "_low", "_high")),
-                  "shape", "top_pair", "top_pair_score")
+_LAYER_COLUMNS = (*REDUNDANCY_COLUMNS, "shape", "top_pair", "top_pair_score", "top_pair_sparse", "sparse_pairs")
 
 
 @dataclass(eq=False)
 class LayerSurvey(Result):
-    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics.
+    """One layer of a survey: its output shape (C, H, W), scores, ghost groups and pairs, and statistics
+    (``baseline_stats``: the untrained network's, when the survey had one).
 
     ``rows()`` is the one ``row()``; ``to_dict`` leaves the statistics out (``Survey.save`` keeps them), and
-    ``from_dict`` also reads the ``"stats"`` state dict that ``save`` writes beside them. Equality compares
-    ``to_dict()``.
+    ``from_dict`` also reads the ``"stats"`` and ``"baseline_stats"`` state dicts that ``save`` writes beside
+    them. Equality compares ``to_dict()``.
     """
 
     name: str
@@ -49,6 +49,7 @@ class LayerSurvey(Result):
     groups: GhostGroups
     pairs: GhostPairs
     stats: GroupedStats | None = None
+    baseline_stats: GroupedStats | None = None
     _similarity: ChannelSimilarity | None = field(default=None, repr=False)
 
     @property
@@ -78,6 +79,8 @@ class LayerSurvey(Result):
         row["shape"] = "×".join(map(str, self.shape))
         row["top_pair"] = f"{self.pairs[0].i}~{self.pairs[0].j}" if len(self.pairs) else ""
         row["top_pair_score"] = self.pairs[0].score if len(self.pairs) else None
+        row["top_pair_sparse"] = self.pairs[0].sparse if len(self.pairs) else None
+        row["sparse_pairs"] = sum(p.sparse for p in self.pairs)
         return row
 
     _COLUMNS = _LAYER_COLUMNS
@@ -91,9 +94,10 @@ class LayerSurvey(Result):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        stats = GroupedStats.from_state_dict(data["stats"]) if data.get("stats") else None
+        stats, base = (GroupedStats.from_state_dict(data[k]) if data.get(k) else None
+                       for k in ("stats", "baseline_stats"))
         return cls(data["name"], tuple(int(v) for v in data["shape"]), Redundancy.from_dict(data["redundancy"]),
-                   GhostGroups.from_dict(data["groups"]), GhostPairs.from_dict(data["pairs"]), stats)
+                   GhostGroups.from_dict(data["groups"]), GhostPairs.from_dict(data["pairs"]), stats, base)
 
     def __str__(self) -> str:
         return f"{self.redundancy}\n  {self.groups}\n{self.pairs}"
@@ -149,15 +153,14 @@ class Survey(Result):
 
     def save(self, path: str | os.PathLike, stats: bool = True, groups: bool = True) -> Path:
         """Write the survey to one file (``torch.save`` of plain data), atomically. With ``stats`` the per-layer
-        statistics come along, so ``load`` can give similarity matrices and ``rescore``; ``groups=False`` leaves
-        out the per-group matrices (a file of 8·C² instead of (8 + 4K)·C² bytes per layer; a rescore then has
-        no intervals)."""
+        statistics come along (and the untrained baseline's), so ``load`` can give similarity matrices and
+        ``rescore``; ``groups=False`` leaves out the per-group vectors (a file of 16·C² instead of
+        16·C² + 4·K·C² bytes per layer; a rescore then has no intervals)."""
         payload = self.to_dict()
         for entry, layer in zip(payload["layers"], self, strict=True):
-            kept = None
-            if stats and layer.stats is not None:
-                kept = (layer.stats if groups else layer.stats.collapsed()).state_dict()
-            entry["stats"] = kept
+            for key, kept in (("stats", layer.stats), ("baseline_stats", layer.baseline_stats)):
+                entry[key] = (kept if groups else kept.collapsed()).state_dict() if stats and kept is not None \
+                    else None
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = Path(path)
@@ -176,50 +179,75 @@ class Survey(Result):
             raise GhostmapsError(f"{path} is not a readable survey file ({exc}).") from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise GhostmapsError(f"{path} is not a ghostmaps survey file.")
+        if payload.get("version") != FORMAT_VERSION:
+            raise GhostmapsError(f"{path} is a survey file of format version {payload.get('version')}, this "
+                                 f"ghostmaps reads version {FORMAT_VERSION}; survey again.")
         return cls.from_dict(payload)
 
-    def rescore(self, threshold: float | None = None, metric: str | None = None, bootstrap: int | None = None,
-                level: float | None = None, linkage: str | None = None, pairs: int | None = None,
-                seed: int | None = None, layers: Sequence[str] | None = None) -> Survey:
+    def rescore(self, threshold: float | None = None, metric: str | None = None, level: float | None = None,
+                linkage: str | None = None, pairs: int | None = None, rank99: bool | None = None,
+                layers: Sequence[str] | None = None) -> Survey:
         """The same survey scored with other settings, from the kept statistics (no forward pass); ``layers``
         keeps only those layers."""
-        settings = {k: self.meta.get(k) for k in ("threshold", "metric", "bootstrap", "level", "linkage", "pairs",
-                                                  "seed")}
-        for k, v in {"threshold": threshold, "metric": metric, "bootstrap": bootstrap, "level": level,
-                     "linkage": linkage, "pairs": pairs, "seed": seed}.items():
+        settings = {k: self.meta.get(k) for k in SCORING}
+        for k, v in {"threshold": threshold, "metric": metric, "level": level, "linkage": linkage,
+                     "pairs": pairs, "rank99": rank99}.items():
             if v is not None:
                 settings[k] = v
-        check_settings(**{k: v for k, v in settings.items() if k != "seed" and v is not None})
+        settings["rank99"] = bool(settings.get("rank99"))
+        check_settings(**{k: v for k, v in settings.items() if v is not None})
         chosen = [self[name] for name in layers] if layers is not None else list(self)
         missing = [layer.name for layer in chosen if layer.stats is None]
         if missing:
             raise GhostmapsError(f"layers {missing[:3]} have no statistics (saved with stats=False); survey again.")
-        done = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, **settings) for layer in chosen}
+        done = {layer.name: _score_layer(layer.name, layer.shape, layer.stats, layer.baseline_stats, **settings)
+                for layer in chosen}
         return Survey(done, {**self.meta, **settings})
 
     def __str__(self) -> str:
         m = self.meta
+        first = next(iter(self.layers.values()), None)
+        k = first.redundancy.interval_groups if first is not None else 0
         head = (f"survey of {m.get('model', 'a model')} over {m.get('images', '?')} images, {len(self)} layers, "
-                f"{m.get('metric')} similarity, τ = {m.get('threshold')}")
-        lines = [head, f"{'layer':<28} {'C':>5} {'dead':>4}  {'ghost frac [CI] (null)':<30} {'s':>3}"]
+                f"{m.get('metric')} similarity, τ = {m.get('threshold')}; intervals: "
+                f"{int(round(100 * m.get('level', 0.95)))}% jackknife over {k} image groups"
+                + (f"; moments estimated from {m['positions']} positions per image" if m.get("positions") else "")
+                + "; ghost fraction: value (split halves), not an interval")
+        base = any(layer.redundancy.scores["mean_sq_similarity"].untrained is not None for layer in self)
+        cols = f"{'layer':<26} {'C':>5} {'dead':>4} {'sparse':>6}  {'mean S² [CI]':<24} {'Δ null [CI]':<26}"
+        cols += f" {'Δ untrained [CI]':<26}" if base else ""
+        lines = [head, cols + f" {'ghost frac (halves)':<22} {'s':>2}"]
         for layer in self:
             r = layer.redundancy
-            lines.append(f"{layer.name:<28} {r.channels:>5} {len(r.dead):>4}  {str(r.scores['ghost_fraction']):<30} "
-                         f"{r.suggested_ratio:>3}")
+            sq, gf = r.scores["mean_sq_similarity"], r.scores["ghost_fraction"]
+            row = f"{layer.name:<26} {r.channels:>5} {len(r.dead):>4} {len(r.sparse):>6}  {_est(sq):<24} " \
+                  f"{_delta(sq.null):<26}"
+            row += f" {_delta(sq.untrained):<26}" if base else ""
+            halves = f" ({gf.halves[0]:.2f}, {gf.halves[1]:.2f})" if gf.halves else ""
+            lines.append(row + f" {f'{gf.observed:.3f}{halves}':<22} {r.suggested_ratio:>2}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"Survey({len(self)} layers, images={self.meta.get('images')}, model={self.meta.get('model')!r})"
 
 
+def _est(score: Any) -> str:
+    return f"{score.observed:.4f}" + ("" if score.low is None else f" [{score.low:.4f}, {score.high:.4f}]")
+
+
+def _delta(b: Any) -> str:
+    if b is None or b.excess is None:
+        return "—"
+    return f"{b.excess:+.4f}" + ("" if b.low is None else f" [{b.low:+.4f}, {b.high:+.4f}]")
+
+
 # -- scoring one layer --------------------------------------------------------------------------------------
-def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, *, metric: str, threshold: float,
-                 bootstrap: int, level: float, linkage: str, pairs: int, seed: int) -> LayerSurvey:
+def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baseline: GroupedStats | None = None, *,
+                 metric: str, threshold: float, level: float, linkage: str, pairs: int, rank99: bool = False
+                 ) -> LayerSurvey:
     sim = channel_similarity(stats.total(), metric, layer=name)
     found = ghost_groups(sim, threshold, linkage)
-    red = redundancy(stats, metric=metric, threshold=threshold, bootstrap=bootstrap, level=level,
-                     linkage=linkage, seed=seed, layer=name, observed_groups=found)
+    red = redundancy(stats, metric=metric, threshold=threshold, level=level, linkage=linkage, layer=name,
+                     observed_groups=found, baseline=baseline, rank99=rank99)
     top = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
-    return LayerSurvey(name, tuple(shape), red, found, top, stats, sim)
-
-
+    return LayerSurvey(name, tuple(shape), red, found, top, stats, baseline, sim)

@@ -2,21 +2,23 @@
 
 ``survey`` runs the model over the images batch by batch; every captured map is folded into its layer's
 ``GroupedStats`` inside the forward hook's callback and dropped, so memory is O(C²) per layer whatever the
-number of images. At the end each layer gets its similarity matrix, dead/constant channels, ghost pairs,
-ghost groups and redundancy scores with null baselines and bootstrap intervals (``analysis.scores``).
-``Survey`` is plain data: a table (``to_frame``/``to_csv``), JSON, and ``save``/``load`` of everything
-including the statistics, so a survey over thousands of images is computed once and re-scored or re-plotted
-later.
+number of images. At the end each layer gets its similarity matrix, dead/constant/sparse channels, ghost
+pairs, ghost groups and redundancy scores with the noise-matched null, optionally the untrained baseline, and
+jackknife intervals (``analysis.measure.scores``). ``Survey`` is plain data: a table, JSON, and
+``save``/``load``/``rescore`` of everything including the statistics.
 
 Under ``torchrun``, ``survey(..., distributed=True)`` gives every process its share of the images (blocks of
-consecutive images, dealt round-robin) and sums the statistics with ``torch.distributed.all_reduce``; every
-process ends with the result a single process would get.
+an even number of consecutive images, dealt round-robin) and sums the statistics with ``all_reduce``; every
+process ends with the result a single process would get. ``checkpoint=`` writes the accumulators every
+``checkpoint_every`` batches; ``resume=True`` continues from there and gives exactly the uninterrupted result.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,27 +26,28 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_dtype
-from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_THRESHOLD
+from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_METRIC, DEFAULT_THRESHOLD
 from analysis.data.batches import as_images
 from analysis.data.models import LoadedModel, as_loaded
-from analysis.hooks import LayerSpec, capture, eval_mode
+from analysis.hooks import LayerSpec, resolve_layers
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, block_size
 from analysis.stats.distributed import _distributed_context, _full_device, _sync_layers
+from analysis.survey.baseline import reestimate_batchnorm, untrained_copy
+from analysis.survey.checkpoint import load_checkpoint, model_fingerprint, source_fingerprint
 from analysis.survey.result import Survey, _score_layer
 from analysis.survey.settings import check_settings
+from analysis.survey.stream import Folded, Stream, bn_batches
 
 
-# -- the survey ---------------------------------------------------------------------------------------------
 def survey(
     model: nn.Module | LoadedModel | str,
     images: Any = "samples",
     layers: LayerSpec = "Conv2d",
-    metric: str = "cosine",
+    metric: str = DEFAULT_METRIC,
     threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
-    bootstrap: int = 100,
     level: float = DEFAULT_LEVEL,
     groups: int = DEFAULT_GROUPS,
     linkage: str = "complete",
@@ -53,34 +56,61 @@ def survey(
     seed: int = 0,
     limit: int | None = None,
     distributed: bool = False,
+    positions: int | None = None,
+    baseline: str | None = None,
+    baseline_every: int = 2,
+    baseline_positions: int | None = 256,
+    baseline_bn_images: int = 16,
+    rank99: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
 ) -> Survey:
     """Stream ``images`` through ``model`` and measure every chosen layer's redundancy.
 
     Args:
         model: an ``nn.Module`` (ImageNet preprocessing for image files), a ``load_model`` result (its
-            preprocessing), or a model name for ``load_model``. It is not modified: train/eval flags are
-            restored, hooks removed, BatchNorm statistics untouched. It must already be on ``device``.
+            preprocessing), or a model name for ``load_model``. It is not modified. It must be on ``device``.
         images: any image source of ``analysis.data.batches``: paths, folders, globs, ``"samples"`` (read with
             the model's preprocessing), an ``ImageSource``, an N×C×H×W tensor, a list of image tensors, a
             Dataset, a DataLoader or an iterable of batches (tensors or ``(images, labels)``).
         layers: which outputs to survey (names, globs, a type such as ``"Conv2d"``; see ``capture``).
-        metric: ``"cosine"`` or ``"pearson"`` channel similarity.
-        threshold: τ, the |similarity| at which channels are ghosts of each other (scores and groups).
+        metric: ``"pearson"`` (default; invariant to the per-channel scale and offset a following BN removes)
+            or ``"cosine"`` (biased upwards for non-negative maps).
+        threshold: τ, the |similarity| at which channels are ghosts of each other.
         batch_size: images per forward; results do not depend on it.
         device: where the forward runs (default: the model's device).
         progress: show a tqdm bar (images/s).
-        bootstrap: replicates for the confidence intervals (0: none); level: their confidence level.
-        groups: image groups the bootstrap redraws (memory (8 + 4·groups)·C² bytes per layer).
-        linkage: ghost-group linkage; pairs: ghost pairs kept per layer; tol: zero tolerance; seed: bootstrap seed.
+        level: confidence level of the jackknife intervals.
+        groups: K, the image groups the jackknife leaves out one at a time (memory 16·C² + 4·K·C² bytes per
+            layer; K = 16 keeps every Conv2d of mobilenet_v2 at 0.9 GB).
+        linkage: ghost-group linkage; pairs: ghost pairs kept per layer; tol: zero tolerance.
+        seed: seed of the untrained network and of ``positions`` subsets.
         limit: use at most this many images.
-        distributed: under ``torchrun`` (or an initialised process group) split the images over the processes
-            and all-reduce the statistics; every process returns the full result.
+        distributed: under ``torchrun`` split the images over the processes and all-reduce the statistics.
+        positions: fold only this many seeded random positions of each image (per pair; an unbiased estimate
+            of every moment, faster on large maps; the result's ``estimated`` says so). None: all positions.
+        baseline: ``"untrained"``: also survey the same architecture re-initialised (``seed``), its BatchNorm
+            statistics re-estimated on the first ``baseline_bn_images`` images it sees, on every
+            ``baseline_every``-th image pair (``baseline_positions`` positions per image; None: all), in the
+            same pass; every score gets its untrained value and the excess with a paired interval.
+        rank99: also compute rank99 (cross-validated eigendecompositions, O(C³) per layer).
+        checkpoint: a file for the accumulators, written atomically every ``checkpoint_every`` batches and at
+            the end of the stream; ``resume=True`` continues from it (refused if it was made for another model,
+            layer set, image source or settings).
 
     Returns:
-        A ``Survey`` (see the module docstring; formulas of the scores in ``analysis.scores``).
+        A ``Survey`` (formulas of the scores in ``analysis.measure.scores``).
     """
-    check_settings(metric=metric, threshold=threshold, bootstrap=bootstrap, level=level, linkage=linkage,
-                   pairs=pairs, batch_size=batch_size, groups=groups, tol=tol, limit=limit)
+    check_settings(metric=metric, threshold=threshold, level=level, linkage=linkage, pairs=pairs,
+                   batch_size=batch_size, groups=groups, tol=tol, limit=limit, positions=positions,
+                   baseline=baseline, baseline_every=baseline_every, baseline_positions=baseline_positions,
+                   baseline_bn_images=baseline_bn_images, checkpoint_every=checkpoint_every, rank99=rank99)
+    if (checkpoint is not None or baseline is not None) and distributed:
+        raise GhostmapsError("checkpoint= and baseline= are not supported with distributed=True yet; run them in "
+                             "one process, or survey without them.")
+    if resume and checkpoint is None:
+        raise GhostmapsError("resume=True needs checkpoint=PATH, the file to resume from.")
     net, preprocess, info = as_loaded(model)
     param = next(net.parameters(), None)
     model_device = param.device if param is not None else torch.device("cpu")
@@ -91,40 +121,45 @@ def survey(
     if distributed and isinstance(getattr(images, "sampler", None), torch.utils.data.DistributedSampler):
         raise GhostmapsError("with distributed=True pass a DataLoader without a DistributedSampler: survey splits "
                              "the images over the processes itself.")
-    source = as_images(images, preprocess, limit=limit)
+    raw = images
+    images = as_images(images, preprocess, limit=limit)  # the one image adapter
     rank, world, started = _distributed_context(distributed, device)
-    total = source.length
-    chunk = block_size(total, groups)  # unknown length: one image per block, image i in group i mod K
-    found: dict[str, GroupedStats] = {}
-    order: list[str] = []
-    skipped: set[str] = set()
-    current: list[int] = []
-
-    def fold(name: str, maps: torch.Tensor) -> None:
-        if maps.dim() not in (2, 4) or not (maps.is_floating_point()):
-            skipped.add(name)
-            return
-        stats = found.get(name)
-        if stats is None:
-            stats = found[name] = GroupedStats(groups=groups, chunk=chunk, tol=tol)
-            order.append(name)
-        stats.update(maps, current, owned=True)  # capture's copy, used once
-
+    total = images.length
+    chunk = block_size(total, groups)
+    dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
+    template = GroupedStats(groups=groups, chunk=chunk, tol=tol, positions=positions, seed=seed)
+    stream = Stream(net, layers, device, dtype, Folded(template), every=baseline_every)
+    settings = {"groups": groups, "chunk": chunk, "tol": tol, "positions": positions, "seed": seed,
+                "baseline": baseline, "baseline_every": baseline_every, "baseline_positions": baseline_positions,
+                "baseline_bn_images": baseline_bn_images}
+    identity = {} if checkpoint is None else {
+        "model": model_fingerprint(net), "layers": sorted(resolve_layers(net, layers)),
+        "source": source_fingerprint(images, raw), "settings": settings}
+    restored = None
+    if resume and Path(checkpoint).is_file():
+        restored = load_checkpoint(checkpoint, identity)
+        stream.observed.found, stream.observed.order = restored["stats"], list(restored["order"])
+        stream.done = int(restored["done"])
+    if baseline is not None:
+        stream.untrained = untrained_copy(net, seed)
+        stream.baseline = Folded(GroupedStats(groups=groups, chunk=chunk, tol=tol, positions=baseline_positions,
+                                              seed=seed))
+        if restored is not None:
+            stream.untrained.load_state_dict(restored["baseline_state"])
+            stream.baseline.found = restored["baseline"]
+            stream.baseline.order = [n for n in stream.observed.order if n in stream.baseline.found]
+        else:
+            reestimate_batchnorm(stream.untrained, bn_batches(images, raw, batch_size, chunk, stream.keeps,
+                                                              baseline_bn_images, stream._to_device))
     from tqdm.auto import tqdm
 
     share = None if total is None else sum(1 for i in range(total) if (i // chunk) % world == rank)
-    bar = tqdm(total=share, unit="img", desc="survey", disable=not progress or rank != 0, dynamic_ncols=True)
-    dtype = model_dtype(net)  # image files load as float32; an fp16/bf16 model needs its own dtype
+    bar = tqdm(total=share, initial=stream.done, unit="img", desc="survey", disable=not progress or rank != 0,
+               dynamic_ncols=True)
     start_time = time.perf_counter()
-    n_images = 0
     error: Exception | None = None
     try:
-        with eval_mode(net), torch.inference_mode(), capture(net, layers, store=False, callback=fold):
-            for positions, batch, *_ in source.batches(batch_size, chunk=chunk, rank=rank, world=world):
-                current[:] = positions
-                net(batch.to(device=device, dtype=dtype) if batch.is_floating_point() else batch.to(device))
-                n_images += len(positions)
-                bar.update(len(positions))
+        stream.run(images, batch_size, chunk, rank, world, bar, checkpoint, checkpoint_every, identity)
     except Exception as exc:
         if world == 1:
             raise
@@ -132,34 +167,49 @@ def survey(
     finally:
         bar.close()
     try:
+        found, order = stream.observed.found, stream.observed.order
         if world > 1:
-            order = _sync_layers(found, order, groups, chunk, tol, device, error)
+            order = _sync_layers(found, order, template, device, error)
         if not order:
+            skipped = stream.observed.skipped
             raise GhostmapsError(f"no feature maps were captured from layers {layers!r}"
                                  f"{' (outputs: ' + ', '.join(sorted(skipped)[:4]) + ')' if skipped else ''}; "
                                  "pick convolutional layers, e.g. layers='Conv2d'.")
         seconds = time.perf_counter() - start_time
-        settings = {"metric": metric, "threshold": float(threshold), "bootstrap": int(bootstrap),
-                    "level": float(level), "linkage": linkage, "pairs": int(pairs), "seed": int(seed)}
+        scoring = {"metric": metric, "threshold": float(threshold), "level": float(level), "linkage": linkage,
+                   "pairs": int(pairs), "rank99": bool(rank99)}
         results = {}
         _release_free_memory()
+        base_found = {} if stream.baseline is None else stream.baseline.found
         for name in order:
-            stats = found[name]
+            stats = found[name] = _recentred(found[name].finish())  # the old copy is dropped at once
+            base = base_found.get(name)
+            if base is not None:
+                base = base_found[name] = _recentred(base.finish())
             shape = (stats.channels, *(stats.spatial or ()))
-            results[name] = _score_layer(name, shape, stats, **settings)
+            results[name] = _score_layer(name, shape, stats, base, **scoring)
             _release_free_memory()
         images_seen = next(iter(results.values())).redundancy.images
         meta = {"model": info.name, "weights": info.weights, "images": images_seen, "layers": layers
                 if isinstance(layers, str) else [str(x) for x in layers] if isinstance(layers, Sequence)
-                else str(layers), "batch_size": batch_size, "device": str(device), "groups": groups,
-                "chunk": chunk, "tol": tol, "world_size": world, "forward_seconds": round(seconds, 3),
-                "skipped_outputs": sorted(skipped), **settings}
+                else str(layers), "batch_size": batch_size, "device": str(device), "world_size": world,
+                "forward_seconds": round(seconds, 3), "skipped_outputs": sorted(stream.observed.skipped),
+                "resumed_from": None if restored is None else int(restored["done"]), **settings, **scoring}
         return Survey(results, meta)
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _recentred(stats: GroupedStats) -> GroupedStats:
+    """The statistics about their own mean (Pearson's centre: the scores then read them without a copy, and the
+    float32 group vectors hold the smallest numbers)."""
+    if stats.total_count == 0:
+        return stats
+    m = stats.moments()
+    return stats.with_shift(stats.shift + m.sums / m.count)
 
 
 def _release_free_memory() -> None:
@@ -177,5 +227,3 @@ def _release_free_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-

@@ -62,7 +62,7 @@ def test_info_of_ghostnetv2_and_v3(capsys):
 
 def test_survey_with_a_local_weights_file(tmp_path, capsys, small_weights):
     out = tmp_path / "survey"
-    assert main(["survey", "-m", f"timm:{SMALL}", "-w", str(small_weights), "--limit", "2", "--bootstrap", "0",
+    assert main(["survey", "-m", f"timm:{SMALL}", "-w", str(small_weights), "--limit", "2",
                  "--layers", "blocks.1.*.conv_*", "--no-progress", "-o", str(out)]) == 0
     data = json.loads((out / "survey.json").read_text())
     assert data["meta"]["model"] == f"timm:{SMALL}" and data["meta"]["weights"] == str(small_weights)

@@ -85,10 +85,11 @@ def instances() -> dict[str, Result]:
     maps = _maps()
     sim = channel_similarity(maps, layer="conv")
     pairs = ghost_pairs(sim, k=3)
-    red = redundancy(maps, bootstrap=5, layer="conv")
+    red = redundancy(maps, layer="conv")
     tiny = TinyNet().eval()
     x = torch.randn(6, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    surveyed = survey(tiny, x, layers=["conv1", "conv2"], bootstrap=5, progress=False)
+    surveyed = survey(tiny, x, layers=["conv1", "conv2"], baseline="untrained", baseline_positions=None,
+                      progress=False)
     single = fit_cheap_op(maps[:, 2], maps[:, 5])
     batch = fit_cheap_op(maps[:, [2, 3]].transpose(0, 1), maps[:, [5, 4]].transpose(0, 1))
     suggestion = suggest_ratio(maps, max_error=10.0, ratios=(2, 3))
@@ -200,9 +201,9 @@ def test_to_frame_without_pandas_raises_one_error_naming_to_csv(instances, monke
 
 def test_empty_tables_still_have_their_header():
     pairs = GhostPairs([], "cosine", "x")
-    assert pairs.rows() == [] and pairs.to_csv() == "layer,rank,i,j,score\n"
+    assert pairs.rows() == [] and pairs.to_csv() == "layer,rank,i,j,score,sparse\n"
     assert GhostPairs.from_dict(json.loads(pairs.to_json())) == pairs
-    assert list(pairs.to_frame().columns) == ["layer", "rank", "i", "j", "score"]
+    assert list(pairs.to_frame().columns) == ["layer", "rank", "i", "j", "score", "sparse"]
 
 
 def test_plain_and_floats_turn_non_finite_numbers_into_none_and_back():

@@ -142,7 +142,6 @@ def test_the_validators_normalise_or_name_the_input_and_the_fix():
 def test_one_metric_check_and_one_default_threshold_everywhere(tiny):
     from analysis import LayerStats, channel_similarity, ghost_groups, redundancy, survey
     from analysis._core.validation import DEFAULT_LEVEL, DEFAULT_THRESHOLD
-    from analysis.measure.scores import matrix_scores
     from analysis.survey.settings import check_settings
 
     maps = torch.rand(2, 3, 4, 4)
@@ -157,7 +156,7 @@ def test_one_metric_check_and_one_default_threshold_everywhere(tiny):
     assert messages == {"unknown metric 'l2'; use one of cosine, pearson."}
     import inspect
 
-    for fn in (ghost_groups, redundancy, matrix_scores, check_settings, survey):
+    for fn in (ghost_groups, redundancy, check_settings, survey):
         assert inspect.signature(fn).parameters["threshold"].default == DEFAULT_THRESHOLD == 0.9
     for fn in (redundancy, check_settings, survey):
         assert inspect.signature(fn).parameters["level"].default == DEFAULT_LEVEL == 0.95

@@ -157,8 +157,8 @@ def test_every_consumer_reads_every_kind_like_the_tensor(kind, fitted):
         # a DataLoader's own batches of 3 round float32 convs slightly differently from one batch of all
         assert a.summary()[key] == (value if value is None or isinstance(value, str) else pytest.approx(value, rel=1e-6)), key
     # the survey
-    s, t = survey(net, make(), layers="conv2", bootstrap=0, progress=False), \
-        survey(net, x, layers="conv2", bootstrap=0, progress=False)
+    s, t = survey(net, make(), layers="conv2", progress=False), \
+        survey(net, x, layers="conv2", progress=False)
     assert s.meta["images"] == N
     np.testing.assert_allclose(s["conv2"].similarity.matrix, t["conv2"].similarity.matrix, atol=1e-6)
     # figure 1 (the first image) and the gallery maps (the first three)

@@ -57,7 +57,7 @@ def test_serialisation_and_printing():
     m = np.array([[1, 0.8, 0.1], [0.8, 1, 0.2], [0.1, 0.2, 1]])
     pairs = ghost_pairs(m, k=2)
     data = json.loads(pairs.to_json())
-    assert data["pairs"][0] == {"i": 0, "j": 1, "score": 0.8}
+    assert data["pairs"][0] == {"i": 0, "j": 1, "score": 0.8, "sparse": False}
     assert "channel    0 ~ channel    1" in str(pairs)
     assert len(pairs) == 1  # exclusive: channel 2 has no free partner left
 
@@ -67,3 +67,21 @@ def test_bad_input():
         ghost_pairs(np.zeros((3, 4)))
     with pytest.raises(GhostmapsError, match="k must"):
         ghost_pairs(np.eye(3), k=0)
+
+
+def test_sparse_pairs_are_flagged_in_the_table_and_its_text():
+    g = torch.Generator().manual_seed(1)
+    maps = torch.relu(torch.randn(3, 6, 10, 10, generator=g))
+    gate = torch.rand(3, 1, 10, 10, generator=g) < 0.1  # on at ~10% of the positions
+    maps[:, 4] = maps[:, 0] * gate[:, 0] * 3.0  # a copy of channel 0, zero on ~90% of the positions...
+    maps[:, 5] = maps[:, 4] * 2.0 + 0.0  # ...and its double: a perfect, but sparse, pair
+    maps[:, 2] = maps[:, 1] * 0.5 + 0.01 * torch.rand(3, 10, 10, generator=g)  # a dense near-copy
+    sim = channel_similarity(maps)
+    apoz = (maps.transpose(0, 1).reshape(6, -1).abs() <= 1e-6).double().mean(1)
+    np.testing.assert_allclose(sim.apoz.numpy(), apoz.numpy())
+    assert sim.sparse.tolist() == [bool(a >= 0.8) for a in apoz]
+    pairs = ghost_pairs(sim, k=2)
+    flags = {(p.i, p.j): p.sparse for p in pairs}
+    assert flags == {(4, 5): True, (1, 2): False}
+    assert "sparse" in str(pairs) and json.loads(pairs.to_json())["pairs"][0]["sparse"] is True
+    assert "sparse" in pairs[0].label and "sparse" not in pairs[1].label

@@ -6,6 +6,7 @@ import hashlib
 import io
 
 import matplotlib.colors as mcolors
+import numpy as np
 import pytest
 import torch
 from matplotlib.patches import Rectangle
@@ -40,6 +41,9 @@ def test_figure1_boxes_pairs_in_matching_colours():
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["2 ~ 15  (0.900)", "4 ~ 7  (0.800)"]
     assert figure1_channels(20, pairs, 8) == [0, 1, 2, 3, 4, 5, 7, 15]
+    flagged = plots.figure1(maps, [GhostPair(2, 15, 0.9), GhostPair(4, 7, 0.8, sparse=True)], max_channels=8)
+    legend = [t.get_text() for t in flagged.legends[0].get_texts()]
+    assert legend == ["2 ~ 15  (0.900)", "4 ~ 7  (0.800, sparse: APoZ ≥ 0.8)"]
 
 
 def test_figure1_is_deterministic_and_saves_png_and_svg(tmp_path):
@@ -78,11 +82,13 @@ def test_run_figure1_end_to_end_on_the_pretrained_model(mobilenet, tmp_path):
     result = run_figure1(mobilenet, layer="features.3.conv.0", image="samples:chelsea", k=3)
     assert result.maps.shape == (144, 56, 56) and len(result.pairs) == 3
     best = result.pairs[0]
-    # independent check of the best score: cosine of the two flattened maps
-    a, b = result.maps[best.i].flatten().double(), result.maps[best.j].flatten().double()
-    assert best.score == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-6)
+    # independent check of the best score: the Pearson correlation (the default) of the two flattened maps
+    a, b = result.maps[best.i].flatten().double().numpy(), result.maps[best.j].flatten().double().numpy()
+    assert best.score == pytest.approx(float(np.corrcoef(a, b)[0, 1]), abs=1e-6)
+    apoz = (result.maps.flatten(1).abs() <= 1e-6).double().mean(1)
+    assert [p.sparse for p in result.pairs] == [bool(max(apoz[p.i], apoz[p.j]) >= 0.8) for p in result.pairs]
     written = result.save(tmp_path / "fig.png")
     assert {p.suffix for p in written} == {".png", ".json"}
-    assert result.to_dict()["layer"] == "features.3.conv.0"
+    assert result.to_dict()["layer"] == "features.3.conv.0" and result.to_dict()["metric"] == "pearson"
     with pytest.raises(GhostmapsError, match="not feature maps"):
         run_figure1(mobilenet, layer="classifier.1", image="samples:chelsea")

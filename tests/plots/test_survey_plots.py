@@ -30,25 +30,34 @@ def tiny_survey():
         model.conv2.weight[5] = model.conv2.weight[2] * 2  # channel 5 of conv2 = 2 × channel 2 (+ bias)
         model.conv2.bias[5] = model.conv2.bias[2] * 2
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    return model, x, survey(model, x, layers=["conv1", "conv2"], bootstrap=10, progress=False, threshold=0.95)
+    return model, x, survey(model, x, layers=["conv1", "conv2"], progress=False, threshold=0.95,
+                            baseline="untrained", baseline_positions=None, rank99=True)
 
 
-def test_redundancy_profile_draws_observed_baseline_and_band(tiny_survey):
+def test_redundancy_profile_draws_observed_baselines_band_and_halves(tiny_survey):
     _, _, s = tiny_survey
-    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "rank99"))
-    assert len(fig.axes) == 2
-    ax = fig.axes[0]
-    observed, baseline = ax.lines[0], ax.lines[1]
-    want = [layer.redundancy.scores["ghost_fraction"] for layer in s]
-    np.testing.assert_allclose(observed.get_ydata(), [w.observed for w in want])
-    np.testing.assert_allclose(baseline.get_ydata(), [w.baseline for w in want])
-    assert baseline.get_linestyle() == "--"
-    assert any(isinstance(c, PolyCollection) for c in ax.collections)  # the bootstrap band
-    ranks = fig.axes[1].lines[0].get_ydata()  # rank-like scores are per channel
+    fig = plots.redundancy_profile(s, scores=("mean_sq_similarity", "ghost_fraction", "rank99"))
+    assert len(fig.axes) == 3
+    smooth, threshold = fig.axes[0], fig.axes[1]
+    want = [layer.redundancy.scores["mean_sq_similarity"] for layer in s]
+    lines = {line.get_label(): line for line in smooth.lines}
+    np.testing.assert_allclose(lines["observed"].get_ydata(), [w.observed for w in want])
+    np.testing.assert_allclose(lines["noise-matched null (image pairs)"].get_ydata(), [w.null.value for w in want])
+    np.testing.assert_allclose(lines["untrained network"].get_ydata(), [w.untrained.value for w in want])
+    assert lines["noise-matched null (image pairs)"].get_linestyle() == "--"
+    band = next(c for c in smooth.collections if isinstance(c, PolyCollection))  # the jackknife band
+    assert "jackknife" in band.get_label()
+    assert not any(isinstance(c, PolyCollection) for c in threshold.collections)  # no interval for thresholds
+    halves = next(line for line in threshold.lines if line.get_label().startswith("split halves"))
+    gf = [layer.redundancy.scores["ghost_fraction"].halves for layer in s]
+    np.testing.assert_allclose(halves.get_ydata(), [h[0] for h in gf] + [h[1] for h in gf])
+    ranks = next(line for line in fig.axes[2].lines if line.get_label() == "observed").get_ydata()
     np.testing.assert_allclose(ranks, [layer.redundancy.scores["rank99"].observed / layer.channels for layer in s])
-    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["conv1", "conv2"]
+    assert [t.get_text() for t in fig.axes[2].get_xticklabels()] == ["conv1", "conv2"]
     with pytest.raises(GhostmapsError, match="unknown scores"):
         plots.redundancy_profile(s, scores=("nope",))
+    with pytest.raises(GhostmapsError, match="rank99"):
+        plots.redundancy_profile(s.rescore(rank99=False), scores=("rank99",))
 
 
 def test_similarity_heatmap_is_reordered_outlined_and_marks_dead(tiny_survey):
@@ -92,7 +101,7 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
 def test_survey_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["survey", "--images", "samples:chelsea,china", "--layers", "features.1.conv.0.0",
-                 "features.2.conv.0.0", "--out", str(out), "--bootstrap", "5", "--no-progress"])
+                 "features.2.conv.0.0", "--out", str(out), "--baseline", "untrained", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "features.2.conv.0.0" in printed and "written to" in printed
@@ -101,7 +110,9 @@ def test_survey_command_end_to_end(tmp_path, capsys):
     assert all(r["images"] == "2" for r in rows)
     loaded = Survey.load(out / "survey.pt")
     assert loaded.names == ["features.1.conv.0.0", "features.2.conv.0.0"] and loaded.meta["images"] == 2
-    assert json.loads((out / "survey.json").read_text())["meta"]["model"] == "mobilenet_v2"
+    meta = json.loads((out / "survey.json").read_text())["meta"]
+    assert meta["model"] == "mobilenet_v2" and meta["metric"] == "pearson" and meta["baseline"] == "untrained"
+    assert all(r["metric"] == "pearson" and r["mean_sq_similarity_untrained"] != "" for r in rows)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "profile.png" in pngs and any(p.startswith("heatmap-") for p in pngs)
     assert any(p.startswith("gallery-") for p in pngs)
@@ -118,7 +129,7 @@ def test_survey_command_interrupted_leaves_no_partial_file(tmp_path, monkeypatch
     monkeypatch.setattr(plots, "redundancy_profile", interrupted)
     out = tmp_path / "run"
     code = main(["survey", "--weights", "none", "--images", "samples:chelsea", "--layers", "features.0.0",
-                 "--out", str(out), "--bootstrap", "0", "--no-progress"])
+                 "--out", str(out), "--no-progress"])
     assert code == 130
     assert sorted(p.name for p in out.iterdir()) == ["survey.csv", "survey.json", "survey.pt"]
     Survey.load(out / "survey.pt")  # what is there is whole
@@ -167,10 +178,11 @@ def test_save_figure_interrupted_leaves_the_old_file_and_no_temporary(tmp_path, 
 
 def test_profile_panels_say_which_way_is_redundant(tiny_survey):
     _, _, s = tiny_survey
-    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups"))
+    fig = plots.redundancy_profile(s, scores=("ghost_fraction", "participation_ratio", "rank99", "ratio", "groups",
+                                              "mean_sq_similarity"))
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False]
-    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:])
+    assert [lab.endswith("↑ more redundant") for lab in labels] == [True, False, False, True, False, True]
+    assert all(lab.endswith("↓ more redundant") for lab in labels[1:3] + labels[4:5])
 
 
 def test_gallery_tiles_are_scaled_by_percentiles_not_by_one_hot_pixel():
@@ -188,3 +200,51 @@ def test_gallery_of_a_reused_module_names_its_outputs():
     model = TinyNet().eval()
     with pytest.raises(GhostmapsError, match="gives 2 outputs"):
         survey_gallery(None, layer="relu", model=model, images=torch.randn(2, 3, 8, 8), pairs=[(0, 1)])
+
+
+def test_pearson_is_the_default_the_json_of_every_command_shows(tmp_path, capsys):
+    fig = tmp_path / "f1.png"
+    assert main(["figure1", "--weights", "none", "--layer", "features.1.conv.0.0", "--out", str(fig)]) == 0
+    assert json.loads(fig.with_suffix(".json").read_text())["metric"] == "pearson"
+    fit = tmp_path / "fit"
+    assert main(["fit", "--weights", "none", "--layer", "features.1.conv.0.0", "--pairs", "1", "--d", "1",
+                 "--random", "2", "--images", "samples:chelsea,china", "--out", str(fit)]) == 0
+    assert json.loads((fit / "table1.json").read_text())["metric"] == "pearson"
+    assert "most pearson-similar" in capsys.readouterr().out
+
+
+def test_survey_command_checkpoints_and_resumes(tmp_path, capsys):
+    ckpt = tmp_path / "run.ckpt"
+    argv = ["survey", "--weights", "none", "--images", "samples:chelsea,china,coffee", "--layers", "features.0.0",
+            "--no-progress", "--checkpoint", str(ckpt), "--checkpoint-every", "1", "--batch-size", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0 and ckpt.is_file()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (Survey.load(tmp_path / d / "survey.pt") for d in ("a", "b"))
+    assert b.meta["resumed_from"] == 3 and a.to_dict()["layers"] == b.to_dict()["layers"]
+    assert main([*argv, "--out", str(tmp_path / "c"), "--resume", "--groups", "4"]) == 2  # other settings
+    assert "another settings" in capsys.readouterr().err
+
+
+def test_headline_is_the_largest_excess_over_the_untrained_network_with_its_interval_above_zero():
+    from analysis.measure.groups import GhostGroups
+    from analysis.measure.pairs import GhostPairs
+    from analysis.measure.scores import Baseline, Redundancy, Score
+    from analysis.pipeline import headline
+    from analysis.survey.result import LayerSurvey
+
+    def layer(name, excess, low, raw):
+        scores = {"mean_sq_similarity": Score(raw, raw - 0.01, raw + 0.01, Baseline(0.0, raw, raw - 0.01, raw + 0.01),
+                                              Baseline(raw - excess, excess, low, excess + 0.01)),
+                  "ratio": Score(1.0)}
+        red = Redundancy(4, 4, [], [], 8, "pearson", 0.9, scores, layer=name)
+        return LayerSurvey(name, (4, 2, 2), red, GhostGroups([0, 1, 2, 3], [[0], [1], [2], [3]], 0.9),
+                           GhostPairs([], "pearson", name))
+
+    s = Survey({n: layer(n, *v) for n, v in {"a": (0.05, 0.01, 0.9), "b": (0.08, -0.02, 0.2),
+                                             "c": (0.06, 0.02, 0.1)}.items()})
+    name, sentence = headline(s)
+    assert name == "c" and "above 0" in sentence  # not "a" (highest raw score), not "b" (interval includes 0)
+    s.layers.pop("c")
+    s.layers.pop("a")
+    name, sentence = headline(s)
+    assert name == "b" and "includes 0" in sentence

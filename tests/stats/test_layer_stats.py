@@ -100,8 +100,19 @@ def test_all_zero_layer_and_fp16_input():
     zero = channel_similarity(torch.zeros(2, 4, 3, 3))
     assert zero.dead.all() and zero.matrix.abs().sum() == 0
     maps = random_maps(7)
-    half = channel_similarity(maps.half()).matrix
+    half = channel_similarity(maps.half(), metric="cosine").matrix
     np.testing.assert_allclose(half.numpy(), numpy_similarity(maps.half().float().numpy(), "cosine"), atol=1e-5)
+
+
+def test_pearson_is_the_default_and_ignores_each_channels_scale_and_offset():
+    maps = random_maps(9)
+    sim = channel_similarity(maps)
+    assert sim.metric == "pearson"
+    np.testing.assert_allclose(sim.matrix.numpy(), numpy_similarity(maps.numpy(), "pearson"), atol=1e-6)
+    affine = maps * torch.tensor([3.0, 0.5, 2.0, 1.0, 7.0, 0.1, 4.0]).view(1, -1, 1, 1) + torch.arange(7.0).view(1, -1, 1, 1)
+    np.testing.assert_allclose(channel_similarity(affine).matrix.numpy(), sim.matrix.numpy(), atol=1e-5)
+    cosine = channel_similarity(affine, metric="cosine").matrix  # cosine moves with the offsets a BN removes
+    assert (cosine - channel_similarity(maps, metric="cosine").matrix).abs().max() > 0.1
 
 
 def test_bad_input_is_a_clear_error():

@@ -1,0 +1,138 @@
+"""Kernels of the paired fold: the Gram matrix and the noise-matched null from one set of products, and the
+packed per-group storage. Private to ``analysis.stats``; shapes are checked by the callers.
+
+Images are paired in stream order, (2j, 2j + 1). For a pair with shifted maps y_a, y_b (C×P each) the
+observed Gram matrix needs y_a y_aᵀ + y_b y_bᵀ and the null needs the symmetric cross product
+y_a y_bᵀ + y_b y_aᵀ. With u = y_a + y_b and v = y_a − y_b,
+
+    u uᵀ = y_a y_aᵀ + y_b y_bᵀ + (y_a y_bᵀ + y_b y_aᵀ),   v vᵀ = y_a y_aᵀ + y_b y_bᵀ − (y_a y_bᵀ + y_b y_aᵀ),
+
+so Gram = (u uᵀ + v vᵀ) / 2 and cross = (u uᵀ − v vᵀ) / 2: two symmetric products per pair, exactly the
+work of the two Gram products alone. The null costs nothing beyond the elementwise u and v.
+
+A group's two matrices are symmetric, so each is kept as its upper triangle with the diagonal in row-major
+order (``triu`` order, C(C + 1)/2 values; the null's diagonal is kept but never used, each channel keeps its
+observed variance). That is half of two C×C matrices, the jackknife reads them as contiguous vectors, and the
+order is BLAS's packed lower storage of a symmetric matrix (``spmv``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from analysis.stats._kernel import _row_blocks
+
+
+@lru_cache(maxsize=64)
+def _triu_index(c: int, offset: int, device: str) -> torch.Tensor:
+    """Flat indices (row·C + col) of the upper triangle (col ≥ row + offset) in row-major order."""
+    i, j = torch.triu_indices(c, c, offset=offset, device=device)
+    return (i * c + j).contiguous()
+
+
+def triu_index(c: int, offset: int, device: torch.device) -> torch.Tensor:
+    return _triu_index(int(c), int(offset), str(device))
+
+
+def packed_size(c: int, offset: int) -> int:
+    """Values of the upper triangle of a C×C matrix from diagonal ``offset`` (0 with the diagonal, 1 without)."""
+    n = c - offset
+    return n * (n + 1) // 2
+
+
+def pack(full: torch.Tensor, offset: int) -> torch.Tensor:
+    """The upper triangle (from ``offset``) of a C×C matrix (or of each of a stack …×C×C) in triu order."""
+    c = full.shape[-1]
+    return full.reshape(*full.shape[:-2], c * c).index_select(-1, triu_index(c, offset, full.device))
+
+
+def unpack(packed: torch.Tensor, c: int, offset: int, diagonal: torch.Tensor | None = None) -> torch.Tensor:
+    """The symmetric C×C matrix whose upper triangle (from ``offset``) is ``packed``; with offset 1 the diagonal
+    is ``diagonal`` (default 0)."""
+    idx = triu_index(c, offset, packed.device)
+    flat = torch.zeros(c * c, dtype=packed.dtype, device=packed.device)
+    flat.index_copy_(0, idx, packed)
+    full = flat.view(c, c)
+    out = full + full.T
+    if offset == 0:
+        out.diagonal().mul_(0.5)
+    elif diagonal is not None:
+        out.diagonal().copy_(diagonal.to(out.dtype))
+    return out
+
+
+def _blocked_products(z: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+    """Σ_k z[k] z[k]ᵀ for z of shape m×C×P as row blocks (lo, hi, rows lo:hi × columns lo:), the blocks of
+    ``analysis.stats._kernel._add_gram``: (b + 1)/(2b) of the full product for b row blocks."""
+    edges = _row_blocks(z.shape[1])
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        block = torch.mm(z[0, lo:hi], z[0, lo:].T)
+        for k in range(1, z.shape[0]):
+            block.addmm_(z[k, lo:hi], z[k, lo:].T)
+        out.append((lo, hi, block))
+    return out
+
+
+@lru_cache(maxsize=256)
+def _block_index(rows: int, cols: int, offset: int, device: str) -> torch.Tensor:
+    i, j = torch.triu_indices(rows, cols, offset=offset, device=device)
+    return (i * cols + j).contiguous()
+
+
+def _segment_start(c: int, lo: int, offset: int) -> int:
+    """Where row ``lo`` starts in the triu-order vector of a C×C matrix (from diagonal ``offset``)."""
+    return lo * (c - offset) - lo * (lo - 1) // 2
+
+
+def _add_block(packed: torch.Tensor, block: torch.Tensor, c: int, lo: int, offset: int) -> None:
+    """Add the upper-triangle part of a row block (rows lo:hi, columns lo:) to its contiguous segment of a
+    packed triu-order vector."""
+    rows, cols = block.shape
+    idx = _block_index(rows, cols, offset, str(block.device))
+    start = _segment_start(c, lo, offset)
+    packed[start:start + idx.numel()] += block.reshape(-1).index_select(0, idx).to(packed.dtype)
+
+
+def fold_pairs(ya: torch.Tensor, yb: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
+               group_gram: torch.Tensor | None, group_cross: torch.Tensor | None) -> None:
+    """Add the Gram and the symmetric cross products of the pairs (ya[k], yb[k]) (m×C×P each, shifted) to the
+    float64 totals ``gram``/``cross`` (upper row blocks) and to one group's packed vectors (when given)."""
+    c = ya.shape[1]
+    qu, qv = _blocked_products(ya + yb), _blocked_products(ya - yb)
+    for (lo, hi, a), (_, _, b) in zip(qu, qv, strict=True):
+        g = (a + b).mul_(0.5)
+        h = a.sub_(b).mul_(0.5)
+        gram[lo:hi, lo:] += g
+        cross[lo:hi, lo:] += h
+        if group_gram is not None:
+            _add_block(group_gram, g, c, lo, 0)
+            _add_block(group_cross, h, c, lo, 0)
+
+
+def fold_singles(y: torch.Tensor, gram: torch.Tensor, group_gram: torch.Tensor | None) -> None:
+    """Add Σ_k y[k] y[k]ᵀ of unpaired images (m×C×P) to the Gram totals and a group's packed Gram."""
+    c = y.shape[1]
+    for lo, hi, g in _blocked_products(y):
+        gram[lo:hi, lo:] += g
+        if group_gram is not None:
+            _add_block(group_gram, g, c, lo, 0)
+
+
+def fold_cross(ya: torch.Tensor, yb: torch.Tensor, cross: torch.Tensor, group_cross: torch.Tensor | None) -> None:
+    """Add the cross product ya ybᵀ + yb yaᵀ of one pair whose images arrived in different batches (C×P each;
+    their Gram terms were added when each arrived)."""
+    a = torch.mm(ya, yb.T).to(torch.float64)
+    h = a + a.T
+    _add_upper(cross, h)
+    if group_cross is not None:
+        group_cross += pack(h, 0).to(group_cross.dtype)
+
+
+def _add_upper(total: torch.Tensor, full: torch.Tensor) -> None:
+    """Add ``full``'s upper row blocks to an accumulator that keeps only those (``_mirror`` fills the rest)."""
+    edges = _row_blocks(total.shape[-1])
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        total[lo:hi, lo:] += full[lo:hi, lo:]

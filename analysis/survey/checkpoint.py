@@ -1,0 +1,100 @@
+"""Checkpoints of a running survey: the accumulators of every layer (and of the untrained baseline, with that
+network's state and seed), the number of images folded so far, and what they belong to (a fingerprint of the
+model, the layer set, the image source and the settings), written atomically, so ``resume=True`` continues
+exactly where an interrupted survey stopped, and refuses a checkpoint made for something else."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis._core.errors import GhostmapsError
+from analysis._core.io import atomic_write
+from analysis.data.batches import Images
+from analysis.stats import GroupedStats
+
+FORMAT = "ghostmaps-survey-checkpoint"
+VERSION = 1
+
+__all__ = ["load_checkpoint", "model_fingerprint", "save_checkpoint", "source_fingerprint"]
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()[:32]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's parameters and buffers (names, shapes, dtypes and values)."""
+    return _digest(*(x for name, t in model.state_dict().items() for x in (name, t)))
+
+
+def one_shot(images: Any) -> bool:
+    """Whether ``images`` can be read only once (an iterator or generator, not a tensor, list or DataLoader)."""
+    return isinstance(images, Iterator)
+
+
+def source_fingerprint(images: Images, raw: Any) -> str:
+    """A hash saying which image source this is: the file names of image files; otherwise its kind, its length
+    and the values of its first image."""
+    if one_shot(raw):
+        raise GhostmapsError("checkpoint/resume needs an image source that can be read again from the start (files, "
+                             "a tensor, a Dataset or DataLoader), not a one-shot iterator.")
+    if images.kind == "source":
+        return _digest("files", images.length, tuple(images.source.names))
+    _, first = images.first()
+    return _digest(images.kind, images.length, first)
+
+
+def save_checkpoint(path: str | os.PathLike, *, identity: dict[str, Any], done: int, order: list[str],
+                    found: dict[str, GroupedStats], baseline: dict[str, GroupedStats] | None,
+                    baseline_state: dict[str, torch.Tensor] | None) -> Path:
+    """Write the checkpoint atomically (a crash mid-write leaves the previous one whole)."""
+    payload = {"format": FORMAT, "version": VERSION, "identity": identity, "done": int(done), "order": list(order),
+               "stats": {name: found[name].state_dict() for name in order},
+               "baseline": None if baseline is None else {k: v.state_dict() for k, v in baseline.items()},
+               "baseline_state": None if baseline_state is None else
+               {k: v.detach().cpu() for k, v in baseline_state.items()}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write(Path(path), buf.getvalue())
+
+
+_WHAT = {"model": "model (its weights differ)", "layers": "layer set", "source": "image source",
+         "settings": "settings"}
+
+
+def load_checkpoint(path: str | os.PathLike, identity: dict[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint and check that it belongs to this survey: the same model, layer set, image source and
+    settings; otherwise a ``GhostmapsError`` naming what differs."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise GhostmapsError(f"{path} is not a readable survey checkpoint ({exc}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise GhostmapsError(f"{path} is not a ghostmaps survey checkpoint.")
+    saved = payload["identity"]
+    for key in ("model", "layers", "source", "settings"):
+        if saved.get(key) != identity.get(key):
+            detail = "" if key == "model" else f": checkpoint {saved.get(key)!r}, this survey {identity.get(key)!r}"
+            raise GhostmapsError(f"the checkpoint {path} was made for another {_WHAT[key]}{detail}; resume with the "
+                                 "same model, layers, images and settings, or delete it to start afresh.")
+    payload["stats"] = {k: GroupedStats.from_state_dict(v) for k, v in payload["stats"].items()}
+    if payload.get("baseline") is not None:
+        payload["baseline"] = {k: GroupedStats.from_state_dict(v) for k, v in payload["baseline"].items()}
+    return payload

@@ -1,0 +1,94 @@
+"""A long survey loses nothing: killed with SIGKILL mid-run and resumed from its checkpoint, it gives exactly the
+uninterrupted result; a checkpoint made for another model, layer set, image source or settings is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis import GhostmapsError, survey
+from tests.helpers import TinyNet
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"layers": ["conv1", "conv2"], "batch_size": 4, "baseline": "untrained", "baseline_positions": None,
+            "checkpoint_every": 1, "progress": False}
+
+
+class SlowTinyNet(TinyNet):
+    """TinyNet whose forward takes a while (the same weights and state dict names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.15)
+        return super().forward(x)
+
+
+def model(seed: int = 0, slow: bool = False) -> TinyNet:
+    """TinyNet with seeded weights; ``slow`` (the same weights) for the run that gets killed."""
+    torch.manual_seed(seed)
+    return (SlowTinyNet() if slow else TinyNet()).eval()
+
+
+def images(seed: int = 1) -> torch.Tensor:
+    return torch.randn(40, 3, 10, 10, generator=torch.Generator().manual_seed(seed))
+
+
+CHILD = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    torch.set_num_threads(1)
+    from analysis import survey
+    from tests.survey.test_survey_checkpoint import SETTINGS, images, model
+    survey(model(slow=True), images(), checkpoint={path!r}, **SETTINGS)
+    print("finished")
+""")
+
+
+def test_a_killed_survey_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    path = tmp_path / "run.ckpt"
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), path=str(path))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while not path.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a batch or two more, so the kill lands between (or during) checkpoint writes
+    child.send_signal(signal.SIGKILL)
+    out, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, (out, err)  # killed, not finished
+    assert b"finished" not in out and path.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name != path.name and not p.name.startswith(".")]
+    resumed = survey(model(), images(), checkpoint=path, resume=True, **SETTINGS)
+    assert 0 < resumed.meta["resumed_from"] < 40
+    whole = survey(model(), images(), **{**SETTINGS, "checkpoint_every": 50})
+    assert resumed.to_dict()["layers"] == whole.to_dict()["layers"]
+    for name in ("conv1", "conv2"):
+        for a, b in ((resumed[name].stats, whole[name].stats), (resumed[name].baseline_stats, whole[name].baseline_stats)):
+            for key in ("gram", "cross", "group_gram", "group_cross", "sums", "pair_sums", "count", "nonzero", "min",
+                        "max"):
+                assert torch.equal(getattr(a, key), getattr(b, key)), (name, key)
+
+
+def test_a_checkpoint_for_something_else_is_refused_naming_what(tmp_path):
+    path = tmp_path / "run.ckpt"
+    fast = {**SETTINGS, "baseline": None}
+    net = TinyNet().eval()
+    survey(net, images()[:8], checkpoint=path, **fast)
+    again = survey(net, images()[:8], checkpoint=path, resume=True, **fast)  # finished: nothing left to fold
+    assert again.meta["resumed_from"] == 8
+    torch.manual_seed(3)
+    for kwargs, what in (({"model": TinyNet().eval()}, "model"),
+                         ({"layers": ["conv2"]}, "layer set"),
+                         ({"images": images(2)[:8]}, "image source"),
+                         ({"groups": 4}, "settings")):
+        call = {**fast, "model": net, "images": images()[:8], **kwargs}
+        with pytest.raises(GhostmapsError, match=f"another {what}"):
+            survey(call.pop("model"), call.pop("images"), checkpoint=path, resume=True, **call)
+    with pytest.raises(GhostmapsError, match="checkpoint=PATH"):
+        survey(net, images()[:8], resume=True, **fast)
