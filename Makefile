@@ -16,7 +16,7 @@ demo: $(VENV)/.base-installed
 test: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --nbmake tests notebooks
+	$(PY) -m pytest -n 2 --nbmake --nbmake-timeout=900 tests notebooks
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
