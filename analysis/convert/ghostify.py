@@ -189,7 +189,7 @@ class GhostifyResult(Result):
             err = "" if r.fit_error is None else f"  fit error {r.fit_error:.4f}"
             if r.calibrated_error is not None:
                 err += f" -> {r.calibrated_error:.4f} calibrated"
-            lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, intrinsic {r.init_channels}, "
+            lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)

@@ -59,7 +59,11 @@ def plan_tradeoff(plan: Any, frontier: Sequence[Any] | None = None, *, title: st
                 ax.annotate(str(r["name"]), (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_xlabel("MACs saved (share of the original)" if macs0 else "MACs saved")
     ax.set_ylabel("KL(original || replaced), nats, held out")
-    ax.set_yscale("symlog", linthresh=1e-4)
+    kls = np.array([r["kl"] for r in rows], dtype=float)
+    if (kls > 0).all():
+        ax.set_yscale("log")
+    elif (kls > 0).any():
+        ax.set_yscale("symlog", linthresh=float(kls[kls > 0].min()))
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
     ax.set_title("each conv replaced alone: loss vs saving")
