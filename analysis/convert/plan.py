@@ -241,8 +241,9 @@ def plan_replacement(model: nn.Module, images: Any, macs: float | None = 0.7, pa
         dw_size: the cheap op's kernel size d. seed: the split's seed. progress: a tqdm bar.
         preprocess: for image files and sample photos (default ImageNet evaluation preprocessing).
         level: the intervals' confidence level.
-        resolution: the knapsack's discretisation, in units per whole-network cost (default 2000 with one
-            budget, 300 with two); the plan reports the gap this allows.
+        resolution: the knapsack's discretisation, in units per whole-network cost (default 100,000 with one
+            budget, 2,000 per budget with two; the tables hold only the required savings); the plan reports
+            the gap this allows.
 
     Raises:
         BudgetError: a budget outside (0, 1], or one the candidates cannot reach (with the best reachable
@@ -333,8 +334,8 @@ def _choose(options: list[LayerOption], budgets: tuple[float | None, float | Non
     groups = [[o for o in options if o.name == n] for n in names]
     dims = [(d, total, b) for d, (total, b) in enumerate(((macs0, budgets[0]), (params0, budgets[1])))
             if b is not None]
-    res = check_positive_int(resolution, "resolution") if resolution is not None else (2000 if len(dims) == 1
-                                                                                       else 300)
+    res = check_positive_int(resolution, "resolution") if resolution is not None else (100_000 if len(dims) == 1
+                                                                                       else 2000)
     required = [total - math.floor(b * total) for _, total, b in dims]
     saved = [[[(o.macs_saved, o.params_saved)[d] for d, _, _ in dims] for o in g] for g in groups]
     try:
