@@ -49,6 +49,10 @@ def test_budget_macs_ghostifies_the_plan_and_verifies_held_out(tmp_path):
     assert report["macs_after"] == plan["macs_after"] <= 0.75 * report["macs_before"]
     assert report["params_after"] == plan["params_after"] <= 0.9 * report["params_before"]
     assert report["note"] == "verified on held-out images" and "disjoint" in report["calibration"]
+    from analysis import load_ghostified  # the saved model rebuilds with each conv's own ratio
+
+    rebuilt = load_ghostified(out)
+    assert {n: m.ratio for n, m in rebuilt.named_modules() if type(m).__name__ == "GhostConv"} == plan["ratios"]
 
 
 def test_eval_class_folders_give_labelled_accuracy(tmp_path, capsys):
