@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "rebuild": "analysis.convert.rebuild", "load_ghostified": "analysis.convert.rebuild",
     "VerificationReport": "analysis.convert.verify", "verify_replacement": "analysis.convert.verify",
     "MacsReport": "analysis.convert.macs", "count_macs": "analysis.convert.macs",
+    "ReplacementPlan": "analysis.convert.plan", "plan_replacement": "analysis.convert.plan",
+    "choose_plan": "analysis.convert.plan",
     # pipeline
     "Figure1Result": "analysis.pipeline", "run_figure1": "analysis.pipeline", "suggest_layer": "analysis.pipeline",
 }

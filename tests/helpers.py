@@ -41,3 +41,23 @@ class TinyNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.conv2(x))
         return self.fc(self.pool(x).flatten(1))
+
+
+class PlanNet(nn.Module):
+    """A stem and four dense convs (BN + ReLU after each; one strided), pooling and a 10-class head: small
+    enough to plan and ghostify in a fraction of a second. ``PlanNet()`` has fixed random weights (seed 0)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        widths = [3, 16, 32, 32, 48, 48]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, stride=2 if i == 2 else 1, bias=False)
+                                   for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for b in widths[1:])
+        self.fc = nn.Linear(widths[-1], 10)
+        randomize_(self, seed)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, bn in zip(self.convs, self.bns, strict=True):
+            x = torch.relu(bn(conv(x)))
+        return self.fc(x.mean((2, 3)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from analysis._core.errors import GhostmapsError
@@ -20,7 +21,7 @@ from ghostnet.validation import is_int
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_METRIC", "DEFAULT_THRESHOLD", "LINKAGES", "METRICS", "check_count", "check_level",
            "check_linkage", "check_metric", "check_odd_size", "check_positive_int", "check_ratio",
-           "check_threshold", "check_tol", "is_int"]
+           "check_threshold", "check_tol", "is_int", "per_layer_ratios"]
 
 #: channel similarities: ``cosine`` (uncentred) and ``pearson`` (centred)
 METRICS = ("cosine", "pearson")
@@ -99,3 +100,14 @@ def check_ratio(value: Any, name: str = "ratio", error: Error = GhostmapsError) 
 def check_odd_size(value: Any, name: str = "d", error: Error = GhostmapsError) -> int:
     """``value`` as a positive odd int, the cheap kernel size d (``ghostnet.validation.check_odd_size``)."""
     return _ghost_odd_size(value, name, error)
+
+
+def per_layer_ratios(ratio: Any, layers: Any, error: Error = GhostmapsError) -> tuple[dict[str, int], int, Any]:
+    """``(per-layer ratios, the smallest ratio, layers)`` from a Ghost ratio s (an int: no per-layer ratios)
+    or a mapping conv name -> s, whose names become the layers when ``layers`` is None."""
+    if not isinstance(ratio, Mapping):
+        return {}, check_ratio(ratio, "ratio", error), layers
+    if not ratio:
+        raise error("ratio is an empty mapping; give each layer its s, e.g. {'layer1.0.conv1': 2}.")
+    ratios = {str(n): check_ratio(s, f"ratio[{n!r}]", error) for n, s in ratio.items()}
+    return ratios, min(ratios.values()), list(ratios) if layers is None else layers

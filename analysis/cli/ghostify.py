@@ -1,4 +1,5 @@
-"""``ghostmaps ghostify``: replace pretrained convs by Ghost convs, verify, and write the result."""
+"""``ghostmaps ghostify``: replace pretrained convs by Ghost convs (optionally as planned under a budget), verify
+on held-out images, and write the result."""
 
 from __future__ import annotations
 
@@ -30,17 +31,22 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, info = load_for_cli(args)
     calib = images_batch(args.images, preprocess, args.limit)
     same = args.verify_images is None
-    check = calib if same else images_batch(args.verify_images, preprocess, args.limit, "--verify-images")
-    new, result = ghostify(model, layers=args.layers, ratio=args.ratio, dw_size=args.d,
+    check = calib if same else _eval_images(args, preprocess)
+    plan = _plan(args, model, preprocess, None if same else check)
+    if plan is not None and args.plan:
+        return 0
+    new, result = ghostify(model, layers=args.layers if plan is None else None,
+                           ratio=args.ratio if plan is None else plan.ratios, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=calib,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
-    note = ("verified on the calibration images (pass --verify-images for held-out ones)" if same
+    note = ("verified on the calibration images (pass --eval for held-out ones)" if same
             else "verified on held-out images")
-    report = verify_replacement(model, new, check, calibration=calib, allow_calibration=same,
-                                latency_repeats=args.latency_runs, note=note)
+    report = verify_replacement(model, new, check, calibration=calib if same else _calib_source(args, preprocess),
+                                allow_calibration=same, transform=preprocess, latency_repeats=args.latency_runs,
+                                note=note)
     print(report)
 
     out = Path(args.out)
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         torch.save(new.state_dict(), tmp)
     meta = {
         "model": info.to_dict(), "image_size": args.image_size, "calibration_images": args.images,
+        "evaluation_images": args.verify_images, "plan": None if plan is None else plan.to_dict(),
         "result": result.to_dict(),
         "rebuild": ("from analysis import load_ghostified; model = load_ghostified(DIR)  # or: "
                     "analysis.rebuild(load_model(model.name, weights=None).model, result.spec) then "
@@ -63,6 +70,92 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+# -- planning under a budget and held-out evaluation (kept apart from run() so that merges stay easy) --------
+
+
+def _budget(text: str) -> float:
+    """argparse type: a budget, the fraction of the original's cost to keep, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected the fraction of the original's cost to keep, in (0, 1], got "
+                                         f"{text!r}; e.g. 0.7")
+    return value
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-macs", type=_budget, metavar="F",
+                   help="plan first: replace the convs and ratios that keep at most F of the MACs at the least "
+                        "held-out KL (analysis.plan_replacement), then ghostify them (overrides --layers' choice "
+                        "within the candidates and --ratio)")
+    p.add_argument("--budget-params", type=_budget, metavar="F", help="the same for the used parameters")
+    p.add_argument("--plan", action="store_true", help="only measure and write the plan (plan.json, plan.csv, "
+                                                       "plan.png); needs --budget-macs or --budget-params")
+    p.add_argument("--plan-ratios", type=positive_int, nargs="+", default=[2, 3, 4], metavar="S",
+                   help="ratios the plan may use per conv (default: 2 3 4)")
+
+
+def _calib_source(args: argparse.Namespace, preprocess: Any) -> Any:
+    """The calibration images as an ImageSource, so that the overlap check compares whole photos."""
+    from analysis.data.images import load_images
+
+    return load_images(args.images, transform=preprocess, limit=args.limit)
+
+
+def _eval_images(args: argparse.Namespace, preprocess: Any) -> Any:
+    """``--eval``: a folder of class folders as its path (labelled, through ``analysis.data.labelled``), anything
+    else as an ImageSource; refused when it shares a photo with the calibration images."""
+    from analysis.data.images import load_images
+    from analysis.data.labelled import evaluation_set
+    from analysis.data.overlap import check_disjoint
+
+    src = args.verify_images
+    if len(src) == 1 and Path(src[0]).is_dir():
+        evalset = evaluation_set(src[0], preprocess)
+        if evalset.labelled:
+            check_disjoint(_calib_source(args, preprocess), evalset.source)
+            return src[0]
+    images = load_images(src, transform=preprocess, limit=args.limit)
+    check_disjoint(_calib_source(args, preprocess), images)
+    return images
+
+
+def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any) -> Any:
+    """The plan under ``--budget-macs``/``--budget-params`` (None without a budget), printed and written."""
+    from analysis.convert.plan import choose_plan, plan_replacement
+    from analysis.plots import plan_tradeoff, save_figure
+
+    if args.budget_macs is None and args.budget_params is None:
+        if args.plan:
+            raise GhostmapsError("--plan needs a budget: add --budget-macs 0.7 (or --budget-params)")
+        return None
+    if isinstance(held, str):  # a labelled folder: the plan needs only its images
+        from analysis.data.images import load_images
+
+        held = load_images(held, transform=preprocess, limit=args.limit)
+    plan = plan_replacement(model, _calib_source(args, preprocess), macs=args.budget_macs,
+                            params=args.budget_params, ratios=args.plan_ratios, layers=args.layers, eval_images=held,
+                            dw_size=args.d, preprocess=preprocess, min_channels=args.min_channels)
+    print(plan)
+    if not plan.ratios and not args.plan:
+        raise GhostmapsError("the budget is met without replacing any conv; lower --budget-macs/--budget-params")
+    out = Path(args.out)
+    frontier = []
+    for b in (0.95, 0.9, 0.8, 0.7, 0.6, 0.5):
+        try:
+            frontier.append(choose_plan(plan, macs=b))
+        except GhostmapsError:
+            break
+    written = [atomic_write(out / "plan.json", plan.to_json() + "\n")]
+    written.append(atomic_write(out / "plan.csv", plan.to_csv()))
+    written += save_figure(plan_tradeoff(plan, frontier or None, title=f"plan for {args.model}"), out / "plan.png")
+    for path in written:
+        print(f"wrote {path}")
+    return plan
 
 
 def register(sub: Any) -> None:
@@ -85,8 +178,10 @@ def register(sub: Any) -> None:
     p.add_argument("--min-channels", type=non_negative_int, default=16,
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
     add_image_args(p, "calibration images")
-    p.add_argument("--verify-images", nargs="+", help="held-out images for the report (default: the calibration "
-                                                      "images)")
+    p.add_argument("--eval", "--verify-images", dest="verify_images", nargs="+",
+                   help="held-out evaluation images for the plan and the report; a folder of class folders (named "
+                        "by class index) gives labelled accuracy too (default: the calibration images)")
+    _add_plan_args(p)
     p.add_argument("--latency-runs", type=non_negative_int, default=5, help="timed forwards per model, 0 = skip "
                                                                "(default: %(default)s)")
     p.add_argument("--out", "-o", default="ghostify-out", help="output folder (default: %(default)s)")

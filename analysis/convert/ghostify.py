@@ -42,7 +42,7 @@ from analysis._core.errors import GhostmapsError, did_you_mean
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
 from analysis._core.results import Result, plain
-from analysis._core.validation import check_count, check_odd_size, check_ratio
+from analysis._core.validation import check_count, check_odd_size, per_layer_ratios
 from analysis.data.batches import as_images
 from analysis.data.models import default_preprocess
 from analysis.hooks import capture
@@ -189,7 +189,7 @@ class GhostifyResult(Result):
             err = "" if r.fit_error is None else f"  fit error {r.fit_error:.4f}"
             if r.calibrated_error is not None:
                 err += f" -> {r.calibrated_error:.4f} calibrated"
-            lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, intrinsic {r.init_channels}, "
+            lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
@@ -339,7 +339,8 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int = 2, dw_size: int = 3,
+def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int | Mapping[str, int] = 2,
+             dw_size: int = 3,
              init: str | None = None, calibration_images: Any = None, *, min_channels: int = 16,
              calibrate_steps: int = 0, calibrate_lr: float = 1e-3, calibrate_batch: int = 8,
              preprocess: Callable[[Any], torch.Tensor] | None = None) -> tuple[nn.Module, GhostifyResult]:
@@ -350,7 +351,8 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
         layers: conv names and/or globs (``"layer1.*"``); explicitly named convs that cannot be replaced
             (depthwise, grouped, not a conv) are errors, glob hits are skipped with a reason. Default
             (None): every dense conv with at least ``min_channels`` outputs except the stem (first conv).
-        ratio: s (>= 2); dw_size: d (odd).
+        ratio: s (>= 2), or a mapping conv name -> s (a plan's ``ratios``; its keys are the layers when
+            ``layers`` is None); dw_size: d (odd).
         init: None keeps PyTorch's random initialisation (train from scratch); ``"fit"`` initialises from
             the pretrained conv with closed-form fits on ``calibration_images`` (see module docstring).
         calibration_images: any image source of ``analysis.data.batches`` (files, folders, globs,
@@ -364,7 +366,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     Returns:
         ``(new_model, GhostifyResult)``; the new model is in eval mode.
     """
-    ratio = check_ratio(ratio, "ratio", GhostifyError)
+    ratios, ratio, layers = per_layer_ratios(ratio, layers, GhostifyError)
     dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
     if init not in (None, "fit"):
         raise GhostifyError(f"init must be None (random) or 'fit' (from the pretrained conv), got {init!r}")
@@ -393,7 +395,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                            error=GhostifyError).tensor()
         outs, ins = _record(model, chosen, images, keep_inputs=calibrate_steps > 0)
         for n in chosen:
-            fits[n] = ghostability(outs[n], ratio=ratio, d=dw_size, split=None)
+            fits[n] = ghostability(outs[n], ratio=ratios.get(n, ratio), d=dw_size, split=None)
 
     modules = dict(model.named_modules())
     for n in chosen:
@@ -406,9 +408,9 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
                 pos[ch] = k
             order = pos
         with torch.inference_mode(False):  # normal tensors, so calibration can train them
-            ghost = ghost_conv_like(conv, ratio, dw_size, order)
+            ghost = ghost_conv_like(conv, ratios.get(n, ratio), dw_size, order)
         entry = ReplacedLayer(name=n, in_channels=conv.in_channels, out_channels=conv.out_channels,
-                              kernel_size=tuple(conv.kernel_size), ratio=ratio, dw_size=dw_size,
+                              kernel_size=tuple(conv.kernel_size), ratio=ratios.get(n, ratio), dw_size=dw_size,
                               init_channels=ghost.init_channels, params_before=_params(conv),
                               params_after=_params(ghost))
         if fit is not None:

@@ -293,3 +293,17 @@ print(seen)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_ratio_per_layer(images):
+    from tests.helpers import PlanNet
+
+    model = PlanNet()
+    new, res = ghostify(model, ratio={"convs.1": 2, "convs.3": 4}, init="fit", calibration_images=images)
+    assert [(r.name, r.ratio, r.init_channels) for r in res.replaced] == [("convs.1", 2, 16), ("convs.3", 4, 12)]
+    assert isinstance(new.convs[1], GhostConv) and isinstance(new.convs[3], GhostConv)
+    assert not isinstance(new.convs[2], GhostConv)
+    with pytest.raises(GhostifyError, match=r"ratio\['convs.1'\]"):
+        ghostify(model, ratio={"convs.1": 1})
+    with pytest.raises(GhostifyError, match="empty mapping"):
+        ghostify(model, ratio={})
