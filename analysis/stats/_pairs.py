@@ -63,6 +63,29 @@ def unpack(packed: torch.Tensor, c: int, offset: int, diagonal: torch.Tensor | N
     return out
 
 
+@lru_cache(maxsize=64)
+def _triu_rows_cols(c: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = torch.triu_indices(c, c, offset=0, device=device)
+    return i.contiguous(), j.contiguous()
+
+
+def reshift_packed(packed: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, delta: torch.Tensor,
+                   block: int = 4) -> None:
+    """Move K packed group Gram matrices (K × C(C + 1)/2, triu order, any float dtype) to another shift, in
+    place: group k gains δ sₖᵀ + sₖ δᵀ + nₖ δ δᵀ = δ wₖᵀ + wₖ δᵀ with wₖ = sₖ + (nₖ/2) δ (``sums`` K×C float64,
+    ``counts`` K positions, δ = old shift − new shift), computed in float64 on the packed entries only, a
+    few groups at a time, and rounded once to the packed dtype."""
+    c = delta.numel()
+    rows, cols = _triu_rows_cols(c, str(packed.device))
+    w = sums.to(torch.float64) + (counts.to(torch.float64) / 2).view(-1, 1) * delta.view(1, -1)
+    d_rows, d_cols = delta[rows], delta[cols]
+    for lo in range(0, packed.shape[0], block):
+        wk = w[lo:lo + block]
+        corr = wk[:, cols] * d_rows
+        corr.addcmul_(wk[:, rows], d_cols)
+        packed[lo:lo + block] += corr.to(packed.dtype)
+
+
 def _blocked_products(z: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     """Σ_k z[k] z[k]ᵀ for z of shape m×C×P as row blocks (lo, hi, rows lo:hi × columns lo:), the blocks of
     ``analysis.stats._kernel._add_gram``: (b + 1)/(2b) of the full product for b row blocks."""
