@@ -12,7 +12,7 @@ takes no memory), with the default settings, without and with ``baseline="untrai
 * the same peak for a second image count (default 256) and the ratio, the statistics' independence of the
   number of images (target ≤ 1.10).
 
-    python benchmarks/survey_memory.py [--model mobilenet_v2] [--images 64 256]
+    python benchmarks/survey_memory.py [--model mobilenet_v2] [--images 64 256] [--runs none untrained]
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", default=["none", "untrained"], choices=["none", "untrained"],
+                        help="surveys without and with the untrained baseline (default: both)")
     parser.add_argument("--baseline", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -94,6 +96,8 @@ def main() -> None:
         return
     print(f"{args.model}, every Conv2d, default survey settings, batch {args.batch_size}, {args.threads} threads")
     for baseline, bound in ((None, 1.5), ("untrained", 3.0)):
+        if (baseline or "none") not in args.runs:
+            continue
         peaks = {}
         for n in args.images:
             r = run(args, n, baseline)
