@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from analysis.measure.intervals import jackknife
 from analysis.measure.scores import redundancy
 from analysis.measure.synthetic import Population
 from analysis.stats import DEFAULT_GROUPS, GroupedStats, block_size
+from analysis.stats.intervals import jackknife
 
 
 def stats_of(maps: torch.Tensor, groups: int = DEFAULT_GROUPS) -> GroupedStats:

@@ -1,11 +1,18 @@
-"""Peak memory of a survey does not grow with the number of images.
+"""Memory of a whole-network survey: the statistics' exact size, the process's peak, and its growth with images.
 
-Runs the same survey (every Conv2d output of mobilenet_v2, random weights, random 224×224 images made as they are
-loaded, so the input set itself takes no memory) over 16 and over 256 images, each in a fresh subprocess, and
-compares the processes' peak resident memory (``resource.getrusage`` max RSS). Target: the 256-image peak within
-10% of the 16-image one.
+Each run is a fresh subprocess surveying every Conv2d output of mobilenet_v2 (random weights; the memory does
+not depend on them) over random 224×224 images made as they are loaded (a DataLoader, so the image set itself
+takes no memory), with the default settings, without and with ``baseline="untrained"``. Reported per run:
 
-    OMP_NUM_THREADS=1 python benchmarks/survey_memory.py [--model mobilenet_v2] [--images 16 256]
+* ``statistics``: the exact bytes of the accumulators the survey keeps (``GroupedStats.nbytes`` summed over
+  the layers, observed and untrained), what issue 9 bounds: ≤ 1.5 GB, ≤ 3 GB with the untrained baseline;
+* ``peak − model``: the process's peak resident memory (``getrusage`` max RSS) minus its resident memory after
+  loading the model, importing everything and one warm-up forward (so: statistics + one batch's forward and
+  capture + the scoring's temporaries + the untrained copy of the network);
+* the same peak for a second image count (default 256) and the ratio, the statistics' independence of the
+  number of images (target ≤ 1.10).
+
+    python benchmarks/survey_memory.py [--model mobilenet_v2] [--images 64 256] [--runs none untrained]
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+GB = 1e9
 
 
 def random_images(n: int, batch: int) -> Any:
@@ -34,49 +43,74 @@ def random_images(n: int, batch: int) -> Any:
     return torch.utils.data.DataLoader(RandomImages(), batch_size=batch)
 
 
-def child(model_name: str, n: int, batch: int, bootstrap: int) -> None:
+def resident_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(model_name: str, n: int, batch: int, baseline: str | None, threads: int) -> None:
     import torch
     import torchvision
 
     from analysis import survey
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model = getattr(torchvision.models, model_name)(weights=None).eval()
-    result = survey(model, random_images(n, batch), layers="Conv2d", batch_size=batch, bootstrap=bootstrap,
-                    progress=False)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"images": result.meta["images"], "layers": len(result), "peak_mib": peak_kib / 1024}))
+    with torch.inference_mode():
+        model(torch.randn(batch, 3, 224, 224))  # warm-up: the forward's own allocations are in the base line
+    before = resident_bytes()
+    result = survey(model, random_images(n, batch), layers="Conv2d", batch_size=batch, progress=False,
+                    baseline=baseline)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    stats = sum(layer.stats.nbytes() for layer in result)
+    base = sum(layer.baseline_stats.nbytes() for layer in result if layer.baseline_stats is not None)
+    print(json.dumps({"images": result.meta["images"], "layers": len(result), "stats": stats, "baseline": base,
+                      "model_rss": before, "peak": peak}))
+
+
+def run(args: argparse.Namespace, n: int, baseline: str | None) -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size), "--threads",
+           str(args.threads), "--child", str(n)] + (["--baseline", baseline] if baseline else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--images", type=int, nargs="+", default=[16, 256])
+    parser.add_argument("--images", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--bootstrap", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", default=["none", "untrained"], choices=["none", "untrained"],
+                        help="surveys without and with the untrained baseline (default: both)")
+    parser.add_argument("--baseline", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.model, args.child, args.batch_size, args.bootstrap)
+        child(args.model, args.child, args.batch_size, args.baseline, args.threads)
         return
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    # glibc raises its mmap threshold each time a large block is freed, after which big temporaries come from
-    # the heap and fragment it; a longer run then shows a higher peak RSS for the same live data. Measure with
-    # the default allocator and with the threshold pinned at 1 MiB, to tell fragmentation from retained data.
-    for label, extra in (("default malloc", {}), ("MALLOC_MMAP_THRESHOLD_=1048576", {"MALLOC_MMAP_THRESHOLD_": "1048576"})):
+    print(f"{args.model}, every Conv2d, default survey settings, batch {args.batch_size}, {args.threads} threads")
+    for baseline, bound in ((None, 1.5), ("untrained", 3.0)):
+        if (baseline or "none") not in args.runs:
+            continue
         peaks = {}
         for n in args.images:
-            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size",
-                                  str(args.batch_size), "--bootstrap", str(args.bootstrap), "--child", str(n)],
-                                 check=True, capture_output=True, text=True, env={**env, **extra})
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            peaks[n] = row["peak_mib"]
-            print(f"[{label}] {args.model}: {row['images']:>5} images, {row['layers']} layers, bootstrap "
-                  f"{args.bootstrap}: peak RSS {row['peak_mib']:8.1f} MiB")
-        small, large = peaks[min(peaks)], peaks[max(peaks)]
-        print(f"[{label}] peak({max(peaks)}) / peak({min(peaks)}) = {large / small:.3f}  (target ≤ 1.10)")
+            r = run(args, n, baseline)
+            held = (r["stats"] + r["baseline"]) / GB
+            peaks[n] = r["peak"] - r["model_rss"]
+            print(f"  baseline={baseline!s:<9} {r['images']:>4} images, {r['layers']} layers: statistics "
+                  f"{r['stats'] / GB:.3f} GB + untrained {r['baseline'] / GB:.3f} GB = {held:.3f} GB (target ≤ "
+                  f"{bound} GB {'met' if held <= bound else 'MISSED'}); peak RSS {r['peak'] / GB:.3f} GB, "
+                  f"model and runtime {r['model_rss'] / GB:.3f} GB, peak − model {peaks[n] / GB:.3f} GB", flush=True)
+        if len(peaks) > 1:
+            small, large = peaks[min(peaks)], peaks[max(peaks)]
+            print(f"  baseline={baseline!s:<9} (peak − model) at {max(peaks)} / at {min(peaks)} images = "
+                  f"{large / small:.3f} (target ≤ 1.10)")
 
 
 if __name__ == "__main__":

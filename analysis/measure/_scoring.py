@@ -14,8 +14,7 @@ RANK_LEVEL = 0.99
 
 def observed_similarity(moments: PairedMoments, metric: str, valid: torch.Tensor) -> torch.Tensor:
     """The C×C similarity of the pooled moments (Pearson or cosine), 0 outside ``valid``, 1 on its diagonal."""
-    gram, _ = moments.centred(metric)
-    return normalised_moment(gram, valid)
+    return normalised_moment(moments.centred_gram(metric), valid)
 
 
 def null_similarity(moments: PairedMoments, metric: str, valid: torch.Tensor) -> torch.Tensor | None:
@@ -27,8 +26,11 @@ def null_similarity(moments: PairedMoments, metric: str, valid: torch.Tensor) ->
     d = gram.diagonal().clamp_min(0)
     ok = valid.to(d.device) & (d > 0)
     norm = torch.where(ok, d.sqrt(), torch.ones_like(d))
-    sim = cross * (moments.count / moments.pair_count) / torch.outer(norm, norm)
-    sim = torch.where(torch.outer(ok, ok), sim, torch.zeros_like(sim)).clamp(-1.0, 1.0)
+    sim = cross * (moments.count / moments.pair_count)
+    sim.div_(torch.outer(norm, norm))
+    if not bool(ok.all()):
+        sim.masked_fill_(~torch.outer(ok, ok), 0.0)  # rows and columns of channels without a similarity
+    sim.clamp_(-1.0, 1.0)
     sim.diagonal().copy_(ok.to(sim.dtype))
     return sim
 
@@ -41,13 +43,14 @@ def threshold_scores(similarity: torch.Tensor, valid: torch.Tensor, threshold: f
     c = sim.shape[0]
     idx = torch.nonzero(valid).flatten()
     v = int(idx.numel())
-    sub = sim[idx][:, idx].abs()
+    sub = sim.abs() if v == c else sim[idx][:, idx].abs()  # every channel valid: no gathered copy
     if v > 1:
-        off = sub.clone()
-        off.fill_diagonal_(-1.0)
-        fraction = float((off.max(dim=1).values >= threshold - 1e-12).double().mean())
-        iu = torch.triu_indices(v, v, offset=1)
-        mean_abs = float(sub[iu[0], iu[1]].mean())
+        diagonal = sub.diagonal().clone()
+        sub.fill_diagonal_(-1.0)
+        fraction = float((sub.max(dim=1).values >= threshold - 1e-12).double().mean())
+        sub.diagonal().copy_(diagonal)
+        # mean over i < j of a symmetric matrix: (total − trace) / (v (v − 1)), no index tensors
+        mean_abs = float((sub.sum() - diagonal.sum()) / (v * (v - 1)))
     else:
         fraction = mean_abs = 0.0
     if groups is None:

@@ -135,7 +135,25 @@ def ghost_pairs(
     if min_score is not None:
         ok = rank >= min_score
         i, j, scores, rank = i[ok], j[ok], scores[ok], rank[ok]
-    order = torch.from_numpy(np.lexsort((j.numpy(), i.numpy(), -rank.numpy())))
+    chosen = None
+    top = max(256, 32 * k) if k is not None else 0
+    if k is not None and rank.numel() > 4 * top:
+        # the best pairs are among the largest ranks: every entry at least the top-th largest (ties included),
+        # so the greedy pass over them is the greedy pass over all, unless it runs out (then: all of them)
+        cut = torch.topk(rank, top).values[-1]
+        few = torch.nonzero(rank >= cut).flatten()
+        chosen = _greedy(i[few], j[few], scores[few], rank[few], sparse, k, exclusive)
+        if len(chosen) < k:
+            chosen = None
+    if chosen is None:
+        chosen = _greedy(i, j, scores, rank, sparse, k, exclusive)
+    return GhostPairs(chosen, metric=metric, layer=layer, exclusive=exclusive)
+
+
+def _greedy(i: torch.Tensor, j: torch.Tensor, scores: torch.Tensor, rank: torch.Tensor, sparse: torch.Tensor,
+            k: int | None, exclusive: bool) -> list[GhostPair]:
+    """Pairs best first (ties by channel index), each channel at most once when ``exclusive``, up to ``k``."""
+    order = np.lexsort((j.numpy(), i.numpy(), -rank.numpy()))
     chosen: list[GhostPair] = []
     used: set[int] = set()
     for idx in order.tolist():
@@ -146,4 +164,4 @@ def ghost_pairs(
         used.update((a, b))
         if k is not None and len(chosen) == k:
             break
-    return GhostPairs(chosen, metric=metric, layer=layer, exclusive=exclusive)
+    return chosen

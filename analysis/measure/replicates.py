@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.stats import GroupedStats
+from analysis.stats import GroupedStats, PairedMoments
 from analysis.stats._pairs import pack
 
 __all__ = ["MsqReplicates", "msq_replicates"]
@@ -41,9 +41,10 @@ class MsqReplicates:
 def about_centre(stats: GroupedStats, metric: str) -> GroupedStats:
     """``stats`` itself when its shift is already the metric's centre (what ``survey`` stores for Pearson),
     else a copy moved there (exact float64 algebra; float32 group vectors re-rounded)."""
-    m = stats.moments()
-    centre = m.centre(metric)
-    scale = (m.gram.diagonal().clamp_min(0) / max(m.count, 1.0)).sqrt().clamp_min(1e-300)
+    count = float(stats.count.sum())
+    sums = stats.sums.sum(0)  # the centre and the scale need no C×C matrix
+    centre = sums / max(count, 1.0) if metric == "pearson" else -stats.shift
+    scale = (stats.gram.diagonal().clamp_min(0) / max(count, 1.0)).sqrt().clamp_min(1e-300)
     if bool((centre.abs() <= 1e-9 * scale).all()):
         return stats
     return stats.with_shift(stats.shift + centre)
@@ -67,10 +68,12 @@ def _quadratic(packed: np.ndarray, u: np.ndarray) -> float:
     return float(np.dot(au.astype(np.float64), u))
 
 
-def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: bool = True) -> MsqReplicates:
+def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: bool = True,
+                   moments: PairedMoments | None = None) -> MsqReplicates:
     """Mean squared similarity and its jackknife replicates (formulas: module docstring). ``stats`` must be
-    about the metric's centre (``about_centre``); ``valid`` is the mask of channels that take part."""
-    m = stats.moments()
+    about the metric's centre (``about_centre``); ``valid`` is the mask of channels that take part;
+    ``moments``: ``stats.moments()`` when the caller has it already."""
+    m = stats.moments() if moments is None else moments
     gram, cross = m.gram.cpu(), m.cross.cpu()
     valid = valid.cpu()
     d = gram.diagonal().clone()

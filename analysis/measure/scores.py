@@ -26,7 +26,7 @@ re-initialised, BN re-estimated on the same images, see ``analysis.survey.baseli
 alone gives on these images. Every smooth score's excess over each baseline gets a paired jackknife interval
 (the same image groups left out of both).
 
-**Intervals** (``analysis.measure.intervals``): delete-one-group jackknife over the K image groups, t_{K−1}
+**Intervals** (``analysis.stats.intervals``): delete-one-group jackknife over the K image groups, t_{K−1}
 quantiles, centred on the printed estimate; coverage checked by simulation.
 """
 
@@ -56,7 +56,6 @@ from analysis.measure._scoring import (
     threshold_scores,
 )
 from analysis.measure.groups import GhostGroups
-from analysis.measure.intervals import adjusted_rand, correlation, jackknife, mover
 from analysis.measure.replicates import MsqReplicates, about_centre, msq_replicates
 from analysis.measure.score_types import (
     REDUNDANCY_COLUMNS,
@@ -70,6 +69,7 @@ from analysis.measure.score_types import (
 )
 from analysis.measure.similarity import SPARSE_APOZ
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
+from analysis.stats.intervals import adjusted_rand, correlation, jackknife, mover
 
 __all__ = ["DEFAULT_THRESHOLD", "REDUNDANCY_COLUMNS", "SCORE_NAMES", "SMOOTH", "THRESHOLD", "Baseline", "Redundancy",
            "Score", "redundancy", "score_columns"]
@@ -138,6 +138,7 @@ def redundancy(
     observed_groups: GhostGroups | None = None,
     baseline: GroupedStats | None = None,
     rank99: bool = False,
+    similarity: torch.Tensor | None = None,
 ) -> Redundancy:
     """A layer's redundancy scores with their baselines and intervals (formulas: module docstring).
 
@@ -155,6 +156,8 @@ def redundancy(
         baseline: the same layer's statistics in an untrained network of the same architecture on the same
             images (or a subset), with the same groups: every score gets its value there and the excess.
         rank99: also compute rank99 (eigendecompositions, O(C³) per layer).
+        similarity: the observed C×C similarity of ``source`` in ``metric`` when the caller has it already
+            (``channel_similarity(source.total(), metric).matrix``), so it is not computed twice.
 
     Scoring runs on the CPU in float64 whatever device the statistics are on (they are C×C matrices).
     """
@@ -171,13 +174,13 @@ def redundancy(
     v = int(valid.sum())
     notes: list[str] = []
     m = work.moments()
-    observed, found = threshold_scores(observed_similarity(m, metric, valid), valid, threshold, linkage,
-                                       observed_groups)
+    sim = observed_similarity(m, metric, valid) if similarity is None else similarity
+    observed, found = threshold_scores(sim, valid, threshold, linkage, observed_groups)
     null_sim = null_similarity(m, metric, valid)
     null_t = None if null_sim is None else threshold_scores(null_sim, valid, threshold, linkage)[0]
     if null_sim is None:
         notes.append("no null: it needs at least one pair of images of one size (images 2j and 2j + 1)")
-    reps = msq_replicates(work, metric, valid)
+    reps = msq_replicates(work, metric, valid, moments=m)
     if len(reps.replicates) < 2:
         notes.append(f"no intervals: they need images in at least two image groups ({work.total_images} images, "
                      f"{len(work.filled_groups)} group(s) filled, groups={work.groups})")
@@ -186,9 +189,9 @@ def redundancy(
         bwork = about_centre(baseline if baseline.device == torch.device("cpu") else baseline.to("cpu"), metric)
         btotal = bwork.total()
         bvalid = ~(btotal.dead | btotal.constant)
-        base_t = threshold_scores(observed_similarity(bwork.moments(), metric, bvalid), bvalid, threshold,
-                                  linkage)[0]
-        base_reps = msq_replicates(bwork, metric, bvalid, null=False)
+        bm = bwork.moments()
+        base_t = threshold_scores(observed_similarity(bm, metric, bvalid), bvalid, threshold, linkage)[0]
+        base_reps = msq_replicates(bwork, metric, bvalid, null=False, moments=bm)
     split = halves(work)
     half_t, agreement, half_sims = None, None, None
     if split is not None:

@@ -48,7 +48,9 @@ def _require_finite(sums: torch.Tensor) -> None:
 def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: torch.Tensor) -> torch.Tensor:
     """Σ (x − k′)(x − k′)ᵀ from Σ (x − k)(x − k)ᵀ (``gram``) and Σ (x − k) (``sums``) over ``count`` positions,
     with δ = k − k′: G + δ sᵀ + s δᵀ + n δ δᵀ (exact in float64; k′ = 0 gives the raw Σ x xᵀ)."""
-    return gram + torch.outer(delta, sums) + torch.outer(sums, delta) + count * torch.outer(delta, delta)
+    # δ sᵀ + s δᵀ + n δ δᵀ = δ wᵀ + w δᵀ with w = s + (n/2) δ: two rank-one updates, no C×C temporaries
+    w = sums + (count / 2) * delta
+    return torch.addr(gram, delta, w).addr_(w, delta)
 
 
 def as_batch(maps: torch.Tensor) -> torch.Tensor:
@@ -79,8 +81,10 @@ def normalised_moment(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     diag = moment.diagonal().clamp_min(0)
     ok = valid & (diag > 0)
     norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
-    sim = torch.where(torch.outer(ok, ok), moment / torch.outer(norm, norm), torch.zeros_like(moment))
-    sim = sim.clamp(-1.0, 1.0)
+    sim = moment / torch.outer(norm, norm)
+    if not bool(ok.all()):
+        sim.masked_fill_(~torch.outer(ok, ok), 0.0)  # rows and columns of channels without a similarity
+    sim.clamp_(-1.0, 1.0)
     sim.diagonal().copy_(ok.to(sim.dtype))
     return sim
 

@@ -63,6 +63,31 @@ def unpack(packed: torch.Tensor, c: int, offset: int, diagonal: torch.Tensor | N
     return out
 
 
+@lru_cache(maxsize=64)
+def _triu_rows_cols(c: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = torch.triu_indices(c, c, offset=0, device=device)
+    return i.contiguous(), j.contiguous()
+
+
+def reshift_packed(packed: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, delta: torch.Tensor,
+                   block: int = 4) -> None:
+    """Move K packed group Gram matrices (K × C(C + 1)/2, triu order, any float dtype) to another shift, in
+    place: group k gains δ sₖᵀ + sₖ δᵀ + nₖ δ δᵀ = δ wₖᵀ + wₖ δᵀ with wₖ = sₖ + (nₖ/2) δ (``sums`` K×C float64,
+    ``counts`` K positions, δ = old shift − new shift), on the packed entries only, a few groups at a time.
+    wₖ and δ are formed in float64, the products in the packed dtype: the correction is small next to the
+    entries (δ is the first batch's mean minus the mean), so its own rounding is below theirs."""
+    c = delta.numel()
+    rows, cols = _triu_rows_cols(c, str(packed.device))
+    w = sums.to(torch.float64) + (counts.to(torch.float64) / 2).view(-1, 1) * delta.view(1, -1)
+    w, delta = w.to(packed.dtype), delta.to(packed.dtype)
+    d_rows, d_cols = delta[rows], delta[cols]
+    for lo in range(0, packed.shape[0], block):
+        wk = w[lo:lo + block]
+        chunk = packed[lo:lo + block]
+        chunk.addcmul_(wk[:, cols], d_rows)
+        chunk.addcmul_(wk[:, rows], d_cols)
+
+
 def _blocked_products(z: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     """Σ_k z[k] z[k]ᵀ for z of shape m×C×P as row blocks (lo, hi, rows lo:hi × columns lo:), the blocks of
     ``analysis.stats._kernel._add_gram``: (b + 1)/(2b) of the full product for b row blocks."""
@@ -87,13 +112,14 @@ def _segment_start(c: int, lo: int, offset: int) -> int:
     return lo * (c - offset) - lo * (lo - 1) // 2
 
 
-def _add_block(packed: torch.Tensor, block: torch.Tensor, c: int, lo: int, offset: int) -> None:
-    """Add the upper-triangle part of a row block (rows lo:hi, columns lo:) to its contiguous segment of a
-    packed triu-order vector."""
+def _add_block(packed: torch.Tensor, block: torch.Tensor, c: int, lo: int, offset: int, alpha: float = 1.0
+               ) -> None:
+    """Add ``alpha`` times the upper-triangle part of a row block (rows lo:hi, columns lo:) to its contiguous
+    segment of a packed triu-order vector."""
     rows, cols = block.shape
     idx = _block_index(rows, cols, offset, str(block.device))
     start = _segment_start(c, lo, offset)
-    packed[start:start + idx.numel()] += block.reshape(-1).index_select(0, idx).to(packed.dtype)
+    packed[start:start + idx.numel()].add_(block.reshape(-1).index_select(0, idx).to(packed.dtype), alpha=alpha)
 
 
 def fold_pairs(ya: torch.Tensor, yb: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
@@ -103,13 +129,14 @@ def fold_pairs(ya: torch.Tensor, yb: torch.Tensor, gram: torch.Tensor, cross: to
     c = ya.shape[1]
     qu, qv = _blocked_products(ya + yb), _blocked_products(ya - yb)
     for (lo, hi, a), (_, _, b) in zip(qu, qv, strict=True):
-        g = (a + b).mul_(0.5)
-        h = a.sub_(b).mul_(0.5)
-        gram[lo:hi, lo:] += g
-        cross[lo:hi, lo:] += h
+        # Gram = (a + b)/2, cross = (a − b)/2; the halving (exact) rides on the accumulating adds
+        g = torch.add(a, b)
+        h = a.sub_(b)
+        gram[lo:hi, lo:].add_(g, alpha=0.5)
+        cross[lo:hi, lo:].add_(h, alpha=0.5)
         if group_gram is not None:
-            _add_block(group_gram, g, c, lo, 0)
-            _add_block(group_cross, h, c, lo, 0)
+            _add_block(group_gram, g, c, lo, 0, 0.5)
+            _add_block(group_cross, h, c, lo, 0, 0.5)
 
 
 def fold_singles(y: torch.Tensor, gram: torch.Tensor, group_gram: torch.Tensor | None) -> None:

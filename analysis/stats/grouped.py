@@ -13,7 +13,7 @@ import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram, prepare_batch
-from analysis.stats._pairs import fold_cross, fold_pairs, fold_singles, pack, packed_size, unpack
+from analysis.stats._pairs import fold_cross, fold_pairs, fold_singles, packed_size, reshift_packed, unpack
 from analysis.stats.layer import LayerStats
 from analysis.stats.moments import PairedMoments, position_subset
 
@@ -269,11 +269,8 @@ class GroupedStats:
         # cross: Σ_pairs over both orders of (y_a + δ)(y_b + δ)ᵀ = H + δ spᵀ + sp δᵀ + (paired positions) δδᵀ
         out.cross = _reshift_gram(self.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
         if out.group_gram is not None:
-            for g in range(self.groups):
-                out.group_gram[g] += pack(_reshift_gram(torch.zeros_like(self.gram), self.sums[g], float(cnt[g]),
-                                                        delta), 0).float()
-                out.group_cross[g] += pack(_reshift_gram(torch.zeros_like(self.gram), self.pair_sums[g],
-                                                         float(pcnt[g]), delta), 0).float()
+            reshift_packed(out.group_gram, self.sums, cnt, delta)
+            reshift_packed(out.group_cross, self.pair_sums, pcnt, delta)
         out.shift = shift.clone()
         out.sums = self.sums + cnt.view(-1, 1) * delta
         out.pair_sums = self.pair_sums + pcnt.view(-1, 1) * delta

@@ -6,6 +6,29 @@ Images are the unit of resampling. When the images are views of fewer photos (``
 image), views of one photo are not independent, so the interval treats photos as the unit: the cluster-robust
 standard error of the mean with G - 1 degrees of freedom (G photos), or a jackknife leaving out one photo at
 a time. The tests of this module check every method's coverage by simulation on data with a known truth.
+
+The survey's scores (``analysis.measure.scores``) use the second half of this module: the delete-one-group
+jackknife, MOVER intervals of differences, and the adjusted Rand index of split-half groupings. There too
+images are the unit of resampling: the statistics keep K groups of images (``analysis.stats.GroupedStats``),
+and replicate k recomputes a score without group k. With θ̂ the estimate on all images, θ₋ₖ the replicates,
+n images and mₖ in group k (hₖ = n/mₖ; the weighted delete-a-group jackknife of Busing, Meijer & van der
+Leeden 1999, the plain one when the groups are equal):
+
+* bias-corrected estimate θ_J = K θ̂ − Σₖ (1 − mₖ/n) θ₋ₖ, which removes the O(1/n) bias of a smooth score
+  (e.g. the noise floor of a mean squared similarity);
+* variance v = (1/K) Σₖ (τₖ − θ_J)² / (hₖ − 1), pseudo-values τₖ = hₖ θ̂ − (hₖ − 1) θ₋ₖ;
+* interval θ_J ± t_{K−1, (1+level)/2} √v (``Jackknife.low``/``high``), centred on the printed estimate.
+
+A mean squared similarity is a sum of squares: its error grows with its value (in the simulation the
+jackknife error and standard error correlate at 0.73), so a symmetric interval misses on one side. Its
+interval is built for log(θ + b), with b = θ̂ − θ_J ≥ 0 the noise floor the bias correction removed, and mapped
+back (``Jackknife.log_interval``): asymmetric, longer above, and still around the estimate.
+
+An excess ``observed − baseline`` uses the same image groups for both (the paired design) and combines their
+two intervals by MOVER (Zou & Donner 2008: the method of variance estimates recovery), with the correlation of
+the two statistics' replicates (``mover``): it keeps each interval's asymmetry and cancels what the two share
+(the same images). A monotone score f(θ) gets the interval of θ mapped through f. Coverage is checked by
+simulation (``tests/measure/test_intervals.py``, ``benchmarks/interval_coverage.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +46,9 @@ from analysis._core.results import Result, number, plain
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Estimate", "McNemar", "clopper_pearson", "mcnemar", "mean_interval", "paired_difference",
-           "proportion", "ratio_interval", "EXACT_MCNEMAR_BELOW"]
+__all__ = ["Estimate", "Jackknife", "McNemar", "adjusted_rand", "clopper_pearson", "correlation", "jackknife",
+           "mcnemar", "mean_interval", "mover", "paired_difference", "proportion", "ratio_interval", "t_quantile",
+           "EXACT_MCNEMAR_BELOW"]
 
 #: McNemar's test is the exact binomial test below this many discordant pairs, the continuity-corrected
 #: chi-square test from there on.
@@ -262,3 +286,101 @@ def paired_difference(first: Any, second: Any, level: float = 0.95) -> Estimate:
     low = delta - math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
     high = delta + math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
     return Estimate(delta, max(-1.0, low), min(1.0, high), n, level, "Newcombe (paired, method 10)")
+
+
+# -- the delete-one-group jackknife of the survey scores (module docstring) ----------------------------------
+def t_quantile(level: float, dof: int) -> float:
+    """The (1 + level)/2 quantile of Student's t with ``dof`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, max(1, dof)))
+
+
+@dataclass(frozen=True)
+class Jackknife:
+    """A jackknifed statistic: the bias-corrected estimate, its standard error and the t interval."""
+
+    estimate: float
+    se: float
+    low: float
+    high: float
+    groups: int
+    plain: float = 0.0
+    level: float = 0.95
+
+    def log_interval(self) -> tuple[float, float, float]:
+        """(estimate, low, high) with the interval built for log(θ + b), b = max(θ̂ − θ_J, 0) (module docstring);
+        the symmetric interval where θ_J + b ≤ 0."""
+        offset = max(self.plain - self.estimate, 0.0)
+        x = self.estimate + offset
+        if x <= 0 or self.se == 0:
+            return self.estimate, self.low, self.high
+        spread = t_quantile(self.level, self.groups - 1) * self.se / x
+        return self.estimate, x * math.exp(-spread) - offset, x * math.exp(spread) - offset
+
+    def mapped(self, f: object, lower: float = -math.inf, upper: float = math.inf) -> tuple[float, float, float]:
+        """(f(estimate), low, high) for a monotone f, endpoints ordered and clipped to [lower, upper]."""
+        values = [min(max(float(f(v)), lower), upper) for v in (self.estimate, self.low, self.high)]  # type: ignore[operator]
+        return values[0], min(values[1:]), max(values[1:])
+
+
+def jackknife(estimate: float, replicates: Sequence[float], sizes: Sequence[float], level: float = 0.95,
+              bias_correct: bool = True) -> Jackknife:
+    """Delete-one-group jackknife of one statistic (formulas: module docstring).
+
+    Args:
+        estimate: θ̂ on all images.
+        replicates: θ₋ₖ, one per filled group (at least two).
+        sizes: the groups' sizes mₖ (images), in the same order.
+        level: confidence level of the interval.
+        bias_correct: centre on θ_J (default) or on θ̂.
+    """
+    reps = np.asarray(replicates, dtype=np.float64)
+    m = np.asarray(sizes, dtype=np.float64)
+    k = reps.size
+    if k < 2 or m.shape != reps.shape or (m <= 0).any():
+        raise GhostmapsError(f"a jackknife needs at least two groups with one size each, got {k} replicates and "
+                             f"sizes {m.tolist()}.")
+    n = m.sum()
+    h = n / m
+    corrected = k * estimate - float(((1 - m / n) * reps).sum())
+    pseudo = h * estimate - (h - 1) * reps
+    var = float(((pseudo - corrected) ** 2 / (h - 1)).sum() / k)
+    centre = corrected if bias_correct else float(estimate)
+    se = math.sqrt(max(var, 0.0))
+    half = t_quantile(level, k - 1) * se
+    return Jackknife(float(centre), se, float(centre - half), float(centre + half), k, float(estimate), level)
+
+
+def mover(a: tuple[float, float, float], b: tuple[float, float, float], correlation: float
+          ) -> tuple[float, float, float]:
+    """The interval of a − b from the intervals (estimate, low, high) of a and b and the correlation of their
+    estimates (MOVER, Zou & Donner 2008). Returns (a − b, low, high); the difference is always inside."""
+    (ea, la, ha), (eb, lb, hb) = a, b
+    r = 0.0 if not math.isfinite(correlation) else max(-1.0, min(1.0, correlation))
+    diff = ea - eb
+    below = (ea - la) ** 2 + (hb - eb) ** 2 - 2 * r * (ea - la) * (hb - eb)
+    above = (ha - ea) ** 2 + (eb - lb) ** 2 - 2 * r * (ha - ea) * (eb - lb)
+    return diff, diff - math.sqrt(max(below, 0.0)), diff + math.sqrt(max(above, 0.0))
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation of two replicate series (0 when either is constant)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 2 or x.shape != y.shape:
+        return 0.0
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
+def adjusted_rand(a: Sequence[int], b: Sequence[int]) -> float:
+    """Adjusted Rand index of two labellings of the same channels (1: identical partitions, ≈ 0: chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(a) != len(b):
+        raise GhostmapsError(f"two labellings of different lengths ({len(a)} and {len(b)}).")
+    if len(a) < 2:
+        return 1.0
+    return float(adjusted_rand_score(list(a), list(b)))

@@ -170,9 +170,15 @@ class LayerStats:
         return (raw + raw.T) / (2 * self.count)
 
     @property
+    def variance(self) -> torch.Tensor:
+        """Per-channel population variance (the diagonal of ``covariance``, without the C×C matrix)."""
+        self._require()
+        return (self.gram.diagonal() - self.sums * self.sums / self.count) / self.count
+
+    @property
     def std(self) -> torch.Tensor:
         """Per-channel population standard deviation."""
-        return self.covariance.diagonal().clamp_min(0).sqrt()
+        return self.variance.clamp_min(0).sqrt()
 
     @property
     def dead(self) -> torch.Tensor:
@@ -185,7 +191,7 @@ class LayerStats:
         """Channels that are not dead but take (within ``tol``) a single value everywhere, or whose variance
         is below 1e-12 of the layer's largest (lost in rounding)."""
         self._require()
-        var = self.covariance.diagonal()
+        var = self.variance
         flat = (self.max - self.min <= self.tol) | (var <= var.max().clamp_min(0) * 1e-12)
         return flat & ~self.dead
 

@@ -41,10 +41,20 @@ class PairedMoments:
         the metric's own, ``centre(metric)``). Divided by ``count`` and ``pair_count`` they are the observed and
         null second moments about c."""
         c = self.centre(metric) if centre is None else centre
-        g = self.gram - torch.outer(self.sums, c) - torch.outer(c, self.sums) + self.count * torch.outer(c, c)
-        h = self.cross - torch.outer(self.pair_sums, c) - torch.outer(c, self.pair_sums) \
-            + self.pair_count * torch.outer(c, c)
-        return (g + g.T) / 2, (h + h.T) / 2
+        return _about(self.gram, self.sums, self.count, c), _about(self.cross, self.pair_sums, self.pair_count, c)
+
+    def centred_gram(self, metric: str, centre: torch.Tensor | None = None) -> torch.Tensor:
+        """The first of ``centred`` alone (what the observed similarity needs)."""
+        c = self.centre(metric) if centre is None else centre
+        return _about(self.gram, self.sums, self.count, c)
+
+
+def _about(moment: torch.Tensor, sums: torch.Tensor, count: float, c: torch.Tensor) -> torch.Tensor:
+    """Σ (y − c)(y − c)ᵀ from Σ y yᵀ (``moment``) and Σ y: M − s cᵀ − c sᵀ + n c cᵀ = M − (r + rᵀ) with
+    r = (s − (n/2) c) cᵀ, symmetrised ((g + gᵀ)/2: the products' diagonal blocks need not be bitwise symmetric)."""
+    r = torch.outer(sums - (count / 2) * c, c)
+    g = moment - (r + r.T)
+    return torch.add(g, g.T).mul_(0.5)
 
 
 @lru_cache(maxsize=4096)

@@ -248,6 +248,6 @@ def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baselin
     sim = channel_similarity(stats.total(), metric, layer=name)
     found = ghost_groups(sim, threshold, linkage)
     red = redundancy(stats, metric=metric, threshold=threshold, level=level, linkage=linkage, layer=name,
-                     observed_groups=found, baseline=baseline, rank99=rank99)
+                     observed_groups=found, baseline=baseline, rank99=rank99, similarity=sim.matrix)
     top = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
     return LayerSurvey(name, tuple(shape), red, found, top, stats, baseline, sim)
