@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from analysis._core.modes import eval_mode, model_device, model_dtype
+from analysis.convert.ghostify_result import GhostifyError
 from analysis.convert.refit import GhostFit, Moments, gather_patches, sample_positions
 from analysis.convert.stepper import LayerStepper
 from analysis.reconstruct import channel_weights, ghostability
@@ -47,6 +48,19 @@ class SequentialSettings:
     seed: int = 0
     batch_size: int = 32
     choice: str = "auto"
+
+    def __post_init__(self) -> None:
+        ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise GhostifyError(f"settings.{name} must be an integer >= {low}, got {v!r}")
+        if not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
+            raise GhostifyError(f"settings.holdout must be a fraction in [0, 1) (0: no held-out errors), got "
+                                f"{self.holdout!r}")
+        if not isinstance(self.ridge, (int, float)) or not math.isfinite(self.ridge) or self.ridge < 0:
+            raise GhostifyError(f"settings.ridge must be a finite number >= 0 (relative to the Gram trace), got "
+                                f"{self.ridge!r}")
 
 
 @dataclass
