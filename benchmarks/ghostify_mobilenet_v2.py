@@ -19,6 +19,7 @@ import torch
 
 from analysis import load_images, load_model
 from analysis.convert import ghostify, verify_replacement
+from analysis.convert.bn import reestimate_bn
 from analysis.convert.sequential import SequentialSettings
 from analysis.data.models import default_preprocess
 
@@ -30,7 +31,7 @@ def _batch(source) -> torch.Tensor:
 def _line(tag: str, rep, secs: float) -> str:
     a = rep.agreement
     t1, cos, kl = a.top1, a.logits_cosine, a.logits_kl
-    return (f"{tag:<44} top-1 agreement {t1.value:6.1%} [{t1.low:.1%}, {t1.high:.1%}]  logits cosine "
+    return (f"{tag:<56} top-1 agreement {t1.value:6.1%} [{t1.low:.1%}, {t1.high:.1%}]  logits cosine "
             f"{cos.value:.3f} [{cos.low:.3f}, {cos.high:.3f}]  KL {kl.value:.3f}  MACs x{rep.macs_ratio:.3f} "
             f"params x{rep.params_ratio:.3f}  ({secs:.0f} s)")
 
@@ -45,6 +46,9 @@ def main() -> None:
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge (default: %(default)s)")
     p.add_argument("--only", choices=("all", "mid", "both"), default="both", help="which layer sets")
     p.add_argument("--skip-independent", action="store_true", help="do not run the old independent fit")
+    p.add_argument("--independent-calib", type=int, default=64,
+                   help="calibration views for the independent fit, which holds every chosen conv's full output "
+                        "maps in memory (default: %(default)s)")
     args = p.parse_args()
     torch.manual_seed(0)
     model = load_model("mobilenet_v2").model
@@ -59,23 +63,26 @@ def main() -> None:
     print(f"sequential settings: {st}")
     sets = {"mid": ["features.1[0-4].*"], "all": None}
     chosen = ["mid", "all"] if args.only == "both" else [args.only]
-    runs = [("sequential", True), ("sequential", False)]
-    if not args.skip_independent:
-        runs += [("independent", True), ("independent", False)]
     for which in chosen:
-        for mode, bn in runs:
+        modes = ["sequential"] if which == "mid" or args.skip_independent else ["sequential", "independent"]
+        for mode in modes:
             t0 = time.perf_counter()
-            new, res = ghostify(model, layers=sets[which], ratio=2, dw_size=3, init="fit", calibration_images=calib,
-                                mode=mode, reestimate_bn=bn, settings=st)
+            fit_on = calib if mode == "sequential" else calib[:args.independent_calib]
+            new, res = ghostify(model, layers=sets[which], ratio=2, dw_size=3, init="fit", calibration_images=fit_on,
+                                mode=mode, reestimate_bn=False, settings=st)
             secs = time.perf_counter() - t0
+            tag = f"{which} ({len(res.replaced)} convs) {mode} ({fit_on.shape[0]} views)"
             rep = verify_replacement(model, new, ev_src, calibration=cal_src, latency_repeats=0, layer_images=0)
-            tag = f"{which} ({len(res.replaced)} convs) {mode}{' + BN re-est.' if bn else ''}"
             print(_line(tag, rep, secs), flush=True)
-            if mode == "sequential" and bn:
+            t0 = time.perf_counter()  # the same fit, then the BN statistics after the first replaced conv
+            reestimate_bn(new, fit_on, after=res.names, batch_size=st.batch_size)
+            secs += time.perf_counter() - t0
+            rep = verify_replacement(model, new, ev_src, calibration=cal_src, latency_repeats=0, layer_images=0)
+            print(_line(f"{tag} + BN re-est.", rep, secs), flush=True)
+            if mode == "sequential":
                 for r in res.replaced:
                     print(f"    {r.name:<22} held-out post-BN error {r.start_error:.3f} -> {r.fit_error:.3f} "
-                          f"(ghosts {r.ghost_error:.3f})")
-
+                          f"(ghosts {r.ghost_error:.3f})", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -119,7 +119,11 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor
     lam = ridge * tr / n
     lam = torch.where(lam > 0, lam, torch.full_like(lam, 1e-12))
     eye = torch.eye(n, dtype=a.dtype)
-    return torch.linalg.solve(a + lam[..., None, None] * eye, b)
+    reg = a + lam[..., None, None] * eye
+    chol, info = torch.linalg.cholesky_ex(reg)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(b, chol)
+    return torch.linalg.solve(reg, b)  # numerically singular (ridge 0): LU with pivoting
 
 
 @dataclass
