@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--positions", type=int, default=8192, help="fit positions per layer (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=2, help="refit alternations (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge (default: %(default)s)")
+    p.add_argument("--track-bn", action="store_true",
+                   help="set each refitted conv's BN to its refitted output's statistics during the fit")
     p.add_argument("--only", choices=("all", "mid", "both"), default="both", help="which layer sets")
     p.add_argument("--skip-independent", action="store_true", help="do not run the old independent fit")
     p.add_argument("--independent-calib", type=int, default=64,
@@ -59,7 +61,8 @@ def main() -> None:
     print(f"mobilenet_v2, s=2, d=3, {calib.shape[0]} calibration views of {calib.shape[-1]}^2 "
           f"(samples:calibration), {args.eval} evaluation views (samples:evaluation); threads "
           f"{torch.get_num_threads()}")
-    st = SequentialSettings(positions=args.positions, iterations=args.iterations, ridge=args.ridge)
+    st = SequentialSettings(positions=args.positions, iterations=args.iterations, ridge=args.ridge,
+                            track_bn=args.track_bn)
     print(f"sequential settings: {st}")
     sets = {"mid": ["features.1[0-4].*"], "all": None}
     chosen = ["mid", "all"] if args.only == "both" else [args.only]

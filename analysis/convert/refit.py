@@ -191,6 +191,24 @@ class GhostFit:
         fs = torch.einsum("gt,tA->gA", self.kernel, sv)
         self.bias = (mo.sy[self.ghosts] - (fs * self.weight[src]).sum(1)) / m
 
+    def output_moments(self, mo: Moments, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (population) variance of every output channel over the fit positions, from the moments."""
+        q, dim, m = mo.q, mo.dim, mo.m
+        ctr = q // 2
+        g4, sv = mo.gram.view(q, dim, q, dim), mo.sv.view(q, dim)
+        mean, var = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+        w = self.weight
+        s_c = w @ sv[ctr]
+        mean[self.intrinsic] = s_c / m
+        var[self.intrinsic] = (torch.einsum("kA,AB,kB->k", w, g4[ctr, :, ctr, :], w) - s_c * s_c / m) / m
+        ws = w[torch.as_tensor(self.source)]
+        gram_u = torch.einsum("gA,tAuB,gB->gtu", ws, g4, ws)
+        su = (sv @ ws.T).T
+        cov = gram_u - su[:, :, None] * su[:, None, :] / m
+        mean[self.ghosts] = (su * self.kernel).sum(1) / m + self.bias
+        var[self.ghosts] = torch.einsum("gt,gtu,gu->g", self.kernel, cov, self.kernel) / m
+        return mean, var.clamp_min(0)
+
     def predict(self, v: torch.Tensor, channels: int) -> torch.Tensor:
         """All ``channels`` outputs at positions ``v`` (N, q, D), float64, original channel order."""
         q = v.shape[1]

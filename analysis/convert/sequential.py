@@ -38,7 +38,9 @@ class SequentialSettings:
     """``positions``: fit positions per layer in all (spread evenly over the fit images, seeded);
     ``holdout``: fraction of the calibration images held out of the fit for the reported errors;
     ``choice_images``: images whose original maps choose the intrinsic channels; ``iterations``: alternations
-    of primary and cheap refits; ``ridge``: relative ridge of every solve; ``batch_size``: images per forward."""
+    of primary and cheap refits; ``ridge``: relative ridge of every solve; ``batch_size``: images per forward;
+    ``track_bn``: set the BN that consumes each refitted conv to the refitted output's statistics (from the
+    fit moments) before the later layers are fitted, so they are fitted on what the network will compute."""
 
     positions: int = 8192
     holdout: float = 0.125
@@ -48,6 +50,7 @@ class SequentialSettings:
     seed: int = 0
     batch_size: int = 32
     choice: str = "auto"
+    track_bn: bool = False
 
     def __post_init__(self) -> None:
         ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
@@ -191,6 +194,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     if never:
         raise RuntimeError(f"layers {never} never ran in a forward pass of the calibration images")
     convs = dict(model.named_modules())
+    bn_names = {id(m): n_ for n_, m in model.named_modules()}
     reports: dict[str, LayerReport] = {}
     with eval_mode(new), LayerStepper(new, names, batches) as stepper:
         for name, inputs in stepper.layers():
@@ -218,6 +222,12 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
                 fit.primary_step(mo, weights, st.ridge)
                 fit.cheap_step(mo, st.ridge)
             err, ghost_err = _errors(fit, vh, yh, weights)
+            if st.track_bn and bn is not None:
+                mean, var = fit.output_moments(mo, conv.out_channels)
+                target_bn = new.get_submodule(bn_names[id(bn)])
+                with torch.no_grad():
+                    target_bn.running_mean.copy_(mean.to(target_bn.running_mean))
+                    target_bn.running_var.copy_((var * mo.m / max(1, mo.m - 1)).to(target_bn.running_var))
             ghost = _module(conv, fit, module_order, ratio, d)
             ghost.train(conv.training)
             stepper.replace(name, ghost)

@@ -248,3 +248,18 @@ def test_ghostify_with_bn_reestimation_reports_images():
     assert res.replaced[0].fit_error is not None and 0 <= res.replaced[0].fit_error
     again = type(res).from_dict(res.to_dict())
     assert again.bn_images == 8 and again.replaced[0].ghost_error == res.replaced[0].ghost_error
+
+
+def test_output_moments_match_the_fitted_module():
+    """track_bn's statistics (from the Gram moments) = the mean/variance of the module's own outputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6))
+    net.eval()
+    x = torch.randn(5, 3, 8, 8)
+    st = SequentialSettings(positions=10**6, holdout=0.0, track_bn=True)
+    new, _ = ghostify(net, layers="2", init="fit", calibration_images=x, settings=st, reestimate_bn=False,
+                      min_channels=0)
+    with torch.no_grad():
+        out = new[2](new[1](new[0](x))).double()
+    torch.testing.assert_close(new[3].running_mean.double(), out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(new[3].running_var.double(), out.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
