@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     new, result = ghostify(model, layers=args.layers, ratio=args.ratio, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=calib,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps,
-                           mode=args.mode, reestimate_bn=not args.no_bn_reestimate)
+                           mode=args.mode, reestimate_bn=args.bn_reestimate)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
@@ -85,9 +85,9 @@ def register(sub: Any) -> None:
                    help="'sequential': each conv fitted on the converted network's inputs, both halves refitted; "
                         "'independent': each conv on the original maps, intrinsic channels exact (default: "
                         "%(default)s)")
-    p.add_argument("--no-bn-reestimate", action="store_true",
-                   help="keep the BN statistics after the replaced convs (default: re-estimate them on the "
-                        "calibration images)")
+    p.add_argument("--bn-reestimate", action="store_true",
+                   help="re-estimate the BN statistics after the replaced convs on the calibration images "
+                        "(default: keep them; see docs/ghostify.md)")
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
                         "independent (default: off)")

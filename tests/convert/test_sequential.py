@@ -243,7 +243,9 @@ def test_bad_settings_are_errors(kwargs, word):
 def test_ghostify_with_bn_reestimation_reports_images():
     net = _bn_net()
     x = torch.randn(8, 3, 6, 6)
-    _, res = ghostify(net, layers="3", init="fit", calibration_images=x, min_channels=0)
+    new, res = ghostify(net, layers="3", init="fit", calibration_images=x, min_channels=0)
+    assert res.bn_images == 0 and torch.equal(new[4].running_var, net[4].running_var)  # off by default
+    _, res = ghostify(net, layers="3", init="fit", calibration_images=x, min_channels=0, reestimate_bn=True)
     assert res.bn_images == 8 and res.mode == "sequential"
     assert res.replaced[0].fit_error is not None and 0 <= res.replaced[0].fit_error
     again = type(res).from_dict(res.to_dict())
