@@ -191,6 +191,45 @@ class GhostFit:
         fs = torch.einsum("gt,tA->gA", self.kernel, sv)
         self.bias = (mo.sy[self.ghosts] - (fs * self.weight[src]).sum(1)) / m
 
+    def cheap_step_direct(self, v: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
+        """:meth:`cheap_step` from the fit positions themselves (``v`` (M, q, D), ``y`` (M, C)): the same least
+        squares, cheaper when M is small against q D."""
+        v, y = v.double(), y.double()
+        m = v.shape[0]
+        u = torch.einsum("ntA,gA->gnt", v, self.weight[torch.as_tensor(self.source)])  # G x M x q
+        yg = y[:, self.ghosts].T  # G x M
+        uc, yc = u - u.mean(1, keepdim=True), yg - yg.mean(1, keepdim=True)
+        cov = uc.transpose(1, 2) @ uc
+        k = _ridge_solve(cov, (uc.transpose(1, 2) @ yc[..., None]), ridge)[..., 0]
+        self.kernel = k
+        self.bias = (yg.sum(1) - (u.sum(1) * k).sum(1)) / m
+
+    def primary_step_direct(self, v: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ridge: float) -> None:
+        """:meth:`primary_step` from the fit positions themselves: the stacked design ``X`` of each filter is
+        built explicitly; with fewer rows than unknowns the dual form ``W = X^T (X X^T + lam I)^-1 t`` (the same
+        ridge solution, cheap when M is small against D)."""
+        v, y = v.double(), y.double()
+        m, q, dim = v.shape
+        src = torch.as_tensor(self.source)
+        new = torch.empty_like(self.weight)
+        for k, a in enumerate(self.intrinsic):
+            rows, targets = [weights[a].sqrt() * v[:, q // 2]], [weights[a].sqrt() * y[:, a]]
+            for gi in torch.nonzero(src == k).flatten().tolist():
+                j = self.ghosts[gi]
+                f = torch.einsum("ntA,t->nA", v, self.kernel[gi])
+                rows.append(weights[j].sqrt() * (f - f.mean(0)))
+                targets.append(weights[j].sqrt() * (y[:, j] - y[:, j].mean()))
+            x, t = torch.cat(rows), torch.cat(targets)
+            if x.shape[0] >= dim:  # more rows than unknowns: the normal equations
+                new[k] = _ridge_solve(x.T @ x, (x.T @ t)[:, None], ridge)[:, 0]
+                continue
+            lam = ridge * float((x * x).sum()) / dim
+            gram = x @ x.T + max(lam, 1e-12) * torch.eye(x.shape[0], dtype=x.dtype)
+            new[k] = x.T @ torch.linalg.solve(gram, t)
+        self.weight = new
+        fs = torch.einsum("gt,ntA->gA", self.kernel, v)
+        self.bias = (y[:, self.ghosts].sum(0) - (fs * self.weight[src]).sum(1)) / m
+
     def output_moments(self, mo: Moments, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and (population) variance of every output channel over the fit positions, from the moments."""
         q, dim, m = mo.q, mo.dim, mo.m

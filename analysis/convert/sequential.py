@@ -32,6 +32,10 @@ from ghostnet.layers import GhostConv, ghost_conv_like
 
 __all__ = ["LayerReport", "SequentialSettings", "sequential_fit"]
 
+#: Below q D fit positions (and up to this many stored values) the refit works on the positions themselves
+#: (dual form) instead of the (q D)^2 Gram matrix: the same least squares, far cheaper on small data.
+_DIRECT_MAX = 2 * 10**7
+
 
 @dataclass(frozen=True)
 class SequentialSettings:
@@ -204,33 +208,48 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
             w = channel_weights(bn, conv.out_channels)
             weights = torch.ones(conv.out_channels, dtype=torch.float64) if w is None else torch.as_tensor(w)
             fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, ratio, d, st.choice)
-            mo = Moments(d * d, fit.weight.shape[1], conv.out_channels)
-            v_ho, y_ho = [], []
+            qd, n_fit_pos = d * d * fit.weight.shape[1], int((~held).sum()) * pos_all.shape[1]
+            direct = n_fit_pos < qd and n_fit_pos * qd <= _DIRECT_MAX  # few positions: skip the Gram
+            mo = None if direct else Moments(d * d, fit.weight.shape[1], conv.out_channels)
+            v_ho, y_ho, v_fit, y_fit = [], [], [], []
             start = 0
             for x in inputs:
                 b = x.shape[0]
                 v = gather_patches(conv, x.cpu(), pos_all[start:start + b], d)
                 y = y_all[start:start + b].reshape(b * pos_all.shape[1], -1)
                 keep = torch.as_tensor(np.repeat(held[start:start + b], pos_all.shape[1]))
-                mo.add(v[~keep], y[~keep])
+                if mo is None:
+                    v_fit.append(v[~keep])
+                    y_fit.append(y[~keep])
+                else:
+                    mo.add(v[~keep], y[~keep])
                 v_ho.append(v[keep])
                 y_ho.append(y[keep])
                 start += b
             vh, yh = torch.cat(v_ho), torch.cat(y_ho)
+            vf, yf = (torch.cat(v_fit), torch.cat(y_fit)) if mo is None else (None, None)
             start_err, _ = _errors(fit, vh, yh, weights)
             for _ in range(st.iterations):
-                fit.primary_step(mo, weights, st.ridge)
-                fit.cheap_step(mo, st.ridge)
+                if mo is None:
+                    fit.primary_step_direct(vf, yf, weights, st.ridge)
+                    fit.cheap_step_direct(vf, yf, st.ridge)
+                else:
+                    fit.primary_step(mo, weights, st.ridge)
+                    fit.cheap_step(mo, st.ridge)
             err, ghost_err = _errors(fit, vh, yh, weights)
             if st.track_bn and bn is not None:
-                mean, var = fit.output_moments(mo, conv.out_channels)
+                if mo is None:
+                    pred = fit.predict(vf, conv.out_channels)
+                    mean, var, count = pred.mean(0), pred.var(0, unbiased=False), pred.shape[0]
+                else:
+                    (mean, var), count = fit.output_moments(mo, conv.out_channels), mo.m
                 target_bn = new.get_submodule(bn_names[id(bn)])
                 with torch.no_grad():
                     target_bn.running_mean.copy_(mean.to(target_bn.running_mean))
-                    target_bn.running_var.copy_((var * mo.m / max(1, mo.m - 1)).to(target_bn.running_var))
+                    target_bn.running_var.copy_((var * count / max(1, count - 1)).to(target_bn.running_var))
             ghost = _module(conv, fit, module_order, ratio, d)
             ghost.train(conv.training)
             stepper.replace(name, ghost)
             reports[name] = LayerReport(ghost, fit.intrinsic, err, ghost_err, start_err, int(n - n_ho), int(n_ho))
-            del mo, v_ho, y_ho, vh, yh
+            del mo, v_ho, y_ho, vh, yh, vf, yf
     return reports

@@ -252,10 +252,12 @@ def test_ghostify_with_bn_reestimation_reports_images():
     assert again.bn_images == 8 and again.replaced[0].ghost_error == res.replaced[0].ghost_error
 
 
-def test_output_moments_match_the_fitted_module():
-    """track_bn's statistics (from the Gram moments) = the mean/variance of the module's own outputs."""
+@pytest.mark.parametrize("k", [1, 3], ids=["gram", "direct"])  # 320 positions: above / below q D
+def test_output_moments_match_the_fitted_module(k):
+    """track_bn's statistics (from the Gram moments, or the positions) = the module's own outputs' mean/var."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6))
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, k, padding=k // 2),
+                        nn.BatchNorm2d(6))
     net.eval()
     x = torch.randn(5, 3, 8, 8)
     st = SequentialSettings(positions=10**6, holdout=0.0, track_bn=True)
@@ -265,3 +267,29 @@ def test_output_moments_match_the_fitted_module():
         out = new[2](new[1](new[0](x))).double()
     torch.testing.assert_close(new[3].running_mean.double(), out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(new[3].running_var.double(), out.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_direct_steps_match_the_gram_steps():
+    """With few positions the refit works on them directly (dual form): the same ridge least squares."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, padding=1, bias=True)
+    x = torch.randn(2, 6, 4, 4)
+    pos = torch.stack([sample_positions(4, 4, 5, 0, 0, i) for i in range(2)])
+    with torch.no_grad():
+        v = gather_patches(conv, x, pos, 3)
+        y = torch.randn(v.shape[0], 6)
+    mo = Moments(9, v.shape[2], 6)
+    mo.add(v, y)
+    rng = np.random.default_rng(0)
+    start = dict(intrinsic=[0, 1, 2], ghosts=[3, 4, 5], source=[0, 1, 2])
+    w0, k0 = torch.as_tensor(rng.normal(size=(3, v.shape[2]))), torch.as_tensor(rng.normal(size=(3, 9)))
+    a = GhostFit(**start, weight=w0.clone(), kernel=k0.clone(), bias=torch.zeros(3, dtype=torch.float64))
+    b = GhostFit(**start, weight=w0.clone(), kernel=k0.clone(), bias=torch.zeros(3, dtype=torch.float64))
+    weights = torch.as_tensor(rng.uniform(0.5, 2, size=6))
+    a.primary_step(mo, weights, 1e-2)
+    b.primary_step_direct(v, y, weights, 1e-2)
+    torch.testing.assert_close(b.weight, a.weight, rtol=1e-4, atol=1e-5)
+    a.cheap_step(mo, 1e-2)
+    b.cheap_step_direct(v, y, 1e-2)
+    torch.testing.assert_close(b.kernel, a.kernel, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.bias, a.bias, rtol=1e-4, atol=1e-5)
