@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     new, result = ghostify(model, layers=args.layers if plan is None else None,
                            ratio=args.ratio if plan is None else plan.ratios, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=calib,
-                           min_channels=args.min_channels, calibrate_steps=args.calibrate_steps)
+                           min_channels=args.min_channels, calibrate_steps=args.calibrate_steps,
+                           mode=args.mode, reestimate_bn=args.bn_reestimate)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
@@ -173,8 +174,16 @@ def register(sub: Any) -> None:
     p.add_argument("--d", type=positive_int, default=3, help="cheap depthwise kernel size (default: %(default)s)")
     p.add_argument("--init", choices=("fit", "none"), default="fit",
                    help="'fit' from the pretrained conv, 'none' random (default: %(default)s)")
+    p.add_argument("--mode", choices=("sequential", "independent"), default="sequential",
+                   help="'sequential': each conv fitted on the converted network's inputs, both halves refitted; "
+                        "'independent': each conv on the original maps, intrinsic channels exact (default: "
+                        "%(default)s)")
+    p.add_argument("--bn-reestimate", action="store_true",
+                   help="re-estimate the BN statistics after the replaced convs on the calibration images "
+                        "(default: keep them; see docs/ghostify.md)")
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
-                   help="Adam steps of layer-wise MSE calibration per layer after the fit (default: off)")
+                   help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
+                        "independent (default: off)")
     p.add_argument("--min-channels", type=non_negative_int, default=16,
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
     add_image_args(p, "calibration images")

@@ -6,15 +6,17 @@ random network do not have; without re-estimation the later layers would see map
 after layer, and their similarity would measure that drift. Re-estimated on the survey's own images (train-mode
 forwards without gradients, ``momentum=None``: the running statistics become the plain average over the
 batches), the untrained network normalises like a trained one and differs from it only in what was learned.
+``reestimate_batchnorm`` lives in :mod:`analysis._core.batchnorm` (ghostify uses it too) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from analysis._core.batchnorm import reestimate_batchnorm
 
 __all__ = ["reestimate_batchnorm", "untrained_copy"]
 
@@ -36,34 +38,3 @@ def untrained_copy(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
                 module.reset_running_stats()
     return net
-
-
-def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._NormBase]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
-
-
-def reestimate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Re-estimate every BatchNorm's running mean and variance on ``batches`` (already on the model's device
-    and dtype), in place: running statistics reset, ``momentum=None`` (a cumulative average over the batches),
-    only the BN layers in train mode (dropout and the rest stay in eval mode), no gradients. Every flag and
-    momentum is restored afterwards. Returns the number of images seen."""
-    norms = _batchnorms(net)
-    modes = {m: m.training for m in net.modules()}
-    momenta = [m.momentum for m in norms]
-    seen = 0
-    try:
-        net.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for batch in batches:
-                net(batch)
-                seen += int(batch.shape[0])
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        for m, training in modes.items():
-            m.train(training)
-    return seen

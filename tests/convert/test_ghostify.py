@@ -65,7 +65,7 @@ def test_default_choice_skips_stem_depthwise_grouped_small(net):
 
 def test_fit_reproduces_intrinsic_channels_exactly(net, images):
     before = _state(net)
-    new, res = ghostify(net, layers=["conv_b"], ratio=4, init="fit", calibration_images=images)
+    new, res = ghostify(net, layers=["conv_b"], ratio=4, init="fit", calibration_images=images, mode="independent")
     for k, v in net.state_dict().items():  # the user's model is untouched
         assert torch.equal(v, before[k])
     entry = res.replaced[0]
@@ -84,7 +84,8 @@ def test_fitted_ghost_channels_match_ghostability_prediction(net, images):
     from analysis.hooks import capture_maps
     from analysis.reconstruct import ghostability
 
-    new, res = ghostify(net, layers="conv_a", ratio=2, dw_size=3, init="fit", calibration_images=images)
+    new, res = ghostify(net, layers="conv_a", ratio=2, dw_size=3, init="fit", calibration_images=images,
+                        mode="independent")
     maps = capture_maps(net, "conv_a", images)["conv_a"]
     g = ghostability(maps, ratio=2, d=3, split=None)  # ghostify fits on all calibration images
     maps_ghost = capture_maps(new, "conv_a", images)["conv_a"]
@@ -103,7 +104,7 @@ def test_planted_ghosts_are_recovered(images):
     with torch.no_grad():  # channel 2k+1 = 0.5 * channel 2k + 0.3 (a 1x1 cheap op with bias)
         conv.weight[1::2] = 0.5 * conv.weight[0::2]
         conv.bias[1::2] = 0.5 * conv.bias[0::2] + 0.3
-    new, res = ghostify(net, layers="2", ratio=2, dw_size=1, init="fit", calibration_images=images)
+    new, res = ghostify(net, layers="2", ratio=2, dw_size=1, init="fit", calibration_images=images, mode="independent")
     assert res.replaced[0].fit_error < 1e-6
     x = torch.randn(3, 3, 10, 10)
     with torch.no_grad():
@@ -162,9 +163,9 @@ def test_random_init_keeps_module_order(net):
 
 
 def test_calibration_does_not_increase_error(net, images):
-    _, res0 = ghostify(net, layers="conv_a", init="fit", calibration_images=images)
+    _, res0 = ghostify(net, layers="conv_a", init="fit", calibration_images=images, mode="independent")
     _, res = ghostify(net, layers="conv_a", init="fit", calibration_images=images, calibrate_steps=30,
-                      calibrate_lr=1e-3)
+                      calibrate_lr=1e-3, mode="independent")
     e = res.replaced[0]
     assert e.fit_error == pytest.approx(res0.replaced[0].fit_error)
     assert e.calibrated_error is not None and e.calibrated_error <= e.fit_error * 1.001
@@ -172,7 +173,8 @@ def test_calibration_does_not_increase_error(net, images):
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 def test_calibration_runs_inside_no_grad_and_inference_mode(net, images, context):
-    kwargs = {"layers": "conv_a", "init": "fit", "calibration_images": images, "calibrate_steps": 5}
+    kwargs = {"layers": "conv_a", "init": "fit", "calibration_images": images, "calibrate_steps": 5,
+              "mode": "independent"}
     want_model, want = ghostify(net, **kwargs)
     with context():
         got_model, got = ghostify(net, **kwargs)
@@ -182,10 +184,11 @@ def test_calibration_runs_inside_no_grad_and_inference_mode(net, images, context
 
 
 def test_fit_and_calibration_follow_a_bfloat16_model(net, images):
-    _, ref = ghostify(net, layers="conv_a", init="fit", calibration_images=images)
+    _, ref = ghostify(net, layers="conv_a", init="fit", calibration_images=images, mode="independent")
     half = copy.deepcopy(net).to(torch.bfloat16)
     for steps in (0, 2):
-        new, res = ghostify(half, layers="conv_a", init="fit", calibration_images=images, calibrate_steps=steps)
+        new, res = ghostify(half, layers="conv_a", init="fit", calibration_images=images, calibrate_steps=steps,
+                            mode="independent")
         assert new.conv_a.primary.weight.dtype == torch.bfloat16
         assert res.replaced[0].fit_error == pytest.approx(ref.replaced[0].fit_error, abs=0.02)
         assert (res.replaced[0].calibrated_error is not None) == (steps > 0)
@@ -211,6 +214,9 @@ def test_glob_skips_depthwise_with_reason(net):
     ({"layers": "conv_a", "init": "fit"}, ["calibration_images", "init='fit'"]),
     ({"layers": "conv_a", "init": "pretrained"}, ["init", "'fit'"]),
     ({"layers": "conv_a", "calibrate_steps": 5}, ["calibrate_steps", "init='fit'"]),
+    ({"layers": "conv_a", "init": "fit", "calibration_images": "samples", "calibrate_steps": 5},
+     ["calibrate_steps", "mode='independent'"]),
+    ({"layers": "conv_a", "init": "fit", "calibration_images": "samples", "mode": "joint"}, ["mode", "sequential"]),
     ({"layers": "nothing*"}, ["nothing*", "matches no module"]),
 ])
 def test_bad_input_names_the_problem(net, kwargs, words):
@@ -233,7 +239,7 @@ def test_torchvision_models(name, layer):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
     x = torch.randn(2, 3, 32, 32)
-    new, res = ghostify(model, layers=layer, init="fit", calibration_images=x)
+    new, res = ghostify(model, layers=layer, init="fit", calibration_images=x, mode="independent")
     assert res.names == [layer]
     with torch.no_grad():
         assert new(x).shape == model(x).shape

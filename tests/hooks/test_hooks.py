@@ -194,7 +194,7 @@ def test_capture_inputs_records_first_calls_on_cpu_and_cleans_up():
 
 
 def test_conversion_records_through_capture():
-    from analysis.convert.ghostify import _record
+    from analysis.convert.independent import _record
     from analysis.convert.verify import _io
 
     torch.manual_seed(0)

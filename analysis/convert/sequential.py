@@ -1,0 +1,257 @@
+"""Sequential, asymmetric conversion: each chosen conv is replaced in forward order, fitted on inputs from the
+network *already converted up to it* against the *original* network's output (He, Zhang & Sun 2017's
+asymmetric solver; Zhang et al. 2015), so earlier layers' errors are absorbed instead of compounded.
+
+Per layer: the intrinsic channels and the ghost assignment are chosen on the original maps of a few images
+(:func:`analysis.reconstruct.ghostability`, post-BN units, the Ghost capacity respected); the primary filters
+start as the original filters of the intrinsic channels and the cheap kernels as the closed-form fits; then
+both halves are refitted by ridge least squares, alternating (:mod:`analysis.convert.refit`), from Gram
+matrices streamed over a seeded subset of positions of every calibration image. A seeded part of the
+calibration images is held out of the Gram matrices: each layer's reported error is measured there.
+The data flow is one pass of the converted network (:class:`analysis.convert.stepper.LayerStepper`) and one
+of the original.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis._core.modes import eval_mode, model_device, model_dtype
+from analysis.convert.ghostify_result import GhostifyError
+from analysis.convert.refit import GhostFit, Moments, gather_patches, sample_positions
+from analysis.convert.stepper import LayerStepper
+from analysis.reconstruct import channel_weights, ghostability
+from ghostnet.layers import GhostConv, ghost_conv_like
+
+__all__ = ["LayerReport", "SequentialSettings", "sequential_fit"]
+
+#: Below q D fit positions (and up to this many stored values) the refit works on the positions themselves
+#: (dual form) instead of the (q D)^2 Gram matrix: the same least squares, far cheaper on small data.
+_DIRECT_MAX = 2 * 10**7
+
+
+@dataclass(frozen=True)
+class SequentialSettings:
+    """``positions``: fit positions per layer in all (spread evenly over the fit images, seeded);
+    ``holdout``: fraction of the calibration images held out of the fit for the reported errors;
+    ``choice_images``: images whose original maps choose the intrinsic channels; ``iterations``: alternations
+    of primary and cheap refits; ``ridge``: relative ridge of every solve; ``batch_size``: images per forward;
+    ``track_bn``: set the BN that consumes each refitted conv to the refitted output's statistics (from the
+    fit moments) before the later layers are fitted, so they are fitted on what the network will compute."""
+
+    positions: int = 8192
+    holdout: float = 0.125
+    choice_images: int = 16
+    iterations: int = 2
+    ridge: float = 1e-3
+    seed: int = 0
+    batch_size: int = 32
+    choice: str = "auto"
+    track_bn: bool = False
+
+    def __post_init__(self) -> None:
+        ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise GhostifyError(f"settings.{name} must be an integer >= {low}, got {v!r}")
+        if not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
+            raise GhostifyError(f"settings.holdout must be a fraction in [0, 1) (0: no held-out errors), got "
+                                f"{self.holdout!r}")
+        if not isinstance(self.ridge, (int, float)) or not math.isfinite(self.ridge) or self.ridge < 0:
+            raise GhostifyError(f"settings.ridge must be a finite number >= 0 (relative to the Gram trace), got "
+                                f"{self.ridge!r}")
+
+
+@dataclass
+class LayerReport:
+    """One layer's sequential fit: its module and, on the held-out calibration images (post-BN units where a
+    BN follows, inputs from the converted network), the pooled relative error of all channels
+    (``heldout_error``), of the ghosts (``ghost_error``) and, before the refit, of the original intrinsic
+    filters with the cheap ops fitted on the original maps (``start_error``)."""
+
+    module: GhostConv
+    intrinsic: list[int]
+    heldout_error: float | None
+    ghost_error: float | None
+    start_error: float | None
+    n_fit: int
+    n_heldout: int
+
+
+class _Targets:
+    """One pass of the original network: each chosen conv's output at its sampled positions (all images), its
+    full maps on the first few images, and the BN that consumes it."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor], k: int,
+                 choice_images: int, seed: int) -> None:
+        self.y: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.pos: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.bn: dict[str, nn.Module] = {}
+        last: dict[str, torch.Tensor] = {}
+        offset = [0]
+
+        def conv_hook(name: str, index: int):
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                if sum(t.shape[0] for t in self.y[name]) > offset[0]:
+                    return  # a second call in the same batch
+                b, c, h, w = out.shape
+                pos = torch.stack([sample_positions(h, w, k, seed, index, offset[0] + i) for i in range(b)])
+                flat = out.detach().float().cpu().flatten(2)
+                self.y[name].append(torch.gather(flat, 2, pos[:, None, :].expand(b, c, -1)).transpose(1, 2))
+                self.pos[name].append(pos)
+                have = sum(t.shape[0] for t in self.maps[name])
+                if have < choice_images:
+                    self.maps[name].append(out.detach().float().cpu()[:choice_images - have])
+                last[name] = out
+            return hook
+
+        def bn_hook(module: nn.Module, inputs: Any) -> None:
+            for name, t in last.items():
+                if inputs[0] is t and name not in self.bn:
+                    self.bn[name] = module
+
+        modules = dict(model.named_modules())
+        handles = [modules[n].register_forward_hook(conv_hook(n, i)) for i, n in enumerate(names)]
+        handles += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        try:
+            with eval_mode(model), torch.no_grad():
+                for b in batches:
+                    model(b)
+                    offset[0] += b.shape[0]
+                    last.clear()
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _pooled(err: torch.Tensor, ss: torch.Tensor, idx: Sequence[int], w: torch.Tensor) -> float | None:
+    if not len(idx):
+        return None
+    i = torch.as_tensor(list(idx))
+    den = float((w[i] * ss[i]).sum())
+    return float((w[i] * err[i]).sum()) / den if den > 0 else None
+
+
+def _errors(fit: GhostFit, v: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[float | None, float | None]:
+    """Pooled post-BN relative error of all channels and of the ghosts on positions ``v``/``y``."""
+    if v.shape[0] < 2:
+        return None, None
+    y = y.double()
+    err = ((fit.predict(v, y.shape[1]) - y) ** 2).sum(0)
+    ss = ((y - y.mean(0)) ** 2).sum(0)
+    return _pooled(err, ss, range(y.shape[1]), w), _pooled(err, ss, fit.ghosts, w)
+
+
+def _start(conv: nn.Conv2d, maps: torch.Tensor, bn: nn.Module | None, ratio: int, d: int,
+           choice: str) -> tuple[GhostFit, list[int]]:
+    """The intrinsic choice on the original maps and the starting point of the refit."""
+    g = ghostability(maps, ratio=ratio, d=d, bn=bn, split=None, choice=choice)
+    ghosts = [j for s in g.slots for j in s]
+    source = [p for p, s in enumerate(g.slots) for _ in s]
+    idx = torch.as_tensor(g.intrinsic)
+    weight = conv.weight.detach().double().cpu()[idx].reshape(len(idx), -1)
+    if conv.bias is not None:
+        weight = torch.cat([weight, conv.bias.detach().double().cpu()[idx, None]], 1)
+    kernel = torch.as_tensor(g.kernel[ghosts].reshape(len(ghosts), d * d), dtype=torch.float64)
+    bias = torch.as_tensor(g.bias[ghosts], dtype=torch.float64)
+    return GhostFit(list(g.intrinsic), ghosts, source, weight, kernel, bias), list(g.module_order)
+
+
+def _module(conv: nn.Conv2d, fit: GhostFit, module_order: list[int], ratio: int, d: int) -> GhostConv:
+    pos = [0] * conv.out_channels
+    for k, ch in enumerate(module_order):
+        pos[ch] = k
+    with torch.inference_mode(False):
+        ghost = ghost_conv_like(conv, ratio, d, pos)
+    m = len(fit.intrinsic)
+    wt = fit.weight[:, :conv.weight[0].numel()].reshape(m, *conv.weight.shape[1:])
+    bias = fit.weight[:, -1] if conv.bias is not None else None
+    ghost.load_fitted(wt.to(conv.weight), None if bias is None else bias.to(conv.weight),
+                      fit.kernel.reshape(-1, 1, d, d).to(conv.weight), fit.bias.to(conv.weight))
+    return ghost
+
+
+def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
+                   ratio: int | Mapping[str, int],
+                   d: int, settings: SequentialSettings | None = None) -> dict[str, LayerReport]:
+    """Replace ``names`` (convs of ``new``, a copy of ``model``) in ``new`` in place, in forward order, each
+    fitted on ``new``'s own inputs (converted up to it) against ``model``'s outputs; see the module docstring.
+    ``ratio``: one s for all, or s per name. Returns a :class:`LayerReport` per layer, in forward order."""
+    st = settings or SequentialSettings()
+    device, dtype = model_device(model), model_dtype(model)
+    batches = [b.to(device=device, dtype=dtype) for b in images.split(st.batch_size)]
+    n = images.shape[0]
+    k = max(1, math.ceil(st.positions / max(1, n)))
+    n_ho = 0 if n < 2 or st.holdout <= 0 else min(n - 1, max(1, round(st.holdout * n)))
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([st.seed, 7]).permutation(n)[:n_ho]] = True
+    targets = _Targets(model, names, batches, k, st.choice_images, st.seed)
+    never = [n_ for n_ in names if not targets.y[n_]]
+    if never:
+        raise RuntimeError(f"layers {never} never ran in a forward pass of the calibration images")
+    convs = dict(model.named_modules())
+    bn_names = {id(m): n_ for n_, m in model.named_modules()}
+    reports: dict[str, LayerReport] = {}
+    with eval_mode(new), LayerStepper(new, names, batches) as stepper:
+        for name, inputs in stepper.layers():
+            conv = convs[name]
+            s_layer = ratio[name] if isinstance(ratio, Mapping) else ratio
+            y_all, pos_all = torch.cat(targets.y[name]), torch.cat(targets.pos[name])
+            bn = targets.bn.get(name)
+            w = channel_weights(bn, conv.out_channels)
+            weights = torch.ones(conv.out_channels, dtype=torch.float64) if w is None else torch.as_tensor(w)
+            fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, s_layer, d, st.choice)
+            qd, n_fit_pos = d * d * fit.weight.shape[1], int((~held).sum()) * pos_all.shape[1]
+            direct = n_fit_pos < qd and n_fit_pos * qd <= _DIRECT_MAX  # few positions: skip the Gram
+            mo = None if direct else Moments(d * d, fit.weight.shape[1], conv.out_channels)
+            v_ho, y_ho, v_fit, y_fit = [], [], [], []
+            start = 0
+            for x in inputs:
+                b = x.shape[0]
+                v = gather_patches(conv, x.cpu(), pos_all[start:start + b], d)
+                y = y_all[start:start + b].reshape(b * pos_all.shape[1], -1)
+                keep = torch.as_tensor(np.repeat(held[start:start + b], pos_all.shape[1]))
+                if mo is None:
+                    v_fit.append(v[~keep])
+                    y_fit.append(y[~keep])
+                else:
+                    mo.add(v[~keep], y[~keep])
+                v_ho.append(v[keep])
+                y_ho.append(y[keep])
+                start += b
+            vh, yh = torch.cat(v_ho), torch.cat(y_ho)
+            vf, yf = (torch.cat(v_fit), torch.cat(y_fit)) if mo is None else (None, None)
+            start_err, _ = _errors(fit, vh, yh, weights)
+            for _ in range(st.iterations):
+                if mo is None:
+                    fit.primary_step_direct(vf, yf, weights, st.ridge)
+                    fit.cheap_step_direct(vf, yf, st.ridge)
+                else:
+                    fit.primary_step(mo, weights, st.ridge)
+                    fit.cheap_step(mo, st.ridge)
+            err, ghost_err = _errors(fit, vh, yh, weights)
+            if st.track_bn and bn is not None:
+                if mo is None:
+                    pred = fit.predict(vf, conv.out_channels)
+                    mean, var, count = pred.mean(0), pred.var(0, unbiased=False), pred.shape[0]
+                else:
+                    (mean, var), count = fit.output_moments(mo, conv.out_channels), mo.m
+                target_bn = new.get_submodule(bn_names[id(bn)])
+                with torch.no_grad():
+                    target_bn.running_mean.copy_(mean.to(target_bn.running_mean))
+                    target_bn.running_var.copy_((var * count / max(1, count - 1)).to(target_bn.running_var))
+            ghost = _module(conv, fit, module_order, s_layer, d)
+            ghost.train(conv.training)
+            stepper.replace(name, ghost)
+            reports[name] = LayerReport(ghost, fit.intrinsic, err, ghost_err, start_err, int(n - n_ho), int(n_ho))
+            del mo, v_ho, y_ho, vh, yh, vf, yf
+    return reports
