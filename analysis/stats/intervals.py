@@ -142,7 +142,8 @@ def _cluster_mean(values: np.ndarray, codes: np.ndarray, level: float) -> tuple[
 def proportion(successes: Any, level: float = 0.95, groups: Sequence[Any] | None = None) -> Estimate:
     """The fraction of true entries of a boolean vector (one per image), with its interval: Clopper–Pearson
     for independent images; with ``groups`` (the photo of each image) the cluster-robust t interval, clipped
-    to [0, 1], since views of one photo succeed or fail together."""
+    to [0, 1], since views of one photo succeed or fail together; when every view fails (or every view
+    succeeds) that interval would have no width, and Clopper–Pearson with one trial per photo is used."""
     level = _check_level(level)
     x = np.asarray(successes, dtype=bool).reshape(-1)
     n, k = x.size, int(x.sum())
@@ -152,6 +153,10 @@ def proportion(successes: Any, level: float = 0.95, groups: Sequence[Any] | None
         low, high = clopper_pearson(k, n, level)
         return Estimate(value, low, high, n, level, "Clopper-Pearson")
     mean, low, high, g = _cluster_mean(x.astype(np.float64), codes, level)
+    if k in (0, n):  # no spread to estimate: the exact interval with one trial per photo, not [k/n, k/n]
+        low, high = clopper_pearson(0 if k == 0 else g, g, level)
+        return Estimate(value, low, high, n, level, f"Clopper-Pearson over {g} photos (every view "
+                        f"{'failed' if k == 0 else 'succeeded'})", g)
     return Estimate(value, max(0.0, low), min(1.0, high), n, level, f"cluster-robust t over {g} photos", g)
 
 

@@ -132,3 +132,20 @@ def test_bad_input():
         proportion([True, False], groups=["a"])
     with pytest.raises(GhostmapsError):
         paired_difference([True], [True, False])
+
+
+@pytest.mark.parametrize("outcome", [False, True])
+def test_proportion_over_photos_is_never_a_point_when_every_view_agrees(outcome):
+    # 64 views of 8 photos that all fail (or all succeed): the cluster-robust t interval has no spread to
+    # estimate, so the interval is the exact one with one trial per photo: beta quantiles computed here.
+    from scipy.stats import beta
+
+    groups = [f"photo{i % 8}" for i in range(64)]
+    e = proportion([outcome] * 64, groups=groups)
+    bound = float(beta.ppf(0.975, 1, 8)) if not outcome else float(beta.ppf(0.025, 8, 1))
+    assert e.value == float(outcome)
+    if outcome:
+        assert e.low == pytest.approx(bound) and e.high == 1.0
+    else:
+        assert e.low == 0.0 and e.high == pytest.approx(bound)
+    assert e.high - e.low > 0.3 and "Clopper-Pearson over 8 photos" in e.method
