@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "rebuild": "analysis.convert.rebuild", "load_ghostified": "analysis.convert.rebuild",
     "VerificationReport": "analysis.convert.verify", "verify_replacement": "analysis.convert.verify",
     "MacsReport": "analysis.convert.macs", "count_macs": "analysis.convert.macs",
+    "RecoverResult": "analysis.convert.recover", "recover": "analysis.convert.recover",
     # pipeline
     "Figure1Result": "analysis.pipeline", "run_figure1": "analysis.pipeline", "suggest_layer": "analysis.pipeline",
 }

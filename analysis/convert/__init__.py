@@ -1,11 +1,13 @@
 """Replacing a pretrained network's convs by Ghost convs and checking what that saves and costs: ghostify
 (:mod:`.ghostify`), rebuilding a saved result (:mod:`.rebuild`), verification (:mod:`.verify`) and MAC
-counting (:mod:`.macs`). The one place where ``ghostnet`` and ``analysis.reconstruct`` meet."""
+counting (:mod:`.macs`), recovery by distillation (:mod:`.recover`). The one place where ``ghostnet`` and
+``analysis.reconstruct`` meet."""
 
 from analysis.convert.ghostify import GhostifyError, GhostifyResult, ghostify
 from analysis.convert.macs import MacsReport, count_macs
 from analysis.convert.rebuild import load_ghostified, rebuild
+from analysis.convert.recover import RecoverError, RecoverResult, recover
 from analysis.convert.verify import VerificationReport, verify_replacement
 
-__all__ = ["GhostifyError", "GhostifyResult", "MacsReport", "VerificationReport", "count_macs", "ghostify",
-           "load_ghostified", "rebuild", "verify_replacement"]
+__all__ = ["GhostifyError", "GhostifyResult", "MacsReport", "RecoverError", "RecoverResult", "VerificationReport",
+           "count_macs", "ghostify", "load_ghostified", "rebuild", "recover", "verify_replacement"]
