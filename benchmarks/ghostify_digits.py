@@ -115,6 +115,10 @@ def main() -> None:
         model.load_state_dict(saved["tuned"])
         tuned = model.eval()
         print(f"fine-tuned and ghostified weights read from {cached}")
+    elif cached is not None and cached.with_suffix(".tuned.pt").is_file():
+        model.load_state_dict(torch.load(cached.with_suffix(".tuned.pt"), weights_only=True)["tuned"])
+        tuned = model.eval()
+        print(f"fine-tuned weights read from {cached.with_suffix('.tuned.pt')}")
     else:
         tuned = fine_tune(model, xtr, ytr, args.finetune_epochs, args.finetune_lr, 32, args.seed)
         if cached is not None:  # the fine-tuned weights alone first: ghostify below is the slow part
