@@ -9,12 +9,13 @@ accuracy of both, with intervals. Target: the recovered network within 1 point o
    layer trained with Adam (cosine schedule) on the train split with its labels.
 3. Ghostify: every dense conv but the stem (``layers=None``: 34 convs), fitted on ``--calibration`` train images.
 4. Recover: ``analysis.convert.recover.recover`` from the fine-tuned network on the train split, used
-   *without* its labels (KL of the logits, seeded crops and flips, BN frozen).
+   *without* its labels (KL of the logits, seeded crops and flips, BN in train mode).
 5. Test: ``verify_replacement(fine_tuned, recovered, test images, labels=...)``: top-1 accuracy of both with
    Clopper–Pearson intervals, the paired difference (Newcombe interval) and McNemar's test. Nothing is
    reported on images anything was fitted on: the test split is used only here.
 
-Run:  python benchmarks/ghostify_digits.py [--size 64] [--finetune-epochs 4] [--recover-steps 500]
+Run:  python benchmarks/ghostify_digits.py [--size 32] [--recover-steps 1000] [--cache DIR]   (defaults: the
+measured run of docs/ghostify.md: 98.70 % recovered vs 98.15 % fine-tuned, +0.56 points [-0.71, +1.95])
 """
 
 from __future__ import annotations
@@ -86,15 +87,15 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
-    p.add_argument("--calibration", type=int, default=256, help="train images ghostify's fits see")
-    p.add_argument("--recover-steps", type=int, default=500)
+    p.add_argument("--calibration", type=int, default=128, help="train images ghostify's fits see")
+    p.add_argument("--recover-steps", type=int, default=1000)
     p.add_argument("--recover-lr", type=float, default=1e-3)
-    p.add_argument("--recover-batch", type=int, default=64)
+    p.add_argument("--recover-batch", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--bn", default="freeze", choices=("freeze", "train"))
+    p.add_argument("--bn", default="train", choices=("freeze", "train"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, help="keep the fine-tuned and the ghostified weights here and reuse them "
@@ -147,7 +148,7 @@ def main() -> None:
     t = time.perf_counter()
     recovered, rec = recover(ghost, tuned, xtr, steps=args.recover_steps, lr=args.recover_lr,
                              batch_size=args.recover_batch, temperature=args.temperature, bn=args.bn,
-                             seed=args.seed, progress=False)
+                             seed=args.seed, progress=True)
     t_rec = time.perf_counter() - t
     print(rec)
 

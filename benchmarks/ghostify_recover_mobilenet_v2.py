@@ -7,7 +7,7 @@
 * evaluation: ``--eval-views`` seeded views of ``samples:evaluation`` (8 other photos), seed 1, never seen
   by the fits nor by recover (``verify_replacement`` checks the two sets are disjoint by content);
 * agreement, logits cosine and KL with intervals over photos, training-free and after recover, and the time
-  of each stage. ``--bn train`` measures recover with BN in train mode instead of frozen.
+  of each stage. ``--bn freeze`` measures recover with BN frozen instead of in train mode.
 
 ghostify's fit here is today's per-layer closed-form fit on the original network's maps; a sequential fit
 (each layer fitted on the already converted network's inputs) starts recover from a better point.
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--loss", default="kl", choices=("kl", "features", "both"))
-    p.add_argument("--bn", default="freeze", choices=("freeze", "train"))
+    p.add_argument("--bn", default="train", choices=("freeze", "train"))
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

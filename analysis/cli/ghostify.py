@@ -85,8 +85,8 @@ def _recover(args: argparse.Namespace, model: Any, new: Any, calib: torch.Tensor
 def _add_recover_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-steps", type=non_negative_int, default=0,
                    help="after ghostify, this many steps of distillation from the original on the calibration "
-                        "images (logits KL, seeded crops and flips, BN frozen; writes recover.json/csv; default: off)")
-    p.add_argument("--recover-lr", type=positive_float, default=1e-4, help="Adam's peak learning rate of the "
+                        "images (logits KL, seeded crops and flips, BN in train mode; writes recover.json/csv; default: off)")
+    p.add_argument("--recover-lr", type=positive_float, default=1e-3, help="Adam's peak learning rate of the "
                                                                           "recovery (default: %(default)s)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="images per recovery step "
                                                                           "(default: %(default)s)")

@@ -116,9 +116,9 @@ def test_features_of_a_model_with_a_features_module():
 
 def test_bn_modes():
     teacher, student = _pair()
-    frozen, _ = recover(student, teacher, _images(), steps=5, **FAST)
+    frozen, _ = recover(student, teacher, _images(), steps=5, bn="freeze", **FAST)
     torch.testing.assert_close(frozen.bn1.running_mean, student.bn1.running_mean, rtol=0, atol=0)
-    trained, _ = recover(student, teacher, _images(), steps=5, bn="train", **FAST)
+    trained, _ = recover(student, teacher, _images(), steps=5, **FAST)  # the default: train mode
     assert not torch.equal(trained.bn1.running_mean, student.bn1.running_mean)
 
 
@@ -207,9 +207,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         teacher, student = _pair()
-        trained, result = recover(student, teacher, _images(), steps=15, distributed=True, **FAST)
-        torch.save({"state": trained.state_dict(), "losses": result.losses, "world": result.world_size},
-                   f"{out}/rank{rank}.pt")
+        trained, result = recover(student, teacher, _images(), steps=15, bn="freeze", distributed=True, **FAST)
+        bn_trained, _ = recover(student, teacher, _images(), steps=4, distributed=True, **FAST)  # BN statistics
+        torch.save({"state": trained.state_dict(), "losses": result.losses, "world": result.world_size,
+                    "bn_state": bn_trained.state_dict()}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -218,11 +219,12 @@ def test_distributed_ranks_agree_and_loss_falls(tmp_path):
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == 2 and _same(r0["state"], r1["state"]) and r0["losses"] == r1["losses"]
+    assert _same(r0["bn_state"], r1["bn_state"])  # train-mode BN: running statistics averaged over the ranks
     losses = r0["losses"]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0]
     # the two shares make up the global batch: the first loss (before any update) is the single process's
     teacher, student = _pair()
-    _, single = recover(student, teacher, _images(), steps=1, **FAST)
+    _, single = recover(student, teacher, _images(), steps=1, bn="freeze", **FAST)
     assert losses[0] == pytest.approx(single.losses[0], rel=1e-5)
 
 
