@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "MacsReport": "analysis.convert.macs", "count_macs": "analysis.convert.macs",
     "ReplacementPlan": "analysis.convert.plan", "plan_replacement": "analysis.convert.plan",
     "choose_plan": "analysis.convert.plan",
+    "RecoverResult": "analysis.convert.recover", "recover": "analysis.convert.recover",
     # pipeline
     "Figure1Result": "analysis.pipeline", "run_figure1": "analysis.pipeline", "suggest_layer": "analysis.pipeline",
 }

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
+    new, recovered = _recover(args, model, new, calib)
     note = ("verified on the calibration images (pass --eval for held-out ones)" if same
             else "verified on held-out images")
     report = verify_replacement(model, new, check, calibration=calib if same else _calib_source(args, preprocess),
@@ -65,12 +66,49 @@ def run(args: argparse.Namespace) -> int:
     written = [out / STATE_FILE, atomic_write(out / GHOSTIFY_JSON, json.dumps(meta, indent=2) + "\n"),
                atomic_write(out / "verification.json", report.to_json() + "\n")]
     written.append(atomic_write(out / "verification.csv", report.to_csv()))
+    if recovered is not None:
+        written += [atomic_write(out / "recover.json", recovered.to_json() + "\n"),
+                    atomic_write(out / "recover.csv", recovered.to_csv())]
     fig = verification(report, title=f"ghostify {info.name}: {len(result.replaced)} convs, ratio {args.ratio}, "
                                       f"d {args.d}")
     written += save_figure(fig, out / "verification.png")
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _recover(args: argparse.Namespace, model: Any, new: Any, calib: torch.Tensor) -> tuple[Any, Any]:
+    """``--recover-steps``: distil the ghostified copy from the original on the calibration images (unlabelled);
+    returns the (recovered) model and the ``RecoverResult`` (None when off)."""
+    if not args.recover_steps:
+        return new, None
+    from analysis.convert.recover import recover
+
+    new, rec = recover(new, model, calib, steps=args.recover_steps, lr=args.recover_lr,
+                       batch_size=args.recover_batch, device=args.device)
+    print(rec)
+    return new, rec
+
+
+def _add_recover_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recover-steps", type=non_negative_int, default=0,
+                   help="after ghostify, this many steps of distillation from the original on the calibration "
+                        "images (logits KL, seeded crops and flips, BN in train mode; writes recover.json/csv; default: off)")
+    p.add_argument("--recover-lr", type=positive_float, default=1e-3, help="Adam's peak learning rate of the "
+                                                                          "recovery (default: %(default)s)")
+    p.add_argument("--recover-batch", type=positive_int, default=32, help="images per recovery step "
+                                                                          "(default: %(default)s)")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 # -- planning under a budget and held-out evaluation (kept apart from run() so that merges stay easy) --------
@@ -184,6 +222,7 @@ def register(sub: Any) -> None:
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
                         "independent (default: off)")
+    _add_recover_args(p)
     p.add_argument("--min-channels", type=non_negative_int, default=16,
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
     add_image_args(p, "calibration images")
