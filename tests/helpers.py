@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 from torch import nn
 
@@ -61,3 +63,10 @@ class PlanNet(nn.Module):
         for conv, bn in zip(self.convs, self.bns, strict=True):
             x = torch.relu(bn(conv(x)))
         return self.fc(x.mean((2, 3)))
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for the process group of a 2-process gloo test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from analysis._core.errors import GhostmapsError
 from analysis.convert.augment import apply_crops, draw_crops
 from analysis.convert.ghostify import ghostify
 from analysis.convert.recover import RecoverResult, recover
-from tests.helpers import TinyNet, randomize_
+from tests.helpers import TinyNet, free_port, randomize_
 
 FAST = {"lr": 1e-2, "batch_size": 6, "progress": False}
 
@@ -194,12 +193,6 @@ def test_bad_input_is_a_clear_error(change, words):
 
 
 # -- distributed: two gloo processes on the CPU -------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -216,7 +209,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_distributed_ranks_agree_and_loss_falls(tmp_path):
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world"] == 2 and _same(r0["state"], r1["state"]) and r0["losses"] == r1["losses"]
     assert _same(r0["bn_state"], r1["bn_state"])  # train-mode BN: running statistics averaged over the ranks

@@ -8,14 +8,13 @@ import csv
 import io
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
 
 from analysis import GhostmapsError, Survey, UnknownLayerError, survey
-from tests.helpers import TinyNet
+from tests.helpers import TinyNet, free_port
 from tests.oracles import numpy_similarity
 
 
@@ -176,12 +175,6 @@ def test_bad_input_is_a_clear_error(tiny):
 
 
 # -- distributed: two gloo processes on the CPU ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -200,7 +193,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_distributed_survey_equals_single_process(tmp_path):
     out = tmp_path / "dist.pt"
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     torch.manual_seed(0)
     single = survey(TinyNet().eval(), images(11), layers=["conv1", "conv2"], batch_size=4,
                     progress=False)
@@ -328,7 +321,7 @@ def _edge_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_distributed_edge_cases_neither_hang_nor_disagree(tmp_path):
     out = str(tmp_path / "edge")
-    torch.multiprocessing.spawn(_edge_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_edge_worker, args=(2, free_port(), out), nprocs=2, join=True)
     for rank in (0, 1):
         report = json.loads(open(f"{out}.{rank}.json").read())
         assert report["one_photo_images"] == 1 and report["mixed_images"] == 2
