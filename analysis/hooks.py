@@ -23,7 +23,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError, UnknownLayerError, did_you_mean
 from analysis._core.modes import eval_mode, model_device, model_dtype
-from analysis._core.results import Result, plain
+from analysis._core.results import Record
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -43,7 +43,7 @@ LayerSpec = str | type | Sequence[str | type]
 
 
 @dataclass(frozen=True)
-class LayerInfo(Result):
+class LayerInfo(Record):
     """One capturable output: the name to capture it by, the module type, and its output shape (``"1×8×32×32"``
     in ``rows()``)."""
 
@@ -60,9 +60,6 @@ class LayerInfo(Result):
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"name": self.name, "type": self.type, "shape": "×".join(map(str, self.shape))}]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

@@ -24,6 +24,7 @@ Equality: record classes of plain fields (``GhostPair``, ``Score``, ...) compare
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -146,3 +147,14 @@ class Result(ABC):
         rows = self.rows()
         frame = pd.DataFrame(rows, columns=self._columns(rows))
         return frame.set_index(self._INDEX) if self._INDEX else frame
+
+
+class Record(Result):
+    """A :class:`Result` that is one flat dataclass: ``to_dict()`` is its fields as plain data and ``rows()``
+    that one dict; a subclass adds ``from_dict`` (and overrides ``rows`` where a cell needs formatting)."""
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return plain(dataclasses.asdict(self))  # type: ignore[call-overload]

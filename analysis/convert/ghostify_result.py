@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import Result, plain
+from analysis._core.results import Record, Result, plain
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +28,7 @@ class GhostifyError(GhostmapsError):
 
 
 @dataclass
-class ReplacedLayer(Result):
+class ReplacedLayer(Record):
     """One conv replaced by a GhostConv. ``intrinsic``: original channels the primary conv keeps (in its
     output order; None without a fit).
 
@@ -73,9 +73,6 @@ class ReplacedLayer(Result):
         row["kernel_size"] = "×".join(map(str, self.kernel_size))
         row["intrinsic"] = None if self.intrinsic is None else " ".join(map(str, self.intrinsic))
         return [row]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

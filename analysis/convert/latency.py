@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.results import Result, plain
+from analysis._core.results import Record, Result
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -37,7 +37,7 @@ __all__ = ["Latency", "LatencyRow", "measure_latency"]
 
 
 @dataclass(eq=False)
-class LatencyRow(Result):
+class LatencyRow(Record):
     """One batch size: per-forward milliseconds of each model (median, first and third quartile) and the
     paired ratio replaced / original (< 1: the replacement is faster)."""
 
@@ -52,12 +52,6 @@ class LatencyRow(Result):
     ratio: float
     ratio_q1: float
     ratio_q3: float
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.to_dict()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

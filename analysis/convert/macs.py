@@ -13,7 +13,7 @@ count; shared parameters count once. ``registered_params`` gives the naive ``sum
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
-from analysis._core.results import Result, plain
+from analysis._core.results import Record, Result
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -36,7 +36,7 @@ CONVENTION = (
 
 
 @dataclass
-class ModuleCost(Result):
+class ModuleCost(Record):
     """Cost of one module, its submodules included: MACs and used parameters."""
 
     name: str
@@ -45,12 +45,6 @@ class ModuleCost(Result):
     params: int
 
     _COLUMNS = ("name", "type", "macs", "params")
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.to_dict()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ from torch import nn
 
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_device, model_dtype
-from analysis._core.results import Result, plain
+from analysis._core.results import Record, plain
 from analysis._core.validation import check_count, check_positive_int
 from analysis.convert.augment import apply_crops, draw_crops
 from analysis.convert.recover_checkpoint import digest, fingerprint, load_state, save_state
@@ -76,7 +76,7 @@ class RecoverError(GhostmapsError):
 
 
 @dataclass(eq=False)
-class RecoverResult(Result):
+class RecoverResult(Record):
     """What :func:`recover` did: ``losses`` (the global batch's loss at each step, before its update),
     ``seconds`` (training time, summed over resumed runs), ``settings``, ``resumed_from`` (the step a resumed
     run started at, else None) and ``world_size``. ``rows()``: one per step."""
@@ -104,9 +104,6 @@ class RecoverResult(Result):
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"step": i, "loss": plain(v)} for i, v in enumerate(self.losses)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

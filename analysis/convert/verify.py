@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 from analysis._core.errors import GhostmapsError
 from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis._core.numerics import relative_error
-from analysis._core.results import Result, number, plain
+from analysis._core.results import Record, Result, number, plain
 from analysis.convert.evaluate import Accuracy, Agreement, accuracy, agreement, compare_outputs
 from analysis.convert.latency import Latency, measure_latency
 from analysis.convert.macs import CONVENTION, count_macs
@@ -52,7 +52,7 @@ MACS_LEAVE_OUT = ("BatchNorm (folded into the convs at inference), activations, 
 
 
 @dataclass(eq=False)
-class LayerCheck(Result):
+class LayerCheck(Record):
     """One replaced layer: output errors in the network and in isolation, cosine, and its own cost (an inf
     error, of a constant original output, is None in ``to_dict`` and read back as NaN)."""
 
@@ -68,12 +68,6 @@ class LayerCheck(Result):
     _COLUMNS = ("name", "type_before", "type_after", "rel_error", "isolated_rel_error", "cosine", "params_before",
                 "params_after")
     _FLOATS = ("rel_error", "isolated_rel_error", "cosine")
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [self.to_dict()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

@@ -248,3 +248,31 @@ def test_survey_layers_are_complete_and_load_keeps_the_statistics(instances, tmp
     assert Survey.from_dict(result.to_dict())["conv2"].stats is None  # JSON keeps no statistics
     with pytest.raises(Exception, match="not a ghostmaps survey"):
         Survey.from_dict({**result.to_dict(), "format": "other"})
+
+
+def test_record_is_its_fields_as_plain_data():
+    import dataclasses
+    import json
+    from collections.abc import Mapping
+    from typing import Any
+
+    import numpy as np
+
+    from analysis._core.results import Record
+
+    @dataclasses.dataclass
+    class Row(Record):
+        name: str
+        value: float
+        count: int
+
+        @classmethod
+        def from_dict(cls, data: Mapping[str, Any]) -> Row:
+            return cls(data["name"], float(data["value"]), int(data["count"]))
+
+    r = Row("a", np.float32(0.5), np.int64(3))
+    assert r.to_dict() == {"name": "a", "value": 0.5, "count": 3}
+    assert type(r.to_dict()["count"]) is int and r.rows() == [r.to_dict()]
+    assert Row.from_dict(json.loads(r.to_json())) == r
+    assert Row("b", float("nan"), 1).to_dict()["value"] is None  # non-finite floats become None, as plain does
+    assert r.to_csv() == "name,value,count\na,0.5,3\n"
