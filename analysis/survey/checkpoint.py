@@ -5,18 +5,15 @@ exactly where an interrupted survey stopped, and refuses a checkpoint made for s
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from analysis._core.errors import GhostmapsError
-from analysis._core.io import atomic_write
+from analysis._core.payload import digest, read_payload, state_fingerprint, write_payload
 from analysis.data.batches import Images
 from analysis.stats import GroupedStats
 
@@ -26,21 +23,7 @@ VERSION = 1
 __all__ = ["load_checkpoint", "model_fingerprint", "save_checkpoint", "source_fingerprint"]
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            t = part.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(repr(part).encode())
-    return h.hexdigest()[:32]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A hash of the model's parameters and buffers (names, shapes, dtypes and values)."""
-    return _digest(*(x for name, t in model.state_dict().items() for x in (name, t)))
+model_fingerprint = state_fingerprint
 
 
 def one_shot(images: Any) -> bool:
@@ -55,9 +38,9 @@ def source_fingerprint(images: Images, raw: Any) -> str:
         raise GhostmapsError("checkpoint/resume needs an image source that can be read again from the start (files, "
                              "a tensor, a Dataset or DataLoader), not a one-shot iterator.")
     if images.kind == "source":
-        return _digest("files", images.length, tuple(images.source.names))
+        return digest("files", images.length, tuple(images.source.names))
     _, first = images.first()
-    return _digest(images.kind, images.length, first)
+    return digest(images.kind, images.length, first)
 
 
 def save_checkpoint(path: str | os.PathLike, *, identity: dict[str, Any], done: int, order: list[str],
@@ -69,9 +52,7 @@ def save_checkpoint(path: str | os.PathLike, *, identity: dict[str, Any], done: 
                "baseline": None if baseline is None else {k: v.state_dict() for k, v in baseline.items()},
                "baseline_state": None if baseline_state is None else
                {k: v.detach().cpu() for k, v in baseline_state.items()}}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write(Path(path), buf.getvalue())
+    return write_payload(path, payload)
 
 
 _WHAT = {"model": "model (its weights differ)", "layers": "layer set", "source": "image source",
@@ -82,12 +63,7 @@ def load_checkpoint(path: str | os.PathLike, identity: dict[str, Any]) -> dict[s
     """Read a checkpoint and check that it belongs to this survey: the same model, layer set, image source and
     settings; otherwise a ``GhostmapsError`` naming what differs."""
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise GhostmapsError(f"{path} is not a readable survey checkpoint ({exc}).") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GhostmapsError(f"{path} is not a ghostmaps survey checkpoint.")
+    payload = read_payload(path, FORMAT, "survey checkpoint")
     saved = payload["identity"]
     for key in ("model", "layers", "source", "settings"):
         if saved.get(key) != identity.get(key):

@@ -4,17 +4,14 @@ survey over thousands of images is computed once and re-scored or re-plotted lat
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from analysis._core.errors import GhostmapsError
-from analysis._core.io import atomic_write as _atomic_write
+from analysis._core.payload import read_payload, write_payload
 from analysis._core.results import Result, plain
 from analysis.measure.groups import GhostGroups, ghost_groups
 from analysis.measure.pairs import GhostPairs, ghost_pairs
@@ -161,11 +158,7 @@ class Survey(Result):
             for key, kept in (("stats", layer.stats), ("baseline_stats", layer.baseline_stats)):
                 entry[key] = (kept if groups else kept.collapsed()).state_dict() if stats and kept is not None \
                     else None
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        path = Path(path)
-        _atomic_write(path, buf.getvalue())
-        return path
+        return write_payload(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Survey:
@@ -173,12 +166,7 @@ class Survey(Result):
         path = Path(path)
         if not path.is_file():
             raise GhostmapsError(f"no survey file at {path}; run `ghostmaps survey` or analysis.survey first.")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-            raise GhostmapsError(f"{path} is not a readable survey file ({exc}).") from exc
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise GhostmapsError(f"{path} is not a ghostmaps survey file.")
+        payload = read_payload(path, FORMAT, "survey file")
         if payload.get("version") != FORMAT_VERSION:
             raise GhostmapsError(f"{path} is a survey file of format version {payload.get('version')}, this "
                                  f"ghostmaps reads version {FORMAT_VERSION}; survey again.")
