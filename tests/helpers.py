@@ -70,3 +70,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def onnx_and_torch_outputs(model: nn.Module, path: str) -> tuple[object, object]:
+    """Export ``model`` (eval mode) to ONNX at ``path`` and run a seeded 1×3×96×96 image through onnxruntime
+    and through PyTorch: ``(onnx output, PyTorch output)`` as numpy arrays. Needs onnxruntime."""
+    import warnings
+
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["image"], opset_version=17)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return onnx_out, expected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import ghostnet
 from ghostnet import GhostNet, fuse, ghost_resnet50, ghost_resnet56, ghost_vgg16, ghostnet_050, ghostnet_100
 from ghostnet.fuse import fold_bn
 from ghostnet.variants import resnet56, vgg16_cifar
-from tests.helpers import randomize_
+from tests.helpers import onnx_and_torch_outputs, randomize_
 
 
 def _bns(model: nn.Module) -> int:
@@ -157,17 +156,9 @@ def test_untraceable_model_and_non_module_are_rejected():
 
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 def test_onnx_export_matches_pytorch(tmp_path, fused):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     model = randomize_(ghostnet_100(), seed=3).eval()
     if fused:
         model = fuse(model)
-    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
-    path = tmp_path / "ghostnet_100.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["image"], opset_version=17)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        expected = model(x).numpy()
+    onnx_out, expected = onnx_and_torch_outputs(model, str(tmp_path / "ghostnet_100.onnx"))
     assert np.abs(onnx_out - expected).max() <= 1e-4

@@ -7,7 +7,6 @@ import copy
 import datetime
 import os
 import urllib.error
-import warnings
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import ghostnet
 from ghostnet import GhostNetV3, fuse, ghostnetv2_100, ghostnetv2_130, ghostnetv3_100, load_checkpoint
 from ghostnet.registry import model_cfg
 from ghostnet.weights import CheckpointMismatchError, PretrainedWeightsUnavailable
+from tests.helpers import onnx_and_torch_outputs
 from tests.helpers_v2v3 import max_diff, randomize_rep_
 
 
@@ -63,19 +63,11 @@ def test_fused_v3_equals_fused_v2_with_the_same_weights():
     ids=["v2-unfused", "v2-fused", "v3-fused"],
 )
 def test_onnx_export_matches_pytorch(tmp_path, name, fused):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     model = randomize_rep_(getattr(ghostnet, name)(), seed=3).eval()
     if fused:
         model = fuse(model)
-    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2))
-    path = tmp_path / f"{name}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["image"], opset_version=17)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        expected = model(x).numpy()
+    onnx_out, expected = onnx_and_torch_outputs(model, str(tmp_path / f"{name}.onnx"))
     assert np.abs(expected).max() > 1e-2
     assert np.abs(onnx_out - expected).max() <= 1e-4
 
