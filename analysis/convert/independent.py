@@ -71,18 +71,18 @@ def _calibrate(module: GhostConv, x: torch.Tensor, y: torch.Tensor, steps: int, 
     module.eval()
 
 
-def independent_fit(model: nn.Module, names: Sequence[str], images: torch.Tensor, ratio: int | Mapping[str, int],
+def independent_fit(model: nn.Module, names: Sequence[str], images: torch.Tensor, ratios: Mapping[str, int],
                     dw_size: int,
                     calibrate_steps: int, calibrate_lr: float, calibrate_batch: int
                     ) -> dict[str, tuple[GhostConv, ReplacedLayer]]:
-    """A fitted GhostConv and its (partly filled) :class:`ReplacedLayer` for each conv in ``names`` (``ratio``:
-    one s for all, or s per name)."""
+    """A fitted GhostConv and its (partly filled) :class:`ReplacedLayer` for each conv in ``names`` (``ratios``:
+    each name's s)."""
     outs, ins = _record(model, list(names), images, keep_inputs=calibrate_steps > 0)
     modules = dict(model.named_modules())
     done: dict[str, tuple[GhostConv, ReplacedLayer]] = {}
     for n in names:
         conv = modules[n]
-        s = ratio[n] if isinstance(ratio, Mapping) else ratio
+        s = ratios[n]
         fit = ghostability(outs[n], ratio=s, d=dw_size, split=None)
         pos = [0] * conv.out_channels
         for k, ch in enumerate(fit.module_order):

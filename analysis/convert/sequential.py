@@ -181,11 +181,11 @@ def _module(conv: nn.Conv2d, fit: GhostFit, module_order: list[int], ratio: int,
 
 
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
-                   ratio: int | Mapping[str, int],
+                   ratios: Mapping[str, int],
                    d: int, settings: SequentialSettings | None = None) -> dict[str, LayerReport]:
     """Replace ``names`` (convs of ``new``, a copy of ``model``) in ``new`` in place, in forward order, each
     fitted on ``new``'s own inputs (converted up to it) against ``model``'s outputs; see the module docstring.
-    ``ratio``: one s for all, or s per name. Returns a :class:`LayerReport` per layer, in forward order."""
+    ``ratios``: each name's s. Returns a :class:`LayerReport` per layer, in forward order."""
     st = settings or SequentialSettings()
     device, dtype = model_device(model), model_dtype(model)
     batches = [b.to(device=device, dtype=dtype) for b in images.split(st.batch_size)]
@@ -204,7 +204,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     with eval_mode(new), LayerStepper(new, names, batches) as stepper:
         for name, inputs in stepper.layers():
             conv = convs[name]
-            s_layer = ratio[name] if isinstance(ratio, Mapping) else ratio
+            s_layer = ratios[name]
             y_all, pos_all = torch.cat(targets.y[name]), torch.cat(targets.pos[name])
             bn = targets.bn.get(name)
             w = channel_weights(bn, conv.out_channels)
