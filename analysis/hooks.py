@@ -164,6 +164,7 @@ def capture(
     to: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     inputs: bool = False,
+    copy: bool = True,
 ) -> Iterator[CapturedMaps]:
     """Capture the outputs (and, when asked, the inputs) of chosen layers during forward passes run inside
     the ``with`` block.
@@ -179,6 +180,10 @@ def capture(
         dtype: cast the copies to this dtype (e.g. ``torch.float32``); default: as computed.
         inputs: also keep each captured call's first positional input (when it is a tensor) in the yielded
             dict's ``inputs``, under the call's name (``name``, ``name#1``, …), copied like the outputs.
+        copy: ``False`` hands ``callback`` the layer's own output tensor (detached) instead of a copy, saving a
+            pass over every map; only with ``store=False`` and no ``to``/``dtype``/``inputs``, and only for a
+            callback that reads the tensor at once and neither changes nor keeps it (the network goes on to use
+            it; an in-place op after the hook would change a kept reference).
 
     Yields:
         A ``CapturedMaps`` dict ``{entry name: detached copy}`` filled by each forward (reset, with its
@@ -190,6 +195,9 @@ def capture(
         ...     model(images)
         >>> maps["layer1.0.bn1"].min() < 0  # the in-place ReLU did not touch the copy
     """
+    if not copy and (store or to is not None or dtype is not None or inputs or callback is None):
+        raise GhostmapsError("capture(copy=False) hands the callback the layer's own output: it needs a callback, "
+                         "store=False, and no to=, dtype= or inputs=.")
     chosen = resolve_layers(model, layers)
     modules = dict(model.named_modules())
     captured = CapturedMaps()
@@ -220,11 +228,14 @@ def capture(
             if inputs and args and isinstance(args[0], torch.Tensor):
                 captured.inputs[call_name] = copy_of(args[0])
             for entry, tensor in _entry_names(call_name, output):
-                copy = copy_of(tensor)
+                if not copy:
+                    callback(entry, tensor.detach())
+                    continue
+                kept = copy_of(tensor)
                 if store:
-                    captured[entry] = copy
+                    captured[entry] = kept
                 if callback is not None:
-                    callback(entry, copy)
+                    callback(entry, kept)
 
         return hook
 

@@ -172,6 +172,55 @@ class Batch:
         return self.y.shape[2]
 
 
+_SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+
+def scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable flat work buffer of at least ``numel`` values (its first ``numel`` returned): the per-batch
+    temporaries of a stream (the |x| > tol test, the pairs' sums and differences) are as large as the maps, and
+    allocating them afresh for every layer and batch costs a page fault per page. Grown on demand; one per
+    device and dtype; ``release_scratch`` frees them."""
+    key = (str(device), dtype)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.numel() < numel:
+        _SCRATCH.pop(key, None)  # free the old one before the larger one is made
+        with torch.inference_mode(False):  # a normal tensor: written inside and outside inference mode
+            buf = _SCRATCH[key] = torch.empty(int(numel), dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def release_scratch() -> None:
+    """Free the work buffers of ``scratch`` (a stream calls it when it ends)."""
+    _SCRATCH.clear()
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one look at a batch gives (:func:`scan_batch`): the shift and the per-channel range and counts."""
+
+    shift: torch.Tensor  #: k, float64 C (the given shift, or the batch's channel means)
+    low: torch.Tensor  #: per-channel min of the raw values, float64 C
+    high: torch.Tensor  #: per-channel max, float64 C
+    nonzero: torch.Tensor  #: per-channel #{|x| > tol}, int64 C
+
+
+def scan_batch(x3: torch.Tensor, tol: float, shift: torch.Tensor | None = None) -> Scan:
+    """Min, max (refusing NaN/inf first), #{|x| > tol} and the shift of one contiguous N×C×P batch, without
+    changing it. The count runs as |x| > tol on a float work buffer (``scratch``) summed per channel: exact
+    (0/1 values, at most P per image and channel) and several times faster than counting booleans."""
+    n, c = x3.shape[:2]
+    # (reducing the contiguous last axis first, then the images, is the faster order)
+    low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
+    high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
+    _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before anything else
+    if shift is None:
+        shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x3.dtype)
+    work = scratch(x3.numel(), x3.dtype, x3.device).view(x3.shape)
+    torch.abs(x3, out=work).gt_(tol)
+    nonzero = work.sum(dim=2).to(torch.int64).sum(dim=0)
+    return Scan(shift, low, high, nonzero)
+
+
 def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = None, *, owned: bool = False,
                   position_sums: bool = False) -> Batch:
     """The shared first half of the batch fold (module docstring) for N×C×H×W or N×C ``maps`` with N·P > 0.
@@ -184,19 +233,11 @@ def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = N
     x = x.contiguous()
     owned = owned or x is not maps  # a converted or compacted copy is ours to change
     x3 = x.view(n, c, -1)  # image k's channels are the contiguous C×P matrix x3[k]
-    # (reducing the contiguous last axis first, then the images, is the faster order)
-    low = x3.amin(dim=2).amin(dim=0).to(torch.float64)
-    high = x3.amax(dim=2).amax(dim=0).to(torch.float64)
-    _require_finite(low + high)  # NaN and ±inf reach the min or max: refuse before anything else
-    if shift is None:
-        shift = _representable_shift(x3.mean(dim=(0, 2), dtype=torch.float64), x.dtype)
-    # |x| > tol counted as (x > tol) + (x < −tol): no |x| temporary
-    nonzero = torch.gt(x3, tol).sum(dim=2, dtype=torch.int32).sum(dim=0) \
-        + torch.lt(x3, -tol).sum(dim=2, dtype=torch.int32).sum(dim=0)
+    scan = scan_batch(x3, tol, shift)  # refuses NaN/inf first
     sums = x3.sum(dim=0) if position_sums else None  # before an owned batch is shifted in place
-    k = shift.to(device=x.device, dtype=x.dtype).view(1, c, 1)
+    k = scan.shift.to(device=x.device, dtype=x.dtype).view(1, c, 1)
     y = x3.sub_(k) if owned else x3 - k
-    return Batch(y, shift, low, high, nonzero.to(torch.int64), sums)
+    return Batch(y, scan.shift, scan.low, scan.high, scan.nonzero, sums)
 
 
 def add_moments(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:

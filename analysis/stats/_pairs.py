@@ -1,5 +1,5 @@
-"""Kernels of the paired fold: the Gram matrix and the noise-matched null from one set of products, and the
-packed per-group storage. Private to ``analysis.stats``; shapes are checked by the callers.
+"""The identity behind the paired fold (the Gram matrix and the noise-matched null from one set of products),
+the packed per-group storage, and the kernels that work on it. Private to ``analysis.stats``; shapes are checked by the callers.
 
 Images are paired in stream order, (2j, 2j + 1). For a pair with shifted maps y_a, y_b (C×P each) the
 observed Gram matrix needs y_a y_aᵀ + y_b y_bᵀ and the null needs the symmetric cross product
@@ -8,7 +8,8 @@ y_a y_bᵀ + y_b y_aᵀ. With u = y_a + y_b and v = y_a − y_b,
     u uᵀ = y_a y_aᵀ + y_b y_bᵀ + (y_a y_bᵀ + y_b y_aᵀ),   v vᵀ = y_a y_aᵀ + y_b y_bᵀ − (y_a y_bᵀ + y_b y_aᵀ),
 
 so Gram = (u uᵀ + v vᵀ) / 2 and cross = (u uᵀ − v vᵀ) / 2: two symmetric products per pair, exactly the
-work of the two Gram products alone. The null costs nothing beyond the elementwise u and v.
+work of the two Gram products alone. The null costs nothing beyond the elementwise u and v. (The streaming
+accumulators of :mod:`analysis.stats._live` keep the two products themselves.)
 
 A group's two matrices are symmetric, so each is kept as its upper triangle with the diagonal in row-major
 order (``triu`` order, C(C + 1)/2 values; the null's diagonal is kept but never used, each channel keeps its
@@ -88,19 +89,6 @@ def reshift_packed(packed: torch.Tensor, sums: torch.Tensor, counts: torch.Tenso
         chunk.addcmul_(wk[:, rows], d_cols)
 
 
-def _blocked_products(z: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
-    """Σ_k z[k] z[k]ᵀ for z of shape m×C×P as row blocks (lo, hi, rows lo:hi × columns lo:), the blocks of
-    ``analysis.stats._kernel._add_gram``: (b + 1)/(2b) of the full product for b row blocks."""
-    edges = _row_blocks(z.shape[1])
-    out = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        block = torch.mm(z[0, lo:hi], z[0, lo:].T)
-        for k in range(1, z.shape[0]):
-            block.addmm_(z[k, lo:hi], z[k, lo:].T)
-        out.append((lo, hi, block))
-    return out
-
-
 @lru_cache(maxsize=256)
 def _block_index(rows: int, cols: int, offset: int, device: str) -> torch.Tensor:
     i, j = torch.triu_indices(rows, cols, offset=offset, device=device)
@@ -110,42 +98,6 @@ def _block_index(rows: int, cols: int, offset: int, device: str) -> torch.Tensor
 def _segment_start(c: int, lo: int, offset: int) -> int:
     """Where row ``lo`` starts in the triu-order vector of a C×C matrix (from diagonal ``offset``)."""
     return lo * (c - offset) - lo * (lo - 1) // 2
-
-
-def _add_block(packed: torch.Tensor, block: torch.Tensor, c: int, lo: int, offset: int, alpha: float = 1.0
-               ) -> None:
-    """Add ``alpha`` times the upper-triangle part of a row block (rows lo:hi, columns lo:) to its contiguous
-    segment of a packed triu-order vector."""
-    rows, cols = block.shape
-    idx = _block_index(rows, cols, offset, str(block.device))
-    start = _segment_start(c, lo, offset)
-    packed[start:start + idx.numel()].add_(block.reshape(-1).index_select(0, idx).to(packed.dtype), alpha=alpha)
-
-
-def fold_pairs(ya: torch.Tensor, yb: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor,
-               group_gram: torch.Tensor | None, group_cross: torch.Tensor | None) -> None:
-    """Add the Gram and the symmetric cross products of the pairs (ya[k], yb[k]) (m×C×P each, shifted) to the
-    float64 totals ``gram``/``cross`` (upper row blocks) and to one group's packed vectors (when given)."""
-    c = ya.shape[1]
-    qu, qv = _blocked_products(ya + yb), _blocked_products(ya - yb)
-    for (lo, hi, a), (_, _, b) in zip(qu, qv, strict=True):
-        # Gram = (a + b)/2, cross = (a − b)/2; the halving (exact) rides on the accumulating adds
-        g = torch.add(a, b)
-        h = a.sub_(b)
-        gram[lo:hi, lo:].add_(g, alpha=0.5)
-        cross[lo:hi, lo:].add_(h, alpha=0.5)
-        if group_gram is not None:
-            _add_block(group_gram, g, c, lo, 0, 0.5)
-            _add_block(group_cross, h, c, lo, 0, 0.5)
-
-
-def fold_singles(y: torch.Tensor, gram: torch.Tensor, group_gram: torch.Tensor | None) -> None:
-    """Add Σ_k y[k] y[k]ᵀ of unpaired images (m×C×P) to the Gram totals and a group's packed Gram."""
-    c = y.shape[1]
-    for lo, hi, g in _blocked_products(y):
-        gram[lo:hi, lo:] += g
-        if group_gram is not None:
-            _add_block(group_gram, g, c, lo, 0)
 
 
 def fold_cross(ya: torch.Tensor, yb: torch.Tensor, cross: torch.Tensor, group_cross: torch.Tensor | None) -> None:

@@ -4,7 +4,6 @@ paired with the next one in the stream (for the noise-matched null); ``total()``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,19 +11,22 @@ from typing import Any
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram, prepare_batch
-from analysis.stats._pairs import fold_cross, fold_pairs, fold_singles, packed_size, reshift_packed, unpack
+from analysis.stats._fold import StreamFold
+from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram
+from analysis.stats._pairs import reshift_packed, unpack
 from analysis.stats.layer import LayerStats
-from analysis.stats.moments import PairedMoments, position_subset
+from analysis.stats.moments import PairedMoments
 
 __all__ = ["GroupedStats"]
 
 _TENSORS = ("shift", "gram", "cross", "group_gram", "group_cross", "sums", "count", "images", "pair_sums",
-            "pair_count", "nonzero", "sampled", "min", "max")
+            "pair_count", "nonzero", "sampled", "min", "max", "live_u", "live_v")
+#: The C×C accumulators that exist only once the streaming ones are settled (reading one settles them).
+_SETTLED = frozenset({"gram", "cross", "group_gram", "group_cross"})
 
 
 @dataclass
-class GroupedStats:
+class GroupedStats(StreamFold):
     """``LayerStats`` split over K groups of images, with the noise-matched null's cross products.
 
     Image number i (its position in the image set) belongs to block ``i // chunk`` and group
@@ -35,6 +37,12 @@ class GroupedStats:
     the same for the paired images only. The totals (Gram and cross) are kept apart in float64, so ``total()``
     is exactly the one-pass ``LayerStats``. Memory 16·C² + 4·K·C² bytes (K groups), whatever the number of
     images; ``groups=1`` keeps no group vectors (no intervals).
+
+    While images stream in, the products go to per-group accumulators in the streaming layout of
+    :mod:`analysis.stats._live` (``live_u``, ``live_v``: 5·K·C² bytes for C ≥ 512, less below) instead, and the
+    C×C fields above are None; reading any of them (or ``finish``, which a stream calls at its end) converts
+    the accumulators into them once. A checkpoint (``state_dict``) keeps whichever layout the statistics are in,
+    so a resumed stream continues bit for bit.
 
     ``positions=m`` folds, for each pair, the same seeded random m positions of its two images (all of them
     when a map has at most m), weighted by P/m: an unbiased estimate of every moment (``estimated`` says so).
@@ -64,6 +72,16 @@ class GroupedStats:
     pending: dict[int, tuple[int, torch.Tensor, float]] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     started: bool = False  # whether the shift was set from data (a host flag: no device read per batch)
+    live_u: torch.Tensor | None = None  # K × size streaming accumulators (analysis.stats._live), or None
+    live_v: torch.Tensor | None = None
+
+    def __getattribute__(self, name: str) -> Any:
+        # the C×C accumulators are settled from the streaming ones the first time anyone reads them
+        if name in _SETTLED:
+            d = object.__getattribute__(self, "__dict__")
+            if d.get("live_u") is not None:
+                object.__getattribute__(self, "_settle")()
+        return object.__getattribute__(self, name)
 
     def __post_init__(self) -> None:
         if int(self.groups) < 1 or int(self.chunk) < 2 or int(self.chunk) % 2:
@@ -81,12 +99,8 @@ class GroupedStats:
         f64 = {"dtype": torch.float64, "device": self.device}
         i64 = {"dtype": torch.int64, "device": self.device}
         self.shift = torch.zeros(c, **f64)
-        self.gram, self.cross = torch.zeros(c, c, **f64), torch.zeros(c, c, **f64)
-        if k > 1:
-            self.group_gram = torch.zeros(k, packed_size(c, 0), dtype=torch.float32, device=self.device)
-            self.group_cross = torch.zeros(k, packed_size(c, 0), dtype=torch.float32, device=self.device)
-        else:
-            self.group_gram = self.group_cross = None
+        # the C×C accumulators are made when first read or settled (a stream fills the streaming ones instead)
+        self.gram = self.cross = self.group_gram = self.group_cross = self.live_u = self.live_v = None
         self.sums, self.pair_sums = torch.zeros(k, c, **f64), torch.zeros(k, c, **f64)
         self.count, self.images, self.pair_count = (torch.zeros(k, **i64) for _ in range(3))
         self.nonzero, self.sampled = torch.zeros(c, **i64), torch.zeros((), **i64)
@@ -116,110 +130,6 @@ class GroupedStats:
     def group_of(self, index: int) -> int:
         """The group of the image with this position in the image set."""
         return (index // self.chunk) % self.groups
-
-    # -- folding -------------------------------------------------------------------------------------------
-    def update(self, maps: torch.Tensor, first_index: int | Sequence[int] = 0, *, owned: bool = False
-               ) -> GroupedStats:
-        """Fold a batch of maps (N×C×H×W or N×C). ``first_index``: the position of its first image in the image
-        set (the others follow), or the N positions themselves. ``owned=True`` lets the statistics shift the
-        maps in place (the caller's copy is then spent). A batch with NaN or inf is refused before anything
-        changes."""
-        if not isinstance(maps, torch.Tensor) or maps.dim() not in (2, 4):
-            shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise GhostmapsError(f"maps must be an N×C×H×W (or N×C) tensor, got {shape}.")
-        n, c = maps.shape[:2]
-        spatial = tuple(maps.shape[2:])
-        if self.channels is not None and c != self.channels:
-            raise GhostmapsError(f"these maps have {c} channels but the statistics hold {self.channels}.")
-        index = list(range(first_index, first_index + n)) if isinstance(first_index, int) else \
-            [int(i) for i in first_index]
-        if len(index) != n:
-            raise GhostmapsError(f"got {len(index)} image positions for a batch of {n} images.")
-        p = math.prod(spatial)
-        if n == 0 or p == 0:
-            if self.channels is None:
-                self.init(c, spatial, maps.device)
-            return self
-        x, weight = maps, 1.0
-        if self.positions is not None and int(self.positions) < p:
-            x, owned, weight = self._subsample(maps.reshape(n, c, p), index, p), True, p / int(self.positions)
-        # the shared first half of the fold (analysis.stats._kernel): refuses NaN/inf before anything changes
-        batch = prepare_batch(x, self.tol, self.shift if self.started else None, owned=owned)
-        if self.channels is None:
-            self.init(c, spatial, maps.device)
-        if not self.started:  # a Python flag, not a look at the device counts (no host sync per batch)
-            self.shift, self.started = batch.shift.to(self.device), True
-        self.min, self.max = torch.minimum(self.min, batch.low), torch.maximum(self.max, batch.high)
-        self.nonzero += batch.nonzero
-        self.sampled += n * batch.positions
-        y = batch.y  # ours: the spent owned copy or a new tensor
-        if weight != 1.0:
-            y.mul_(math.sqrt(weight))
-        self._fold(y, index, p, math.sqrt(weight))
-        return self
-
-    def _subsample(self, x: torch.Tensor, index: list[int], p: int) -> torch.Tensor:
-        m = int(self.positions)
-        out = torch.empty(x.shape[0], x.shape[1], m, dtype=x.dtype, device=x.device)
-        for t, i in enumerate(index):
-            out[t] = x[t].index_select(1, position_subset(self.seed, i // 2, p, m, x.device))
-        return out
-
-    def _fold(self, y: torch.Tensor, index: list[int], p: int, root_w: float) -> None:
-        """Fold shifted (and weighted) maps: pairs complete in this batch with the paired kernel, the others as
-        single images (waiting in ``pending`` for their partner)."""
-        where = {i: t for t, i in enumerate(index)}
-        runs: dict[int, tuple[list[int], list[int]]] = {}
-        singles: list[int] = []
-        for t, i in enumerate(index):
-            partner = where.get(i ^ 1)
-            if partner is None:
-                singles.append(t)
-            elif i % 2 == 0:
-                a, b = runs.setdefault(self.group_of(i), ([], []))
-                a.append(t)
-                b.append(partner)
-        for g, (a, b) in runs.items():
-            ya, yb = self._rows(y, a), self._rows(y, b)
-            gg, gc = (None, None) if self.group_gram is None else (self.group_gram[g], self.group_cross[g])
-            fold_pairs(ya, yb, self.gram, self.cross, gg, gc)
-            part = (ya.sum(dim=(0, 2)) + yb.sum(dim=(0, 2))).to(torch.float64) * root_w
-            self.sums[g] += part
-            self.pair_sums[g] += part
-            self.count[g] += 2 * len(a) * p
-            self.pair_count[g] += 2 * len(a) * p
-            self.images[g] += 2 * len(a)
-        for t in singles:
-            i, g = index[t], self.group_of(index[t])
-            yt = y[t:t + 1]
-            fold_singles(yt, self.gram, None if self.group_gram is None else self.group_gram[g])
-            part = yt.sum(dim=(0, 2)).to(torch.float64) * root_w
-            self.sums[g] += part
-            self.count[g] += p
-            self.images[g] += 1
-            waiting = self.pending.pop(i // 2, None)
-            if waiting is not None and waiting[1].shape == yt[0].shape and waiting[2] == root_w and waiting[0] != i:
-                self._complete(waiting[1].to(yt.dtype), yt[0], g, root_w, p)
-            else:
-                self.pending[i // 2] = (i, yt[0].clone(), root_w)
-
-    def _complete(self, ya: torch.Tensor, yb: torch.Tensor, g: int, root_w: float, p: int) -> None:
-        """Add the cross product of a pair whose images were folded apart (each already in the Gram totals)."""
-        fold_cross(ya, yb, self.cross, None if self.group_cross is None else self.group_cross[g])
-        self.pair_sums[g] += (ya.sum(dim=1) + yb.sum(dim=1)).to(torch.float64) * root_w
-        self.pair_count[g] += 2 * p
-
-    @staticmethod
-    def _rows(y: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        if rows == list(range(rows[0], rows[0] + 2 * len(rows), 2)):
-            return y[rows[0]:rows[-1] + 1:2]  # the usual case, pairs side by side: a view
-        return y[rows]
-
-    def finish(self) -> GroupedStats:
-        """Forget the images still waiting for a partner (an odd last image): they stay in the Gram totals and
-        out of the null. ``survey`` calls it when the stream ends; ``update`` after it starts new pairs."""
-        self.pending = {}
-        return self
 
     # -- reading -------------------------------------------------------------------------------------------
     def _require(self) -> None:
@@ -289,6 +199,8 @@ class GroupedStats:
         return out
 
     def _copy(self) -> GroupedStats:
+        if self.__dict__.get("live_u") is not None:
+            self._settle()  # a copy of the settled statistics (never two owners of one stream's sums)
         values = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         values["pending"] = {j: (i, y.clone(), w) for j, (i, y, w) in self.pending.items()}
         return GroupedStats(**values)
@@ -370,8 +282,8 @@ class GroupedStats:
 
     def nbytes(self) -> int:
         """Bytes held by the accumulators (what a survey keeps per layer)."""
-        total = sum(v.numel() * v.element_size() for v in (getattr(self, n) for n in _TENSORS)
-                    if isinstance(v, torch.Tensor))
+        total = sum(v.numel() * v.element_size() for v in (self.__dict__.get(n) for n in _TENSORS)
+                    if isinstance(v, torch.Tensor))  # what is held now (no settling)
         return total + sum(y.numel() * y.element_size() for _, y, _ in self.pending.values())
 
     def state_dict(self) -> dict[str, object]:

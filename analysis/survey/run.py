@@ -182,10 +182,10 @@ def survey(
         _release_free_memory()
         base_found = {} if stream.baseline is None else stream.baseline.found
         for name in order:
-            stats = found[name] = _recentred(found[name].finish())  # the old copy is dropped at once
-            base = base_found.get(name)
+            stats = found[name].finish(recentre=True)  # about their own mean: Pearson's centre, the float32
+            base = base_found.get(name)  # group vectors then hold the smallest numbers and scores read them as is
             if base is not None:
-                base = base_found[name] = _recentred(base.finish())
+                base.finish(recentre=True)
             shape = (stats.channels, *(stats.spatial or ()))
             results[name] = _score_layer(name, shape, stats, base, **scoring)
             _release_free_memory()
@@ -201,15 +201,6 @@ def survey(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def _recentred(stats: GroupedStats) -> GroupedStats:
-    """The statistics about their own mean (Pearson's centre: the scores then read them without a copy, and the
-    float32 group vectors hold the smallest numbers)."""
-    if stats.total_count == 0:
-        return stats
-    m = stats.moments()
-    return stats.with_shift(stats.shift + m.sums / m.count)
 
 
 def _release_free_memory() -> None:

@@ -16,6 +16,7 @@ from analysis._core.errors import GhostmapsError
 from analysis.data.batches import Images
 from analysis.hooks import LayerSpec, capture, eval_mode
 from analysis.stats import GroupedStats
+from analysis.stats._kernel import release_scratch
 from analysis.survey.checkpoint import one_shot, save_checkpoint
 
 
@@ -41,7 +42,7 @@ class Folded:
                 stats = self.found[name] = GroupedStats(groups=t.groups, chunk=t.chunk, tol=t.tol,
                                                         positions=t.positions, seed=t.seed)
                 self.order.append(name)
-            stats.update(maps, positions, owned=True)  # capture's copy, used once
+            stats.update(maps, positions)  # the layer's own output (capture copy=False): read, not changed
 
         return callback
 
@@ -79,10 +80,11 @@ class Stream:
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(eval_mode(self.net))
-            stack.enter_context(capture(self.net, self.layers, store=False, callback=self.observed.fold(positions)))
+            stack.enter_context(capture(self.net, self.layers, store=False, copy=False,
+                                                callback=self.observed.fold(positions)))
             if self.untrained is not None:
                 stack.enter_context(eval_mode(self.untrained))
-                stack.enter_context(capture(self.untrained, self.layers, store=False,
+                stack.enter_context(capture(self.untrained, self.layers, store=False, copy=False,
                                             callback=self.baseline.fold(base_positions)))
             for index, batch, *_ in images.batches(batch_size, chunk=chunk, rank=rank, world=world):
                 if index[-1] < self.done:
@@ -102,6 +104,7 @@ class Stream:
                 batches += 1
                 if checkpoint is not None and every_batches and batches % every_batches == 0:
                     self.save(checkpoint, identity or {})
+        release_scratch()  # the fold's work buffers (as large as the largest batch of maps)
         if checkpoint is not None and batches:
             self.save(checkpoint, identity or {})
 

@@ -211,3 +211,25 @@ def test_conversion_records_through_capture():
         _io(model, ["conv"], x.float())
     assert model.training and model.bn.training and torch.equal(model.bn.running_mean, stats)
     assert hook_counts(model) == 0
+
+
+def test_capture_without_copy_hands_the_callback_the_layer_output_itself(tiny):
+    outputs, seen = [], []
+    grab = tiny.conv1.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    try:
+        with torch.no_grad(), capture(tiny, "conv1", store=False, copy=False,
+                                      callback=lambda n, t: seen.append((n, t.data_ptr(), t.clone()))):
+            tiny(torch.randn(2, 3, 8, 8))
+    finally:
+        grab.remove()
+    (name, ptr, value), = seen
+    assert name == "conv1" and ptr == outputs[0].data_ptr()  # no copy was made
+    torch.testing.assert_close(value, outputs[0])
+    with capture(tiny, "conv1", store=False, callback=lambda n, t: seen.append(t.data_ptr())):
+        tiny(torch.randn(2, 3, 8, 8))
+    assert seen[-1] != outputs[0].data_ptr()  # the default still copies
+    for bad in ({"store": True, "callback": print}, {"store": False}, {"store": False, "callback": print,
+                                                                        "to": "cpu"}):
+        with pytest.raises(GhostmapsError, match="copy=False"), capture(tiny, "conv1", copy=False, **bad):
+            pass
+    assert hook_counts(tiny) == 0
