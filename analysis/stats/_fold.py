@@ -123,11 +123,14 @@ class StreamFold:
         work = scratch(2 * max((len(a) for a, _ in runs.values()), default=0) * c * q, x.dtype, x.device)
         for g, (a, b) in runs.items():
             xa, xb, m = self._rows(x, a), self._rows(x, b), len(a)
-            u = torch.add(xa, xb, out=work[:m * c * q].view(m, c, q)).sub_(k, alpha=2)  # y_a + y_b
-            v = torch.sub(xa, xb, out=work[m * c * q:2 * m * c * q].view(m, c, q))  # y_a − y_b
+            # the run's images side by side, C × m·Q (written through a permuted view: no transposed copy)
+            u = work[:m * c * q].view(c, m * q)
+            v = work[m * c * q:2 * m * c * q].view(c, m * q)
+            torch.add(xa, xb, out=u.view(c, m, q).permute(1, 0, 2)).sub_(k, alpha=2)  # y_a + y_b
+            torch.sub(xa, xb, out=v.view(c, m, q).permute(1, 0, 2))  # y_a − y_b = x_a − x_b
             add_products(live_u[g], u, layout, weight)
             add_products(live_v[g], v, layout, weight)
-            part = u.sum(dim=(0, 2)).to(torch.float64) * weight
+            part = u.sum(dim=1).to(torch.float64) * weight
             self.sums[g] += part
             self.pair_sums[g] += part
             self.count[g] += 2 * len(a) * p
@@ -138,8 +141,8 @@ class StreamFold:
             yt = x[t:t + 1] - k
             if weight != 1.0:
                 yt.mul_(root_w)
-            add_products(live_u[g], yt, layout)  # y yᵀ to both: the Gram only
-            add_products(live_v[g], yt, layout)
+            add_products(live_u[g], yt[0], layout)  # y yᵀ to both: the Gram only
+            add_products(live_v[g], yt[0], layout)
             part = yt.sum(dim=(0, 2)).to(torch.float64) * root_w
             self.sums[g] += part
             self.count[g] += p

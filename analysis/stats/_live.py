@@ -64,10 +64,10 @@ def blocks(flat: torch.Tensor, layout: BlockLayout) -> list[tuple[int, int, torc
 
 
 def add_products(flat: torch.Tensor, z: torch.Tensor, layout: BlockLayout, alpha: float = 1.0) -> None:
-    """Add ``alpha`` Σ_k z[k] z[k]ᵀ (z: m×C×P, each z[k] a C×P matrix) to one group's accumulator."""
+    """Add ``alpha`` z zᵀ (z: C×M, any column stride) to one group's accumulator: one multiply per row block,
+    so a run of images laid side by side (C × m·P) costs one pass over the block, not m."""
     for lo, hi, block in blocks(flat, layout):
-        for k in range(z.shape[0]):
-            block.addmm_(z[k, lo:hi], z[k, lo:].T, alpha=alpha)
+        block.addmm_(z[lo:hi], z[lo:].T, alpha=alpha)
 
 
 def add_symmetric(flat: torch.Tensor, full: torch.Tensor, layout: BlockLayout, alpha: float = 1.0) -> None:

@@ -219,7 +219,8 @@ def test_grouped_total_is_layer_stats_and_both_are_the_numpy_moments(dtype, chan
     tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
     for stats in (total, layer):
         assert stats.count == 7 * 12 and stats.images == 7 and stats.channels == channels
-        np.testing.assert_allclose(stats.shift.numpy(), first, rtol=1e-7 if dtype == torch.float32 else 1e-14)
+        # the means to within the working precision (any shift gives the same moments; it only avoids cancellation)
+        np.testing.assert_allclose(stats.shift.numpy(), first, rtol=3e-7 if dtype == torch.float32 else 1e-14)
         y = x - stats.shift.numpy()[:, None]
         want = {"gram": y @ y.T, "sums": y.sum(1), "nonzero": (np.abs(x) > 1e-6).sum(1), "min": x.min(1),
                 "max": x.max(1)}
