@@ -85,11 +85,10 @@ class StreamFold:
         return self
 
     def _subsample(self, x: torch.Tensor, index: list[int], p: int) -> torch.Tensor:
+        """The seeded m positions of each image's pair (``position_subset``), gathered in one op: N×C×m."""
         m = int(self.positions)
-        out = torch.empty(x.shape[0], x.shape[1], m, dtype=x.dtype, device=x.device)
-        for t, i in enumerate(index):
-            out[t] = x[t].index_select(1, position_subset(self.seed, i // 2, p, m, x.device))
-        return out
+        idx = torch.stack([position_subset(self.seed, i // 2, p, m, x.device) for i in index])
+        return torch.gather(x, 2, idx.unsqueeze(1).expand(x.shape[0], x.shape[1], m))
 
     def _streaming(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The streaming accumulators (made, zero, on the first batch after ``init`` or a settle)."""
