@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 
 from analysis.stats._kernel import _row_blocks
-from analysis.stats._pairs import _block_index, _segment_start, packed_size
+from analysis.stats._pairs import _block_index, packed_size
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,18 @@ def _upper(vector: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     return out
 
 
+@lru_cache(maxsize=16)
+def _pack_index(channels: int, device: str) -> torch.Tensor:
+    """Where each packed (triu-order) entry sits in the flat accumulator: row r of a block from its diagonal on."""
+    layout = block_layout(channels)
+    return torch.cat([_block_index(hi - lo, channels - lo, 0, device) + off for lo, hi, off in layout.spans()])
+
+
 def _pack(stack: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """K flat accumulators (K × size) as K packed upper triangles (triu order, float32)."""
-    c = layout.channels
-    out = torch.empty(stack.shape[0], packed_size(c, 0), dtype=torch.float32, device=stack.device)
-    for lo, hi, off in layout.spans():
-        rows, cols = hi - lo, c - lo
-        idx = _block_index(rows, cols, 0, str(stack.device))
-        start = _segment_start(c, lo, 0)
-        out[:, start:start + idx.numel()] = stack[:, off:off + rows * cols].index_select(1, idx)
-    return out
+    """K flat accumulators (K × size) as K packed upper triangles (triu order, float32): one gather."""
+    out = torch.empty(stack.shape[0], packed_size(layout.channels, 0), dtype=stack.dtype, device=stack.device)
+    torch.index_select(stack, 1, _pack_index(layout.channels, str(stack.device)), out=out)
+    return out.to(torch.float32)
 
 
 def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor, sums: torch.Tensor,
@@ -127,7 +129,9 @@ def settle(u: torch.Tensor, v: torch.Tensor, layout: BlockLayout, grouped: bool,
     way (the caller moves the float64 totals itself, exactly); ``grouped=False`` keeps only the totals."""
     g = u.add_(v).mul_(0.5)  # Gram = (U + V)/2
     h = v.sub_(g).neg_()  # cross = (U − V)/2 = Gram − V
-    gram, cross = _upper(g.sum(0, dtype=torch.float64), layout), _upper(h.sum(0, dtype=torch.float64), layout)
+    # totals: the K groups summed in the working precision, then float64 (a float64 reduction over the groups
+    # costs 10× more; the 16-term sums round like one more product)
+    gram, cross = _upper(g.sum(0).to(torch.float64), layout), _upper(h.sum(0).to(torch.float64), layout)
     if not grouped:
         return Settled(gram, cross, None, None)
     if move is not None:
