@@ -93,10 +93,10 @@ def _pack_index(channels: int, device: str) -> torch.Tensor:
 
 
 def _pack(stack: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """K flat accumulators (K × size) as K packed upper triangles (triu order, float32): one gather."""
+    """K flat accumulators (K × size) as K packed upper triangles (triu order, their dtype): one gather."""
     out = torch.empty(stack.shape[0], packed_size(layout.channels, 0), dtype=stack.dtype, device=stack.device)
     torch.index_select(stack, 1, _pack_index(layout.channels, str(stack.device)), out=out)
-    return out.to(torch.float32)
+    return out
 
 
 def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor, sums: torch.Tensor,
@@ -127,15 +127,19 @@ def settle(u: torch.Tensor, v: torch.Tensor, layout: BlockLayout, grouped: bool,
 
     ``move``: (δ, sums K×C, counts K, pair sums K×C, pair counts K) moves the *groups* to the shift k − δ on the
     way (the caller moves the float64 totals itself, exactly); ``grouped=False`` keeps only the totals."""
-    g = u.add_(v).mul_(0.5)  # Gram = (U + V)/2
-    h = v.sub_(g).neg_()  # cross = (U − V)/2 = Gram − V
     # totals: the K groups summed in the working precision, then float64 (a float64 reduction over the groups
-    # costs 10× more; the 16-term sums round like one more product)
-    gram, cross = _upper(g.sum(0).to(torch.float64), layout), _upper(h.sum(0).to(torch.float64), layout)
+    # costs 10× more; the 16-term sums round like one more product); Gram = (U + V)/2, cross = (U − V)/2
+    us, vs = u.sum(0), v.sum(0)
+    gram = _upper(torch.add(us, vs).mul_(0.5).to(torch.float64), layout)
+    cross = _upper(us.sub_(vs).mul_(0.5).to(torch.float64), layout)
     if not grouped:
         return Settled(gram, cross, None, None)
-    if move is not None:
+    if move is not None:  # U = Gram + cross gains (δ wᵀ + w δᵀ) + (δ pwᵀ + pw δᵀ), V the difference
         delta, sums, counts, pair_sums, pair_counts = move
-        _shift_blocks(g, layout, delta, sums, counts)
-        _shift_blocks(h, layout, delta, pair_sums, pair_counts)
-    return Settled(gram, cross, _pack(g, layout), _pack(h, layout))
+        _shift_blocks(u, layout, delta, sums + pair_sums, counts + pair_counts)
+        _shift_blocks(v, layout, delta, sums - pair_sums, counts - pair_counts)
+    # pack first (the packed vectors are smaller than the blocks), then Gram and cross on them
+    gp, hp = _pack(u, layout), _pack(v, layout)
+    gp.add_(hp).mul_(0.5)  # (U + V)/2
+    torch.sub(gp, hp, out=hp)  # cross = Gram − V
+    return Settled(gram, cross, gp.to(torch.float32), hp.to(torch.float32))
