@@ -15,6 +15,7 @@ process ends with the result a single process would get. ``checkpoint=`` writes 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -209,12 +210,19 @@ def _release_free_memory() -> None:
     The per-batch temporaries of a long stream leave the heap fragmented (glibc raises its mmap threshold after
     large frees, so later large blocks come from the heap); without this, the scoring's temporaries would push
     the peak memory of a long survey a little above that of a short one."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None (looked up once: ``find_library`` runs a subprocess)."""
     try:
         import ctypes
         import ctypes.util
 
         name = ctypes.util.find_library("c")
-        if name:
-            ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
-        pass
+        return None
