@@ -102,12 +102,15 @@ def _pack(stack: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor, sums: torch.Tensor,
                   counts: torch.Tensor) -> None:
     """Move K flat accumulators to another shift, in place: group k gains δ wₖᵀ + wₖ δᵀ with
-    wₖ = sₖ + (nₖ/2) δ (δ = old shift − new shift), two rank-one updates per row block (BLAS ``ger``)."""
+    wₖ = sₖ + (nₖ/2) δ (δ = old shift − new shift): per row block, one batched product of inner size 2 over
+    the K groups ([δ, wₖ] rows times [wₖ; δ] columns), so each block is read and written once."""
+    k, c = stack.shape[0], layout.channels
     w = sums.to(torch.float64) + (counts.to(torch.float64) / 2).view(-1, 1) * delta.view(1, -1)
-    w, d = w.to(stack.dtype), delta.to(stack.dtype)
-    for g in range(stack.shape[0]):
-        for lo, hi, block in blocks(stack[g], layout):
-            block.addr_(d[lo:hi], w[g, lo:]).addr_(w[g, lo:hi], d[lo:])
+    w, d = w.to(stack.dtype), delta.to(stack.dtype).expand(k, c)
+    left, right = torch.stack([d, w], dim=2), torch.stack([w, d], dim=1)  # K×C×2, K×2×C
+    for lo, hi, off in layout.spans():
+        blocks = stack[:, off:off + (hi - lo) * (c - lo)].view(k, hi - lo, c - lo)
+        blocks.baddbmm_(left[:, lo:hi], right[:, :, lo:])
 
 
 @dataclass
