@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from analysis.measure.groups import GhostGroups, grouped
@@ -103,25 +104,23 @@ def threshold_summary(s: AbsSimilarity, threshold: float, linkage: str, groups: 
             "mean_abs_similarity": average}, groups
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _unpack_index(c: int) -> torch.Tensor:
-    """For each (i, j) of a C×C matrix, where (min, max) sits in the triu-order vector (int32, C×C)."""
-    i = torch.arange(c).view(-1, 1)
-    j = torch.arange(c).view(1, -1)
-    lo, hi = torch.minimum(i, j), torch.maximum(i, j)
-    return (lo * c - lo * (lo - 1) // 2 + (hi - lo)).to(torch.int32)
+    """For each (i, j) of a C×C matrix, where (min(i, j), max(i, j)) sits in the triu-order vector (int32)."""
+    i = np.arange(c, dtype=np.int32)
+    index = np.add.outer(i * c - i * (i - 1) // 2 - i, i)  # right above the diagonal
+    np.copyto(index, index.T.copy(), where=np.tri(c, k=-1, dtype=bool))  # and its mirror below
+    return torch.from_numpy(index)
 
 
 def half_moment(stats: GroupedStats, groups: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the float64 Gram matrix of the listed groups on the channels ``idx``, V×V and new; its full diagonal, C):
-    the group vectors summed in float64 (as ``GroupedStats.moments(groups)``) and unpacked with one gather."""
+    the group vectors summed in float64 in group order (the sum ``GroupedStats.moments(groups)`` makes, bit for
+    bit, without the copy of the group vectors) and unpacked with one gather."""
     gg = stats.group_gram
-    step = groups[1] - groups[0] if len(groups) > 1 else 1
-    if step > 0 and groups == list(range(groups[0], groups[0] + step * len(groups), step)):
-        parts = gg[groups[0]:groups[-1] + 1:step]  # a view: no copy of the group vectors
-    else:
-        parts = gg[groups]
-    packed = parts.sum(0, dtype=torch.float64)
+    packed = gg[groups[0]].double()
+    for g in groups[1:]:
+        packed += gg[g]
     c = stats.channels
     index = _unpack_index(c)
     diagonal = packed.index_select(0, index.diagonal().long())
