@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from analysis.measure._similarities import (
-    AbsSimilarity,
+    Summary,
     about,
-    abs_of,
-    abs_similarity,
     half_moment,
     moments_centre,
+    summarise_moment,
+    summarise_similarity,
     threshold_summary,
 )
 from analysis.measure.groups import GhostGroups
@@ -32,7 +32,7 @@ class Part:
     msq: float | None = None
 
 
-def _mean_sq(s: AbsSimilarity, gram_diagonal: torch.Tensor, valid: torch.Tensor) -> float:
+def _mean_sq(s: Summary, gram_diagonal: torch.Tensor, valid: torch.Tensor) -> float:
     """Σ_{i≠j} S_ij² / (V (V − 1)) over the channels that are valid and have a positive Gram diagonal (those
     ``msq_replicates`` counts); 0 for fewer than two."""
     v = int((valid & (gram_diagonal > 0)).sum())
@@ -46,9 +46,9 @@ def observed_part(work: GroupedStats, total: LayerStats, valid: torch.Tensor, me
     if similarity is None:
         sums, count, centre = moments_centre(work, None, metric)
         a, variance = about(total.gram.diagonal(), sums, count, centre)
-        s = abs_similarity(total.gram, valid, variance, a, centre, sum_sq=True)
+        s = summarise_moment(total.gram, valid, variance, a, centre, sum_sq=True, clip=True)
     else:
-        s = abs_of(similarity.detach().cpu(), valid, sum_sq=True)
+        s = summarise_similarity(similarity.cpu(), valid, sum_sq=True)
     scores, found = threshold_summary(s, threshold, linkage, groups, metric=metric, layer=layer)
     return Part(scores, found, _mean_sq(s, total.gram.diagonal(), valid))
 
@@ -63,8 +63,8 @@ def null_part(work: GroupedStats, total: LayerStats, valid: torch.Tensor, metric
     sums, count, centre = moments_centre(work, None, metric)
     _, variance = about(total.gram.diagonal(), sums, count, centre)
     a = work.pair_sums.sum(0) - (pair_count / 2) * centre
-    s = abs_similarity(_mirror(work.cross), valid, variance, a, centre, factor=count / pair_count, owned=True,
-                       sum_sq=True)
+    s = summarise_moment(_mirror(work.cross), valid, variance, a, centre, factor=count / pair_count, owned=True,
+                         sum_sq=True, clip=True)
     scores, found = threshold_summary(s, threshold, linkage)
     return Part(scores, found, _mean_sq(s, total.gram.diagonal(), valid))
 
@@ -78,8 +78,8 @@ def half_parts(work: GroupedStats, split: tuple[list[int], list[int]], valid: to
         sums, count, centre = moments_centre(work, half, metric)
         moment, diagonal = half_moment(work, half, idx)
         a, variance = about(diagonal, sums, count, centre)
-        s = abs_similarity(moment, valid, variance, a, centre, owned=True)
-        scores, found = threshold_summary(s, threshold, linkage, mean_abs=False)
+        s = summarise_moment(moment, valid, variance, a, centre, owned=True, abs_sum=False)
+        scores, found = threshold_summary(s, threshold, linkage)
         out.append(Part(scores, found))
     return out[0], out[1]
 
@@ -92,6 +92,6 @@ def baseline_part(bwork: GroupedStats, metric: str, threshold: float, linkage: s
     sums, count, centre = moments_centre(bwork, None, metric)
     diagonal = btotal.gram.diagonal().clone()
     a, variance = about(diagonal, sums, count, centre)
-    s = abs_similarity(btotal.gram, bvalid, variance, a, centre, owned=True, sum_sq=True)
+    s = summarise_moment(btotal.gram, bvalid, variance, a, centre, owned=True, sum_sq=True, clip=True)
     scores, found = threshold_summary(s, threshold, linkage)
     return bvalid, Part(scores, found, _mean_sq(s, diagonal, bvalid))

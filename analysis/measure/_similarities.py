@@ -21,14 +21,39 @@ from analysis.stats import GroupedStats
 
 
 @dataclass
-class AbsSimilarity:
-    """|S| on the valid channels ``idx`` (of ``channels``): V×V float64, 0 on the diagonal, at most 1; ``sum_sq``
-    is Σ_{i≠j} S_ij² before the clipping (None when not asked for)."""
+class Summary:
+    """What the scores read of one similarity S on the valid channels ``idx`` (of ``channels``), with
+    S_ij = scale_i · matrix_ij (``matrix`` V×V, 0 on its diagonal): per valid channel max_{j≠i} |S_ij|
+    (``rowmax``), Σ_{i≠j} |S_ij| with |S| clipped at 1 (``abs_sum``) and Σ_{i≠j} S_ij² (``sum_sq``), the last
+    two when asked for."""
 
-    absolute: torch.Tensor
+    matrix: torch.Tensor
+    scale: torch.Tensor
     idx: torch.Tensor
     channels: int
+    rowmax: torch.Tensor
+    abs_sum: float | None = None
     sum_sq: float | None = None
+
+    def block(self, rows: torch.Tensor) -> torch.Tensor:
+        """|S| among the listed valid channels (positions in ``idx``), a new L×L tensor."""
+        return self.matrix[rows.unsqueeze(1), rows].abs_().mul_(self.scale[rows].view(-1, 1))
+
+
+def _summary(m: torch.Tensor, scale: torch.Tensor, idx: torch.Tensor, channels: int, abs_sum: bool,
+             sum_sq: bool, clip: bool) -> Summary:
+    """Row reductions of S = diag(scale)·m (``m`` with a zero diagonal), read-only passes over ``m``. ``clip``:
+    |S| may exceed 1 (beyond rounding), and Σ |S| then clips it as the reference forms do."""
+    norm = torch.linalg.vector_norm
+    if not m.numel():
+        empty = torch.zeros(0, dtype=torch.float64)
+        return Summary(m, scale, idx, channels, empty, 0.0 if abs_sum else None, 0.0 if sum_sq else None)
+    rowmax = norm(m, float("inf"), dim=1).mul_(scale)
+    total = float(torch.dot(norm(m, 1, dim=1), scale)) if abs_sum else None
+    if total is not None and clip and bool((rowmax > 1.0).any()):
+        total = float((m * scale.view(-1, 1)).abs_().clamp_max_(1.0).sum())
+    sq = float(torch.dot(norm(m, 2, dim=1).square_(), scale.square())) if sum_sq else None
+    return Summary(m, scale, idx, channels, rowmax, total, sq)
 
 
 def centre_of(sums: torch.Tensor, count: float, shift: torch.Tensor, metric: str) -> torch.Tensor:
@@ -45,12 +70,12 @@ def about(moment_diagonal: torch.Tensor, sums: torch.Tensor, count: float, centr
     return a, moment_diagonal - (r + r)
 
 
-def abs_similarity(moment: torch.Tensor, valid: torch.Tensor, variance: torch.Tensor, a: torch.Tensor,
-                   centre: torch.Tensor, factor: float = 1.0, owned: bool = False, sum_sq: bool = False
-                   ) -> AbsSimilarity:
-    """|S| on the valid channels of S_ij = factor · M̃_ij / √(v_i v_j), M̃ = M − (a cᵀ + c aᵀ) the symmetric C×C
-    ``moment`` about ``centre`` (``about``), v = ``variance`` (0 where v ≤ 0). ``moment`` is C×C, or V×V on the
-    valid channels already; ``owned``: it may be overwritten (then no copy is made of a V×V one)."""
+def summarise_moment(moment: torch.Tensor, valid: torch.Tensor, variance: torch.Tensor, a: torch.Tensor,
+                     centre: torch.Tensor, factor: float = 1.0, owned: bool = False, abs_sum: bool = True,
+                     sum_sq: bool = False, clip: bool = False) -> Summary:
+    """``Summary`` of S_ij = factor · M̃_ij / √(v_i v_j) on the valid channels, M̃ = M − (a cᵀ + c aᵀ) the
+    symmetric ``moment`` about ``centre`` (``about``), v = ``variance`` (S = 0 where v ≤ 0). ``moment`` is C×C,
+    or V×V on the valid channels already; ``owned``: it may be overwritten (a V×V one is then not copied)."""
     c = valid.numel()
     idx = torch.nonzero(valid).flatten()
     if moment.shape[0] == idx.numel():
@@ -58,47 +83,54 @@ def abs_similarity(moment: torch.Tensor, valid: torch.Tensor, variance: torch.Te
     else:
         sub = moment[idx.unsqueeze(1), idx]
     var = variance[idx]
-    ok = var > 0
-    inv = torch.where(ok, 1.0 / var.clamp_min(1e-300).sqrt(), torch.zeros_like(var))
+    inv = torch.where(var > 0, 1.0 / var.clamp_min(1e-300).sqrt(), torch.zeros_like(var))
     if sub.numel():
         ai, ci = a[idx], centre[idx]
-        # the centring moves an entry by at most 2 max|a| max|c| / min v: skipped when that is far below rounding
+        # the centring moves an entry of S by at most 2 max|a| max|c| / min v: skipped far below rounding
         if float(ai.abs().max() * ci.abs().max() * inv.max().square()) > 1e-18:
-            sub.addr_(ai, ci, alpha=-1.0).addr_(ci, ai, alpha=-1.0)
-        sub.mul_((inv * factor).view(-1, 1)).mul_(inv.view(1, -1))
-    sub.fill_diagonal_(0.0)
-    sq = float(torch.dot(sub.view(-1), sub.view(-1))) if sum_sq else None
-    sub.abs_().clamp_max_(1.0)
-    return AbsSimilarity(sub, idx, c, sq)
+            sub.addmm_(torch.stack([ai, ci], 1), torch.stack([ci, ai]), alpha=-1.0)
+        sub.mul_(inv.view(1, -1))
+        sub.fill_diagonal_(0.0)
+    return _summary(sub, inv * factor, idx, c, abs_sum, sum_sq, clip)
 
 
-def abs_of(similarity: torch.Tensor, valid: torch.Tensor, sum_sq: bool = False) -> AbsSimilarity:
-    """``AbsSimilarity`` of a ready C×C similarity matrix (a copy; ``similarity`` is not changed)."""
+def summarise_similarity(similarity: torch.Tensor, valid: torch.Tensor, sum_sq: bool = False) -> Summary:
+    """``Summary`` of a ready C×C similarity matrix. It is read in place (its diagonal zeroed for the reductions
+    and put back) when it is a float64 matrix outside autograd with every channel valid, else copied."""
     c = similarity.shape[0]
     idx = torch.nonzero(valid).flatten()
-    sub = similarity.to(torch.float64, copy=True) if idx.numel() == c else \
-        similarity[idx.unsqueeze(1), idx].to(torch.float64)
+    ones = torch.ones(idx.numel(), dtype=torch.float64)
+    if idx.numel() != c:
+        sub = similarity[idx.unsqueeze(1), idx].to(torch.float64)
+    elif similarity.dtype != torch.float64 or similarity.requires_grad or not similarity.is_contiguous():
+        sub = similarity.detach().to(torch.float64, copy=True).contiguous()
+    else:
+        diagonal = similarity.diagonal().clone()
+        similarity.fill_diagonal_(0.0)
+        try:
+            return _summary(similarity, ones, idx, c, True, sum_sq, False)
+        finally:
+            similarity.diagonal().copy_(diagonal)
     sub.fill_diagonal_(0.0)
-    sq = float(torch.dot(sub.view(-1), sub.view(-1))) if sum_sq else None
-    sub.abs_().clamp_max_(1.0)
-    return AbsSimilarity(sub, idx, c, sq)
+    return _summary(sub, ones, idx, c, True, sum_sq, False)
 
 
-def threshold_summary(s: AbsSimilarity, threshold: float, linkage: str, groups: GhostGroups | None = None,
-                      mean_abs: bool = True, metric: str | None = None, layer: str | None = None
-                      ) -> tuple[dict[str, float], GhostGroups]:
-    """ghost_fraction, groups, ratio and mean_abs_similarity of one |S| (``_scoring.threshold_scores``), and the
-    ghost groups (``groups`` when given, else clustered here with ``metric`` and ``layer``)."""
+def threshold_summary(s: Summary, threshold: float, linkage: str, groups: GhostGroups | None = None,
+                      metric: str | None = None, layer: str | None = None) -> tuple[dict[str, float], GhostGroups]:
+    """ghost_fraction, groups, ratio and mean_abs_similarity (0 without ``abs_sum``) of one similarity
+    (``_scoring.threshold_scores``), and its ghost groups (``groups`` when given, else clustered here, with
+    ``metric`` and ``layer``)."""
     v = int(s.idx.numel())
     linked = torch.zeros(v, dtype=torch.bool)
     fraction = average = 0.0
     if v > 1:
-        linked = s.absolute.amax(dim=1) >= threshold - 1e-12
+        linked = s.rowmax >= threshold - 1e-12
         fraction = float(linked.double().mean())
-        average = float(s.absolute.sum()) / (v * (v - 1)) if mean_abs else 0.0
+        average = s.abs_sum / (v * (v - 1)) if s.abs_sum is not None else 0.0
     if groups is None:
-        groups = grouped(s.absolute, linked.numpy(), s.idx.numpy(), s.channels, float(threshold), linkage, metric,
-                         layer)
+        rows = torch.nonzero(linked).flatten()
+        part = s.block(rows).numpy() if rows.numel() else None
+        groups = grouped(part, linked.numpy(), s.idx.numpy(), s.channels, float(threshold), linkage, metric, layer)
     n = groups.count
     return {"ghost_fraction": fraction, "groups": float(n), "ratio": s.channels / max(n, 1),
             "mean_abs_similarity": average}, groups
@@ -139,5 +171,5 @@ def moments_centre(stats: GroupedStats, groups: list[int] | None, metric: str
     return sums, count, centre_of(sums, count, stats.shift, metric)
 
 
-__all__ = ["AbsSimilarity", "abs_of", "abs_similarity", "about", "centre_of", "half_moment", "moments_centre",
-           "threshold_summary"]
+__all__ = ["Summary", "about", "centre_of", "half_moment", "moments_centre", "summarise_moment",
+           "summarise_similarity", "threshold_summary"]

@@ -145,25 +145,21 @@ def ghost_groups(
     np.fill_diagonal(sub, 0.0)
     # a channel with no partner at |s| ≥ τ is a group of its own under any linkage: cluster only the others
     linked = sub.max(axis=1) >= float(threshold) - 1e-12 if idx.size > 1 else np.zeros(idx.size, dtype=bool)
-    return grouped(sub, linked, idx, m.shape[0], float(threshold), linkage, metric, layer)
+    part = sub[np.ix_(linked, linked)] if linked.any() else np.zeros((0, 0))
+    return grouped(part, linked, idx, m.shape[0], float(threshold), linkage, metric, layer)
 
 
-def grouped(absolute: np.ndarray, linked: np.ndarray, idx: np.ndarray, channels: int, threshold: float,
+def grouped(part: np.ndarray, linked: np.ndarray, idx: np.ndarray, channels: int, threshold: float,
             linkage: str, metric: str | None = None, layer: str | None = None) -> GhostGroups:
-    """The ``GhostGroups`` of the V valid channels ``idx`` (of ``channels``) from their |similarity|, a symmetric
-    V×V matrix (its diagonal is not read; it may be a torch tensor), and ``linked``, the channels with a partner
-    at |s| ≥ τ − 1e-12: every other one is a singleton, and only the linked ones are clustered."""
+    """The ``GhostGroups`` of the V valid channels ``idx`` (of ``channels``) from ``linked``, the channels with a
+    partner at |s| ≥ τ − 1e-12 (every other one is a singleton), and ``part``, the |similarity| among the linked
+    ones (L×L, its diagonal not read): only those are clustered."""
     labels = np.full(channels, -1, dtype=int)
     groups: list[list[int]] = []
     if idx.size:
         members: dict[int, list[int]] = {-1 - int(c): [int(c)] for c in idx[~linked]}
         if linked.any():
-            where = np.flatnonzero(linked)
-            if isinstance(absolute, torch.Tensor):
-                rows = torch.from_numpy(where)
-                part = absolute.index_select(0, rows).index_select(1, rows).to(torch.float64).numpy()
-            else:
-                part = absolute[np.ix_(where, where)]
+            part = np.asarray(part, dtype=np.float64)
             part = (part + part.T) / 2  # exact for a symmetric matrix
             distance = np.clip(1.0 - part, 0.0, 2.0)
             np.fill_diagonal(distance, 0.0)
