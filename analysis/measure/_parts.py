@@ -19,7 +19,6 @@ from analysis.measure._similarities import (
 )
 from analysis.measure.groups import GhostGroups
 from analysis.stats import GroupedStats, LayerStats
-from analysis.stats._kernel import _mirror
 
 
 @dataclass
@@ -63,8 +62,8 @@ def null_part(work: GroupedStats, total: LayerStats, valid: torch.Tensor, metric
     sums, count, centre = moments_centre(work, None, metric)
     _, variance = about(total.gram.diagonal(), sums, count, centre)
     a = work.pair_sums.sum(0) - (pair_count / 2) * centre
-    s = summarise_moment(_mirror(work.cross), valid, variance, a, centre, factor=count / pair_count, owned=True,
-                         sum_sq=True, clip=True)
+    s = summarise_moment(work.cross, valid, variance, a, centre, factor=count / pair_count, sum_sq=True, clip=True,
+                         upper=True)
     scores, found = threshold_summary(s, threshold, linkage)
     return Part(scores, found, _mean_sq(s, total.gram.diagonal(), valid))
 

@@ -18,6 +18,7 @@ import torch
 
 from analysis.measure.groups import GhostGroups, grouped
 from analysis.stats import GroupedStats
+from analysis.stats._kernel import _mirror, _row_blocks
 
 
 @dataclass
@@ -72,24 +73,30 @@ def about(moment_diagonal: torch.Tensor, sums: torch.Tensor, count: float, centr
 
 def summarise_moment(moment: torch.Tensor, valid: torch.Tensor, variance: torch.Tensor, a: torch.Tensor,
                      centre: torch.Tensor, factor: float = 1.0, owned: bool = False, abs_sum: bool = True,
-                     sum_sq: bool = False, clip: bool = False) -> Summary:
+                     sum_sq: bool = False, clip: bool = False, upper: bool = False) -> Summary:
     """``Summary`` of S_ij = factor · M̃_ij / √(v_i v_j) on the valid channels, M̃ = M − (a cᵀ + c aᵀ) the
     symmetric ``moment`` about ``centre`` (``about``), v = ``variance`` (S = 0 where v ≤ 0). ``moment`` is C×C,
-    or V×V on the valid channels already; ``owned``: it may be overwritten (a V×V one is then not copied)."""
+    or V×V on the valid channels already; ``owned``: it may be overwritten (a V×V one is then not copied);
+    ``upper``: a C×C accumulator of which only the upper row blocks are whole (``_mirror``'s input)."""
     c = valid.numel()
     idx = torch.nonzero(valid).flatten()
-    if moment.shape[0] == idx.numel():
-        sub = moment if owned else moment.clone()
-    else:
-        sub = moment[idx.unsqueeze(1), idx]
     var = variance[idx]
     inv = torch.where(var > 0, 1.0 / var.clamp_min(1e-300).sqrt(), torch.zeros_like(var))
+    if moment.shape[0] != idx.numel():
+        whole = _mirror(moment) if upper else moment
+        sub = whole[idx.unsqueeze(1), idx].mul_(inv.view(1, -1))
+    elif upper:
+        sub = torch.mul(moment, inv.view(1, -1))  # the copy and the column scaling in one pass
+        edges = _row_blocks(c)
+        for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):  # the blocks below from those above
+            torch.mul(moment[lo:hi, hi:].T, inv[lo:hi].view(1, -1), out=sub[hi:, lo:hi])
+    else:
+        sub = (moment if owned else moment.clone()).mul_(inv.view(1, -1))
     if sub.numel():
         ai, ci = a[idx], centre[idx]
         # the centring moves an entry of S by at most 2 max|a| max|c| / min v: skipped far below rounding
         if float(ai.abs().max() * ci.abs().max() * inv.max().square()) > 1e-18:
-            sub.addmm_(torch.stack([ai, ci], 1), torch.stack([ci, ai]), alpha=-1.0)
-        sub.mul_(inv.view(1, -1))
+            sub.addmm_(torch.stack([ai, ci], 1), torch.stack([ci * inv, ai * inv]), alpha=-1.0)
         sub.fill_diagonal_(0.0)
     return _summary(sub, inv * factor, idx, c, abs_sum, sum_sq, clip)
 

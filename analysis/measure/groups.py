@@ -155,18 +155,22 @@ def grouped(part: np.ndarray, linked: np.ndarray, idx: np.ndarray, channels: int
     partner at |s| ≥ τ − 1e-12 (every other one is a singleton), and ``part``, the |similarity| among the linked
     ones (L×L, its diagonal not read): only those are clustered."""
     labels = np.full(channels, -1, dtype=int)
-    groups: list[list[int]] = []
-    if idx.size:
-        members: dict[int, list[int]] = {-1 - int(c): [int(c)] for c in idx[~linked]}
-        if linked.any():
-            part = np.asarray(part, dtype=np.float64)
-            part = (part + part.T) / 2  # exact for a symmetric matrix
-            distance = np.clip(1.0 - part, 0.0, 2.0)
-            np.fill_diagonal(distance, 0.0)
-            raw = _labels(distance, threshold, linkage)
-            for channel, lab in zip(idx[linked].tolist(), raw.tolist(), strict=True):
-                members.setdefault(int(lab), []).append(channel)
-        groups = sorted(members.values(), key=lambda g: (-len(g), g[0]))
-        for number, group in enumerate(groups):
-            labels[group] = number
+    multi: list[list[int]] = []
+    single = idx[~linked]
+    if linked.any():
+        part = np.asarray(part, dtype=np.float64)
+        part = (part + part.T) / 2  # exact for a symmetric matrix
+        distance = np.clip(1.0 - part, 0.0, 2.0)
+        np.fill_diagonal(distance, 0.0)
+        raw = _labels(distance, threshold, linkage)
+        members: dict[int, list[int]] = {}
+        for channel, lab in zip(idx[linked].tolist(), raw.tolist(), strict=True):
+            members.setdefault(int(lab), []).append(channel)
+        multi = sorted((g for g in members.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+        single = np.sort(np.concatenate([single, [g[0] for g in members.values() if len(g) == 1]]).astype(int))
+    # largest first, ties by smallest channel: the groups of two or more, then the singletons in channel order
+    for number, group in enumerate(multi):
+        labels[group] = number
+    labels[single] = np.arange(len(multi), len(multi) + single.size)
+    groups = multi + [[c] for c in single.tolist()]
     return GhostGroups(labels.tolist(), groups, threshold, linkage, metric, layer)
