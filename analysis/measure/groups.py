@@ -19,7 +19,7 @@ from analysis._core.errors import GhostmapsError
 from analysis._core.validation import DEFAULT_THRESHOLD, LINKAGES, check_linkage, check_threshold
 from analysis.measure.similarity import ChannelSimilarity
 
-__all__ = ["LINKAGES", "GhostGroups", "ghost_groups"]
+__all__ = ["LINKAGES", "GhostGroups", "ghost_groups", "grouped"]
 from analysis._core.results import Result, plain
 
 if TYPE_CHECKING:
@@ -140,23 +140,37 @@ def ghost_groups(
         mask = torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid).bool().cpu()
     m = np.nan_to_num(matrix.detach().cpu().to(torch.float64).numpy(), nan=0.0)
     idx = np.flatnonzero(mask.numpy())
-    labels = np.full(m.shape[0], -1, dtype=int)
-    groups: list[list[int]] = []
-    if idx.size:
-        sub = np.abs(m[np.ix_(idx, idx)])
-        sub = (sub + sub.T) / 2
-        np.fill_diagonal(sub, 0.0)
-        # a channel with no partner at |s| ≥ τ is a group of its own under any linkage: cluster only the others
-        linked = sub.max(axis=1) >= float(threshold) - 1e-12 if idx.size > 1 else np.zeros(1, dtype=bool)
-        members: dict[int, list[int]] = {-1 - int(c): [int(c)] for c in idx[~linked]}
-        if linked.any():
-            part = sub[np.ix_(linked, linked)]
-            distance = np.clip(1.0 - part, 0.0, 2.0)
-            np.fill_diagonal(distance, 0.0)
-            raw = _labels(distance, float(threshold), linkage)
-            for channel, lab in zip(idx[linked].tolist(), raw.tolist(), strict=True):
-                members.setdefault(int(lab), []).append(channel)
-        groups = sorted(members.values(), key=lambda g: (-len(g), g[0]))
-        for number, group in enumerate(groups):
-            labels[group] = number
-    return GhostGroups(labels.tolist(), groups, float(threshold), linkage, metric, layer)
+    sub = np.abs(m[np.ix_(idx, idx)])
+    sub = (sub + sub.T) / 2
+    np.fill_diagonal(sub, 0.0)
+    # a channel with no partner at |s| ≥ τ is a group of its own under any linkage: cluster only the others
+    linked = sub.max(axis=1) >= float(threshold) - 1e-12 if idx.size > 1 else np.zeros(idx.size, dtype=bool)
+    part = sub[np.ix_(linked, linked)] if linked.any() else np.zeros((0, 0))
+    return grouped(part, linked, idx, m.shape[0], float(threshold), linkage, metric, layer)
+
+
+def grouped(part: np.ndarray, linked: np.ndarray, idx: np.ndarray, channels: int, threshold: float,
+            linkage: str, metric: str | None = None, layer: str | None = None) -> GhostGroups:
+    """The ``GhostGroups`` of the V valid channels ``idx`` (of ``channels``) from ``linked``, the channels with a
+    partner at |s| ≥ τ − 1e-12 (every other one is a singleton), and ``part``, the |similarity| among the linked
+    ones (L×L, its diagonal not read): only those are clustered."""
+    labels = np.full(channels, -1, dtype=int)
+    multi: list[list[int]] = []
+    single = idx[~linked]
+    if linked.any():
+        part = np.asarray(part, dtype=np.float64)
+        part = (part + part.T) / 2  # exact for a symmetric matrix
+        distance = np.clip(1.0 - part, 0.0, 2.0)
+        np.fill_diagonal(distance, 0.0)
+        raw = _labels(distance, threshold, linkage)
+        members: dict[int, list[int]] = {}
+        for channel, lab in zip(idx[linked].tolist(), raw.tolist(), strict=True):
+            members.setdefault(int(lab), []).append(channel)
+        multi = sorted((g for g in members.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+        single = np.sort(np.concatenate([single, [g[0] for g in members.values() if len(g) == 1]]).astype(int))
+    # largest first, ties by smallest channel: the groups of two or more, then the singletons in channel order
+    for number, group in enumerate(multi):
+        labels[group] = number
+    labels[single] = np.arange(len(multi), len(multi) + single.size)
+    groups = multi + [[c] for c in single.tolist()]
+    return GhostGroups(labels.tolist(), groups, threshold, linkage, metric, layer)

@@ -13,6 +13,7 @@ from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, number, plain
 from analysis._core.validation import check_positive_int
 from analysis.measure.similarity import ChannelSimilarity
+from analysis.stats._pairs import triu_index
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -125,28 +126,32 @@ def ghost_pairs(
         raise GhostmapsError(f"similarity must be a square C×C matrix, got shape {tuple(matrix.shape)}.")
     if k is not None:
         k = check_positive_int(k, "k", hint=" (or None for all pairs)")
-    matrix = torch.nan_to_num(matrix.detach().cpu().to(torch.float64), nan=0.0)
-    c = matrix.shape[0]
-    i, j = torch.triu_indices(c, c, offset=1)
-    keep = valid[i] & valid[j]
-    i, j = i[keep], j[keep]
-    scores = matrix[i, j]
+    matrix = matrix.detach().cpu()
+    idx = torch.nonzero(valid.cpu()).flatten()
+    v = int(idx.numel())
+    sub = matrix if v == matrix.shape[0] else matrix[idx.unsqueeze(1), idx]
+    flat = triu_index(v, 1, torch.device("cpu"))  # the valid pairs i < j in triu order (cached)
+    scores = torch.nan_to_num(sub.reshape(-1).index_select(0, flat).to(torch.float64), nan=0.0)
     rank = scores.abs() if absolute else scores
     if min_score is not None:
-        ok = rank >= min_score
-        i, j, scores, rank = i[ok], j[ok], scores[ok], rank[ok]
+        ok = torch.nonzero(rank >= min_score).flatten()
+        flat, scores, rank = flat[ok], scores[ok], rank[ok]
+
+    def pairs_at(at: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        f, sc, rk = (flat, scores, rank) if at is None else (flat[at], scores[at], rank[at])
+        return idx[torch.div(f, v, rounding_mode="floor")], idx[f % v], sc, rk
+
     chosen = None
     top = max(256, 32 * k) if k is not None else 0
     if k is not None and rank.numel() > 4 * top:
         # the best pairs are among the largest ranks: every entry at least the top-th largest (ties included),
         # so the greedy pass over them is the greedy pass over all, unless it runs out (then: all of them)
         cut = torch.topk(rank, top).values[-1]
-        few = torch.nonzero(rank >= cut).flatten()
-        chosen = _greedy(i[few], j[few], scores[few], rank[few], sparse, k, exclusive)
+        chosen = _greedy(*pairs_at(torch.nonzero(rank >= cut).flatten()), sparse, k, exclusive)
         if len(chosen) < k:
             chosen = None
     if chosen is None:
-        chosen = _greedy(i, j, scores, rank, sparse, k, exclusive)
+        chosen = _greedy(*pairs_at(None), sparse, k, exclusive)
     return GhostPairs(chosen, metric=metric, layer=layer, exclusive=exclusive)
 
 

@@ -69,49 +69,57 @@ def _quadratic(packed: np.ndarray, u: np.ndarray) -> float:
 
 
 def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: bool = True,
-                   moments: PairedMoments | None = None) -> MsqReplicates:
+                   moments: PairedMoments | None = None, observed: tuple[float, float | None] | None = None
+                   ) -> MsqReplicates:
     """Mean squared similarity and its jackknife replicates (formulas: module docstring). ``stats`` must be
     about the metric's centre (``about_centre``); ``valid`` is the mask of channels that take part;
-    ``moments``: ``stats.moments()`` when the caller has it already."""
-    m = stats.moments() if moments is None else moments
-    gram, cross = m.gram.cpu(), m.cross.cpu()
+    ``moments``: ``stats.moments()`` when the caller has it already; ``observed``: the full-sample (observed,
+    null) values when the caller has them already (from the similarity matrices, ``_similarities``)."""
     valid = valid.cpu()
-    d = gram.diagonal().clone()
+    d = stats.gram.diagonal().cpu().clone()  # the accumulators' diagonal and upper triangle are whole
     ok = valid & (d > 0)
     v = int(ok.sum())
-    u = torch.where(ok, 1.0 / d.clamp_min(1e-300), torch.zeros_like(d))
-    root = torch.outer(u, u).sqrt()
-    observed, _ = _msq(gram * root, ok)
-    has_null = null and m.pair_count > 0
-    ratio = m.count / m.pair_count if has_null else 0.0
-    null_value = _msq(cross * root * ratio, ok)[0] if has_null else None
+    count, pair_count = float(stats.count.sum()), float(stats.pair_count.sum())
+    has_null = null and pair_count > 0
+    if observed is None:
+        m = stats.moments() if moments is None else moments
+        u = torch.where(ok, 1.0 / d.clamp_min(1e-300), torch.zeros_like(d))
+        root = torch.outer(u, u).sqrt()
+        value, _ = _msq(m.gram.cpu() * root, ok)
+        null_value = _msq(m.cross.cpu() * root * (count / pair_count), ok)[0] if has_null else None
+    else:
+        value, null_value = observed[0], observed[1] if has_null else None
     groups = stats.filled_groups
     sizes = stats.images[groups].double().cpu().numpy() if groups else np.zeros(0)
     if stats.group_gram is None or len(groups) < 2 or v < 2:
-        return MsqReplicates(observed, null_value, np.zeros(0), None, sizes, groups)
+        return MsqReplicates(value, null_value, np.zeros(0), None, sizes, groups)
     c = stats.channels
     okn = ok.numpy()
     diag_at = torch.arange(c)
     diag_at = (diag_at * c - diag_at * (diag_at - 1) // 2).numpy()  # where (i, i) sits in the triu vector
-    full = pack(gram, 0).float().numpy()
-    full_null = pack(cross, 0).float().numpy() if has_null else None
+    full = pack(stats.gram.cpu(), 0).float().numpy()
+    full_null = pack(stats.cross.cpu(), 0).float().numpy() if has_null else None
     d_np = d.numpy()
+    counts = stats.count.double().cpu().numpy()
+    pair_counts = stats.pair_count.double().cpu().numpy()
+    group_gram = stats.group_gram.cpu().numpy()
+    group_cross = stats.group_cross.cpu().numpy() if has_null else None
     buf = np.empty_like(full)
     reps, null_reps = np.empty(len(groups)), np.empty(len(groups))
     pairs = v * (v - 1)
     for n, g in enumerate(groups):
-        vec = stats.group_gram[g].cpu().numpy()
+        vec = group_gram[g]
         np.subtract(full, vec, out=buf)
         left = d_np - vec[diag_at].astype(np.float64)  # the replicate's variances (× positions)
         uk = np.where(okn, 1.0 / np.clip(left, 1e-300, None), 0.0)
         uk32 = uk.astype(np.float32)
+        uk2 = uk ** 2
         np.square(buf, out=buf)
-        reps[n] = (_quadratic(buf, uk32) - float((uk ** 2 * buf[diag_at]).sum())) / pairs
+        reps[n] = (_quadratic(buf, uk32) - float((uk2 * buf[diag_at]).sum())) / pairs
         if has_null:
-            hv = stats.group_cross[g].cpu().numpy()
-            np.subtract(full_null, hv, out=buf)
+            np.subtract(full_null, group_cross[g], out=buf)
             np.square(buf, out=buf)
-            paired = m.pair_count - float(stats.pair_count[g])
-            scale = ((m.count - float(stats.count[g])) / paired) ** 2 if paired > 0 else 0.0
-            null_reps[n] = scale * (_quadratic(buf, uk32) - float((uk ** 2 * buf[diag_at]).sum())) / pairs
-    return MsqReplicates(observed, null_value, reps, null_reps if has_null else None, sizes, groups)
+            paired = pair_count - float(pair_counts[g])
+            scale = ((count - float(counts[g])) / paired) ** 2 if paired > 0 else 0.0
+            null_reps[n] = scale * (_quadratic(buf, uk32) - float((uk2 * buf[diag_at]).sum())) / pairs
+    return MsqReplicates(value, null_value, reps, null_reps if has_null else None, sizes, groups)

@@ -47,14 +47,8 @@ from analysis._core.validation import (
     check_metric,
     check_threshold,
 )
-from analysis.measure._scoring import (
-    halves,
-    null_similarity,
-    observed_similarity,
-    plain_rank99,
-    rank99_split,
-    threshold_scores,
-)
+from analysis.measure._parts import baseline_part, half_parts, null_part, observed_part
+from analysis.measure._scoring import halves, null_similarity, observed_similarity, plain_rank99, rank99_split
 from analysis.measure.groups import GhostGroups
 from analysis.measure.replicates import MsqReplicates, about_centre, msq_replicates
 from analysis.measure.score_types import (
@@ -166,41 +160,50 @@ def redundancy(
     check_linkage(linkage)
     level = check_level(level)
     grouped = _as_grouped(source, groups, tol)
-    grouped = grouped if grouped.device == torch.device("cpu") else grouped.to("cpu")
+    return score_layer(grouped, metric, threshold, level, linkage, layer, observed_groups, baseline, rank99,
+                       similarity)[0]
+
+
+def score_layer(grouped: GroupedStats, metric: str, threshold: float, level: float, linkage: str,
+                layer: str | None = None, observed_groups: GhostGroups | None = None,
+                baseline: GroupedStats | None = None, rank99: bool = False, similarity: torch.Tensor | None = None,
+                total: LayerStats | None = None) -> tuple[Redundancy, GhostGroups]:
+    """``redundancy`` of checked settings, and the observed similarity's ghost groups (``observed_groups`` when
+    given, else clustered here, with ``metric`` and ``layer``). ``total``: ``grouped.total()`` when the caller
+    has it already (its Gram matrix is not changed)."""
+    cpu = torch.device("cpu")
+    given = grouped
+    grouped = grouped if grouped.device == cpu else grouped.to("cpu")
     work = about_centre(grouped, metric)
-    total = work.total()
+    if total is None or work is not given or total.device != cpu:
+        total = work.total()
     dead, constant = total.dead, total.constant
     valid = ~(dead | constant)
     v = int(valid.sum())
     notes: list[str] = []
-    m = work.moments()
-    sim = observed_similarity(m, metric, valid) if similarity is None else similarity
-    observed, found = threshold_scores(sim, valid, threshold, linkage, observed_groups)
-    null_sim = null_similarity(m, metric, valid)
-    null_t = None if null_sim is None else threshold_scores(null_sim, valid, threshold, linkage)[0]
-    if null_sim is None:
+    seen = observed_part(work, total, valid, metric, threshold, linkage, similarity, observed_groups, layer)
+    observed, found = seen.scores, seen.groups
+    nulled = null_part(work, total, valid, metric, threshold, linkage)
+    null_t = None if nulled is None else nulled.scores
+    if nulled is None:
         notes.append("no null: it needs at least one pair of images of one size (images 2j and 2j + 1)")
-    reps = msq_replicates(work, metric, valid, moments=m)
+    reps = msq_replicates(work, metric, valid, observed=(seen.msq, None if nulled is None else nulled.msq))
     if len(reps.replicates) < 2:
         notes.append(f"no intervals: they need images in at least two image groups ({work.total_images} images, "
                      f"{len(work.filled_groups)} group(s) filled, groups={work.groups})")
     base_t = base_reps = None
     if baseline is not None:
-        bwork = about_centre(baseline if baseline.device == torch.device("cpu") else baseline.to("cpu"), metric)
-        btotal = bwork.total()
-        bvalid = ~(btotal.dead | btotal.constant)
-        bm = bwork.moments()
-        base_t = threshold_scores(observed_similarity(bm, metric, bvalid), bvalid, threshold, linkage)[0]
-        base_reps = msq_replicates(bwork, metric, bvalid, null=False, moments=bm)
+        bwork = about_centre(baseline if baseline.device == cpu else baseline.to("cpu"), metric)
+        bvalid, based = baseline_part(bwork, metric, threshold, linkage)
+        base_t = based.scores
+        base_reps = msq_replicates(bwork, metric, bvalid, null=False, observed=(based.msq, None))
     split = halves(work)
-    half_t, agreement, half_sims = None, None, None
+    half_t, agreement = None, None
     if split is not None:
-        ma, mb = work.moments(split[0]), work.moments(split[1])
-        half_sims = (observed_similarity(ma, metric, valid), observed_similarity(mb, metric, valid))
-        (ta, ga), (tb, gb) = (threshold_scores(s, valid, threshold, linkage) for s in half_sims)
-        half_t = (ta, tb)
+        first, second = half_parts(work, split, valid, metric, threshold, linkage)
+        half_t = (first.scores, second.scores)
         keep = valid.nonzero().flatten().tolist()
-        agreement = adjusted_rand([ga.labels[i] for i in keep], [gb.labels[i] for i in keep])
+        agreement = adjusted_rand([first.groups.labels[i] for i in keep], [second.groups.labels[i] for i in keep])
     scores: dict[str, Score] = {}
     f = _pr(v)
     obs = _msq_interval(reps.observed, reps.replicates, reps.sizes, level)
@@ -229,22 +232,23 @@ def redundancy(
                              None if half_t is None or name == "mean_abs_similarity" else
                              [half_t[0][name], half_t[1][name]])
     if rank99:
-        scores["rank99"] = _rank99(work, metric, valid, split, half_sims, baseline, notes)
+        scores["rank99"] = _rank99(work, metric, valid, split, baseline, notes)
     return Redundancy(
         channels=int(total.channels), valid=v, dead=torch.nonzero(dead).flatten().tolist(),
         constant=torch.nonzero(constant).flatten().tolist(), images=total.images, metric=metric,
         threshold=float(threshold), scores=scores, level=level, interval_groups=len(reps.replicates),
         sparse=torch.nonzero(valid & (total.apoz >= SPARSE_APOZ)).flatten().tolist(), groups_agreement=agreement,
         estimated=grouped.estimated, baseline_images=None if baseline is None else baseline.total_images,
-        layer=layer, notes=notes)
+        layer=layer, notes=notes), found
 
 
-def _rank99(work: GroupedStats, metric: str, valid: torch.Tensor, split: Any, half_sims: Any,
-            baseline: GroupedStats | None, notes: list[str]) -> Score:
+def _rank99(work: GroupedStats, metric: str, valid: torch.Tensor, split: Any, baseline: GroupedStats | None,
+            notes: list[str]) -> Score:
     """rank99 cross-validated between halves, for the observed statistics, the null and the baseline."""
     if split is None:
         notes.append("rank99 not corrected for sample size: that needs images in at least two image groups")
         return Score(plain_rank99(observed_similarity(work.moments(), metric, valid), valid))
+    half_sims = [observed_similarity(work.moments(s), metric, valid) for s in split]
     ab, ba = rank99_split(*half_sims, valid)
     value = (ab + ba) / 2
     nulls = [null_similarity(work.moments(s), metric, valid) for s in split]

@@ -32,7 +32,6 @@ from analysis.stats._kernel import (
     _symmetrise_,
     add_moments,
     as_batch,
-    normalised_moment,
     prepare_batch,
 )
 
@@ -159,8 +158,9 @@ class LayerStats:
     def covariance(self) -> torch.Tensor:
         """C×C population covariance of the channels over all positions."""
         self._require()
-        centred = self.gram - torch.outer(self.sums, self.sums) / self.count
-        return (centred + centred.T) / (2 * self.count)
+        centred = torch.outer(self.sums, self.sums).div_(self.count)
+        torch.sub(self.gram, centred, out=centred)  # the same numbers as gram − outer/count, one temporary less
+        return torch.add(centred, centred.T).div_(2 * self.count)
 
     @property
     def second_moment(self) -> torch.Tensor:
@@ -207,5 +207,21 @@ class LayerStats:
         Rows and columns of dead or constant channels are 0 (never NaN); the diagonal of the other channels
         is 1. Values are clipped to [−1, 1].
         """
+        valid = ~(self.dead | self.constant)
+        if not bool(valid.any()):  # no channel has a similarity: the all-zero matrix, without the moments
+            return torch.zeros(self.channels, self.channels, dtype=torch.float64, device=self.device)
         moment = self.second_moment if check_metric(metric) == "cosine" else self.covariance
-        return normalised_moment(moment, ~(self.dead | self.constant))
+        return _normalised_(moment, valid)
+
+
+def _normalised_(moment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``normalised_moment`` of a moment the caller no longer needs, computed in place (the same numbers)."""
+    diag = moment.diagonal().clamp_min(0)
+    ok = valid.to(moment.device) & (diag > 0)
+    norm = torch.where(ok, diag.sqrt(), torch.ones_like(diag))
+    sim = moment.div_(torch.outer(norm, norm))
+    if not bool(ok.all()):
+        sim.masked_fill_(~torch.outer(ok, ok), 0.0)  # rows and columns of channels without a similarity
+    sim.clamp_(-1.0, 1.0)
+    sim.diagonal().copy_(ok.to(sim.dtype))
+    return sim

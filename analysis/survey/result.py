@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from analysis._core.errors import GhostmapsError
 from analysis._core.payload import read_payload, write_payload
 from analysis._core.results import Result, plain
-from analysis.measure.groups import GhostGroups, ghost_groups
+from analysis._core.validation import check_level, check_threshold
+from analysis.measure.groups import GhostGroups
 from analysis.measure.pairs import GhostPairs, ghost_pairs
-from analysis.measure.scores import REDUNDANCY_COLUMNS, Redundancy, redundancy
+from analysis.measure.scores import REDUNDANCY_COLUMNS, Redundancy, score_layer
 from analysis.measure.similarity import ChannelSimilarity, channel_similarity
 from analysis.stats import GroupedStats
 from analysis.survey.settings import check_settings
@@ -233,9 +234,9 @@ def _delta(b: Any) -> str:
 def _score_layer(name: str, shape: tuple[int, ...], stats: GroupedStats, baseline: GroupedStats | None = None, *,
                  metric: str, threshold: float, level: float, linkage: str, pairs: int, rank99: bool = False
                  ) -> LayerSurvey:
-    sim = channel_similarity(stats.total(), metric, layer=name)
-    found = ghost_groups(sim, threshold, linkage)
-    red = redundancy(stats, metric=metric, threshold=threshold, level=level, linkage=linkage, layer=name,
-                     observed_groups=found, baseline=baseline, rank99=rank99, similarity=sim.matrix)
+    total = stats.total()  # one copy of the Gram matrix for the similarity and the scores
+    sim = channel_similarity(total, metric, layer=name)
+    red, found = score_layer(stats, metric, check_threshold(threshold), check_level(level), linkage, name,
+                             baseline=baseline, rank99=rank99, similarity=sim.matrix, total=total)
     top = ghost_pairs(sim, k=pairs, absolute=True) if pairs else GhostPairs([], metric, name)
     return LayerSurvey(name, tuple(shape), red, found, top, stats, baseline, sim)

@@ -15,7 +15,8 @@ from scipy.stats import t as student_t
 from sklearn.metrics import adjusted_rand_score
 
 from analysis import GhostmapsError, channel_similarity, ghost_groups, redundancy
-from analysis.measure._scoring import null_similarity, threshold_scores
+from analysis.measure._scoring import null_similarity, observed_similarity, threshold_scores
+from analysis.measure.replicates import about_centre, msq_replicates
 from analysis.stats import GroupedStats, block_size
 
 
@@ -119,6 +120,50 @@ def test_noise_matched_null_equals_a_loop_over_image_pairs(metric):
     r = redundancy(stats, metric=metric)
     iu = np.triu_indices(10, 1)
     assert r.scores["mean_abs_similarity"].baseline == pytest.approx(np.abs(want[iu]).mean(), abs=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine"])
+def test_scores_read_the_reference_matrices_on_a_blocked_layer_with_dead_channels(metric):
+    """The scores build each similarity on the valid channels only, in place, from the accumulators; they must
+    read what the full reference matrices give, with dead channels, C ≥ 256 (accumulators whole only in their
+    upper row blocks), an unpaired image and ghosts that need clustering."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 11, 300
+    base = torch.randn(n, 4, 6, 6, generator=g, dtype=torch.float64)
+    maps = torch.randn(n, c, 6, 6, generator=g, dtype=torch.float64) + \
+        0.3 * torch.randn(n, c, 1, 1, generator=g, dtype=torch.float64)
+    maps[:, 10:40] = base[:, torch.arange(30) % 4] + 0.2 * torch.randn(n, 30, 6, 6, generator=g, dtype=torch.float64)
+    maps[:, 50:60] = 0.0
+    maps = torch.relu(maps) if metric == "cosine" else maps
+    stats = GroupedStats(groups=4, chunk=2).update(maps).finish()
+    other = GroupedStats(groups=4, chunk=2).update(torch.randn(n, c, 6, 6, generator=g, dtype=torch.float64)).finish()
+    r = redundancy(stats, metric=metric, threshold=0.8, baseline=other)
+    work = about_centre(stats, metric)
+    total = work.total()
+    valid = ~(total.dead | total.constant)
+    assert int(valid.sum()) == c - 10
+    m = work.moments()
+    obs, groups = threshold_scores(observed_similarity(m, metric, valid), valid, 0.8, "complete")
+    null = threshold_scores(null_similarity(m, metric, valid), valid, 0.8, "complete")[0]
+    bwork = about_centre(other, metric)
+    bvalid = ~(bwork.total().dead | bwork.total().constant)
+    untrained = threshold_scores(observed_similarity(bwork.moments(), metric, bvalid), bvalid, 0.8, "complete")[0]
+    assert 1 < obs["groups"] < c - 10  # some ghosts were clustered
+    for name in ("ghost_fraction", "groups", "ratio", "mean_abs_similarity"):
+        assert r.scores[name].observed == pytest.approx(obs[name], rel=1e-12, abs=1e-15)
+        assert r.scores[name].null.value == pytest.approx(null[name], rel=1e-12, abs=1e-15)
+        assert r.scores[name].untrained.value == pytest.approx(untrained[name], rel=1e-12, abs=1e-15)
+    halves = [threshold_scores(observed_similarity(work.moments(h), metric, valid), valid, 0.8, "complete")
+              for h in (work.filled_groups[0::2], work.filled_groups[1::2])]
+    for name in ("ghost_fraction", "groups", "ratio"):
+        assert r.scores[name].halves == pytest.approx([h[0][name] for h in halves], rel=1e-12)
+    keep = valid.nonzero().flatten().tolist()
+    assert r.groups_agreement == pytest.approx(adjusted_rand_score([halves[0][1].labels[i] for i in keep],
+                                                                   [halves[1][1].labels[i] for i in keep]))
+    msq = msq_replicates(work, metric, valid)  # the full-sample mean squares from the Gram and cross products
+    fast = msq_replicates(work, metric, valid, observed=(msq.observed, msq.null))
+    np.testing.assert_array_equal(fast.replicates, msq.replicates)
+    np.testing.assert_array_equal(fast.null_replicates, msq.null_replicates)
 
 
 def test_mean_square_and_participation_ratio_are_the_jackknife_corrected_values():
