@@ -11,14 +11,13 @@ forms to float64 rounding (a few ulps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-import numpy as np
 import torch
 
 from analysis.measure.groups import GhostGroups, grouped
 from analysis.stats import GroupedStats
 from analysis.stats._kernel import _mirror, _row_blocks
+from analysis.stats._live import block_layout, from_blocks, group_sum
 
 
 @dataclass
@@ -143,29 +142,15 @@ def threshold_summary(s: Summary, threshold: float, linkage: str, groups: GhostG
             "mean_abs_similarity": average}, groups
 
 
-@lru_cache(maxsize=16)
-def _unpack_index(c: int) -> torch.Tensor:
-    """For each (i, j) of a C×C matrix, where (min(i, j), max(i, j)) sits in the triu-order vector (int32)."""
-    i = np.arange(c, dtype=np.int32)
-    index = np.add.outer(i * c - i * (i - 1) // 2 - i, i)  # right above the diagonal
-    np.copyto(index, index.T.copy(), where=np.tri(c, k=-1, dtype=bool))  # and its mirror below
-    return torch.from_numpy(index)
-
-
 def half_moment(stats: GroupedStats, groups: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the float64 Gram matrix of the listed groups on the channels ``idx``, V×V and new; its full diagonal, C):
     the group vectors summed in float64 in group order (the sum ``GroupedStats.moments(groups)`` makes, bit for
-    bit, without the copy of the group vectors) and unpacked with one gather."""
-    gg = stats.group_gram
-    packed = gg[groups[0]].double()
-    for g in groups[1:]:
-        packed += gg[g]
-    c = stats.channels
-    index = _unpack_index(c)
-    diagonal = packed.index_select(0, index.diagonal().long())
-    if idx.numel() != c:
-        index = index[idx.unsqueeze(1), idx]
-    return packed.index_select(0, index.reshape(-1)).view(index.shape), diagonal
+    bit, without the copy of the group vectors) and mirrored from their row blocks."""
+    full = from_blocks(group_sum(stats.group_gram, groups), block_layout(stats.channels))
+    diagonal = full.diagonal().clone()
+    if idx.numel() != stats.channels:
+        full = full.index_select(0, idx).index_select(1, idx)
+    return full, diagonal
 
 
 def moments_centre(stats: GroupedStats, groups: list[int] | None, metric: str

@@ -1,5 +1,5 @@
-"""Jackknife replicates of the mean squared similarity, observed and noise-matched null, from the packed group
-vectors of ``GroupedStats`` in three passes over each.
+"""Jackknife replicates of the mean squared similarity, observed and noise-matched null, from the group vectors
+of ``GroupedStats`` (row-block layout, :mod:`analysis.stats._live`) in three passes over each.
 
 With the statistics about the metric's centre (the mean for Pearson, zero for cosine), G the pooled Gram and
 gₖ group k's part, the replicate without group k has the similarity (G − gₖ)ᵢⱼ / √((G − gₖ)ᵢᵢ (G − gₖ)ⱼⱼ):
@@ -7,9 +7,10 @@ with u = 1/diag(G − gₖ) on the V valid channels (0 elsewhere) and X = (G −
 
     Σ_{i<j} S₋ₖ,ᵢⱼ² = (uᵀ X u − Σᵢ uᵢ² Xᵢᵢ) / 2,
 
-one subtraction, one square and one symmetric packed matrix-vector product (BLAS ``spmv``, which reads the
-triu-order vector as it is stored) per group. The null is the same with the cross products H and hₖ, scaled by
-(positions / paired positions)² and normalised by the same observed variances. Exact, no linearisation; the
+one subtraction, one square and one symmetric matrix-vector product per group (two matrix-vector products
+per row block, reading the vector as it is stored: ``analysis.stats._live.quadratic``). The null is the same
+with the cross products H and hₖ, scaled by (positions / paired positions)² and normalised by the same
+observed variances. Exact, no linearisation; the
 replicates are centred on the full sample's centre (the replicate's own mean differs by O(1/n²)).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from analysis.stats import GroupedStats, PairedMoments
-from analysis.stats._pairs import pack
+from analysis.stats._live import block_layout, diagonal_index, quadratic, to_blocks
 
 __all__ = ["MsqReplicates", "msq_replicates"]
 
@@ -59,15 +60,6 @@ def _msq(matrix: torch.Tensor, valid: torch.Tensor) -> tuple[float, torch.Tensor
     return (float(rows.sum()) / (v * (v - 1)) if v > 1 else 0.0), rows
 
 
-def _quadratic(packed: np.ndarray, u: np.ndarray) -> float:
-    """uᵀ A u for the symmetric A whose upper triangle (triu order) is ``packed`` (float32)."""
-    from scipy.linalg import blas
-
-    c = u.size
-    au = blas.sspmv(c, 1.0, packed, u, lower=1)
-    return float(np.dot(au.astype(np.float64), u))
-
-
 def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: bool = True,
                    moments: PairedMoments | None = None, observed: tuple[float, float | None] | None = None
                    ) -> MsqReplicates:
@@ -94,11 +86,11 @@ def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: 
     if stats.group_gram is None or len(groups) < 2 or v < 2:
         return MsqReplicates(value, null_value, np.zeros(0), None, sizes, groups)
     c = stats.channels
+    layout = block_layout(c)
     okn = ok.numpy()
-    diag_at = torch.arange(c)
-    diag_at = (diag_at * c - diag_at * (diag_at - 1) // 2).numpy()  # where (i, i) sits in the triu vector
-    full = pack(stats.gram.cpu(), 0).float().numpy()
-    full_null = pack(stats.cross.cpu(), 0).float().numpy() if has_null else None
+    diag_at = diagonal_index(c).numpy()  # where (i, i) sits in a group vector
+    full = to_blocks(stats.gram.cpu(), layout).float().numpy()  # the totals in the groups' layout
+    full_null = to_blocks(stats.cross.cpu(), layout).float().numpy() if has_null else None
     d_np = d.numpy()
     counts = stats.count.double().cpu().numpy()
     pair_counts = stats.pair_count.double().cpu().numpy()
@@ -115,11 +107,11 @@ def msq_replicates(stats: GroupedStats, metric: str, valid: torch.Tensor, null: 
         uk32 = uk.astype(np.float32)
         uk2 = uk ** 2
         np.square(buf, out=buf)
-        reps[n] = (_quadratic(buf, uk32) - float((uk2 * buf[diag_at]).sum())) / pairs
+        reps[n] = (quadratic(buf, uk32, layout) - float((uk2 * buf[diag_at]).sum())) / pairs
         if has_null:
             np.subtract(full_null, group_cross[g], out=buf)
             np.square(buf, out=buf)
             paired = pair_count - float(pair_counts[g])
             scale = ((count - float(counts[g])) / paired) ** 2 if paired > 0 else 0.0
-            null_reps[n] = scale * (_quadratic(buf, uk32) - float((uk2 * buf[diag_at]).sum())) / pairs
+            null_reps[n] = scale * (quadratic(buf, uk32, layout) - float((uk2 * buf[diag_at]).sum())) / pairs
     return MsqReplicates(value, null_value, reps, null_reps if has_null else None, sizes, groups)

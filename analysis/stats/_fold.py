@@ -13,7 +13,7 @@ import torch
 from analysis._core.errors import GhostmapsError
 from analysis.stats._kernel import _reshift_gram, scan_batch, scratch
 from analysis.stats._live import add_products, add_symmetric, block_layout, settle
-from analysis.stats._pairs import fold_cross, packed_size
+from analysis.stats._pairs import _add_upper
 from analysis.stats.moments import position_subset
 
 
@@ -155,14 +155,18 @@ class StreamFold:
     def _complete(self, ya: torch.Tensor, yb: torch.Tensor, g: int, root_w: float, p: int) -> None:
         """Add the cross product of a pair whose images were folded apart (each already in the Gram totals)."""
         live_u, live_v = self.__dict__.get("live_u"), self.__dict__.get("live_v")
+        layout = block_layout(self.channels)
         if live_u is not None:  # h = y_a y_bᵀ + y_b y_aᵀ: + h to U, − h to V (the cross product only)
             a = torch.mm(ya.to(live_u.dtype), yb.to(live_u.dtype).T)
             h = a + a.T
-            layout = block_layout(self.channels)
             add_symmetric(live_u[g], h, layout)
             add_symmetric(live_v[g], h, layout, -1.0)
-        else:
-            fold_cross(ya, yb, self.cross, None if self.group_cross is None else self.group_cross[g])
+        else:  # settled statistics (a merge completing a pair): the float64 total and the group's vector
+            a = torch.mm(ya, yb.T).to(torch.float64)
+            h = a + a.T
+            _add_upper(self.cross, h)
+            if self.group_cross is not None:
+                add_symmetric(self.group_cross[g], h, layout)
         self.pair_sums[g] += (ya.sum(dim=1) + yb.sum(dim=1)).to(torch.float64) * root_w
         self.pair_count[g] += 2 * p
 
@@ -195,8 +199,9 @@ class StreamFold:
                 f64 = {"dtype": torch.float64, "device": self.device}
                 self.gram, self.cross = torch.zeros(c, c, **f64), torch.zeros(c, c, **f64)
                 f32 = {"dtype": torch.float32, "device": self.device}
-                self.group_gram = torch.zeros(k, packed_size(c, 0), **f32) if k > 1 else None
-                self.group_cross = torch.zeros(k, packed_size(c, 0), **f32) if k > 1 else None
+                size = block_layout(c).size
+                self.group_gram = torch.zeros(k, size, **f32) if k > 1 else None
+                self.group_cross = torch.zeros(k, size, **f32) if k > 1 else None
             if recentre:
                 self._recentre_settled()
             return

@@ -1,21 +1,26 @@
-"""The streaming layout of ``GroupedStats``' per-group products, and its one conversion to the packed layout
-that everything else reads. Private to ``analysis.stats``; shapes are checked by the callers.
+"""The row-block layout of ``GroupedStats``' per-group products: how a stream fills it and how it is settled.
+Private to ``analysis.stats`` (and read by the scores in ``analysis.measure``); shapes are checked by callers.
 
-While a stream runs, each image group g holds two accumulators in the working precision (float32, or float64
+A symmetric C×C product is kept as its row blocks (rows lo:hi, columns lo:, the blocks of
+``_kernel._row_blocks``: 1 block below 256 channels, 2 below 512, else 4) laid one after another in one flat
+vector (``BlockLayout``): (b + 1)/(2b) of C² values for b blocks, every entry (i, j ≥ i) at least once, the
+diagonal squares whole. One flat vector per image group, the K of them a K × size tensor.
+
+While a stream runs, each group g holds two such accumulators in the working precision (float32, or float64
 for float64 maps), about the statistics' shift k (y = x − k):
 
     U_g = Σ_pairs u uᵀ,  V_g = Σ_pairs v vᵀ,  u = y_a + y_b,  v = y_a − y_b = x_a − x_b,
 
 so that group g's Gram matrix is (U_g + V_g)/2 and its pairs' symmetric cross product (U_g − V_g)/2 (the
 identity of :mod:`analysis.stats._pairs`). An unpaired image adds y yᵀ to both (Gram only); a pair whose
-images came in different batches adds h = y_a y_bᵀ + y_b y_aᵀ to U and −h to V (cross only).
+images came in different batches adds h = y_a y_bᵀ + y_b y_aᵀ to U and −h to V (cross only). Every product
+is one matrix multiply per row block accumulating straight into its place (``addmm_``): no temporaries and no
+pass over the C×C accumulators per run of images.
 
-Each accumulator is the row blocks of a symmetric product (rows lo:hi, columns lo:, the blocks of
-``_kernel._row_blocks``) laid one after another in one flat vector per group, so every product is one matrix
-multiply accumulating straight into its block (``addmm_``): no temporaries and no C×C pass per group run,
-which is what the per-group packed vectors cost when each run is added to them. ``settle`` turns the
-accumulators, once, into float64 totals (upper row blocks valid, as ``_kernel._mirror`` expects) and packed
-float32 group vectors, moving them to another shift on the way if asked (rank-two updates on the blocks).
+``settle`` turns them, once and in place, into the group Gram and cross vectors (float32, the same layout) and
+float64 totals (upper row blocks valid, as ``_kernel._mirror`` expects), moved to another shift on the way if
+asked (rank-two updates on the blocks). The scores read the group vectors in this layout (``quadratic``,
+``group_sum``, ``from_blocks``): there is no packing pass and no second copy.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
-from analysis.stats._kernel import _row_blocks
-from analysis.stats._pairs import _block_index, packed_size
+from analysis.stats._kernel import _mirror, _row_blocks
 
 
 @dataclass(frozen=True)
@@ -85,20 +90,6 @@ def _upper(vector: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     return out
 
 
-@lru_cache(maxsize=16)
-def _pack_index(channels: int, device: str) -> torch.Tensor:
-    """Where each packed (triu-order) entry sits in the flat accumulator: row r of a block from its diagonal on."""
-    layout = block_layout(channels)
-    return torch.cat([_block_index(hi - lo, channels - lo, 0, device) + off for lo, hi, off in layout.spans()])
-
-
-def _pack(stack: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """K flat accumulators (K × size) as K packed upper triangles (triu order, their dtype): one gather."""
-    out = torch.empty(stack.shape[0], packed_size(layout.channels, 0), dtype=stack.dtype, device=stack.device)
-    torch.index_select(stack, 1, _pack_index(layout.channels, str(stack.device)), out=out)
-    return out
-
-
 def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor, sums: torch.Tensor,
                   counts: torch.Tensor) -> None:
     """Move K flat accumulators to another shift, in place: group k gains δ wₖᵀ + wₖ δᵀ with
@@ -115,7 +106,7 @@ def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor,
 
 @dataclass
 class Settled:
-    """The accumulators converted: float64 totals (upper row blocks valid), packed float32 groups (or None)."""
+    """The accumulators settled: float64 totals (upper row blocks valid), float32 group vectors (or None)."""
 
     gram: torch.Tensor
     cross: torch.Tensor
@@ -126,7 +117,7 @@ class Settled:
 def settle(u: torch.Tensor, v: torch.Tensor, layout: BlockLayout, grouped: bool,
            move: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
            ) -> Settled:
-    """Convert the K × size accumulators ``u``, ``v`` (spent: changed in place) to totals and packed groups.
+    """Settle the K × size accumulators ``u``, ``v`` (spent: changed in place) into totals and group vectors.
 
     ``move``: (δ, sums K×C, counts K, pair sums K×C, pair counts K) moves the *groups* to the shift k − δ on the
     way (the caller moves the float64 totals itself, exactly); ``grouped=False`` keeps only the totals."""
@@ -141,8 +132,48 @@ def settle(u: torch.Tensor, v: torch.Tensor, layout: BlockLayout, grouped: bool,
         delta, sums, counts, pair_sums, pair_counts = move
         _shift_blocks(u, layout, delta, sums + pair_sums, counts + pair_counts)
         _shift_blocks(v, layout, delta, sums - pair_sums, counts - pair_counts)
-    # pack first (the packed vectors are smaller than the blocks), then Gram and cross on them
-    gp, hp = _pack(u, layout), _pack(v, layout)
-    gp.add_(hp).mul_(0.5)  # (U + V)/2
-    torch.sub(gp, hp, out=hp)  # cross = Gram − V
-    return Settled(gram, cross, gp.to(torch.float32), hp.to(torch.float32))
+    g = u.add_(v).mul_(0.5)  # Gram = (U + V)/2, in place
+    h = v.sub_(g).neg_()  # cross = (U − V)/2 = Gram − V
+    return Settled(gram, cross, g.to(torch.float32), h.to(torch.float32))
+
+
+def to_blocks(full: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """The flat row-block vector (``size`` values) of a C×C matrix (its upper row blocks)."""
+    return torch.cat([full[lo:hi, lo:].reshape(-1) for lo, hi, _ in layout.spans()])
+
+
+def from_blocks(vector: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """The symmetric C×C float64 matrix whose upper row blocks are the flat vector ``vector``."""
+    return _mirror(_upper(vector, layout))
+
+
+def group_sum(stack: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    """Σ of the listed groups' flat vectors in float64, added in the order listed."""
+    total = stack[groups[0]].to(torch.float64)
+    for g in groups[1:]:
+        total += stack[g]
+    return total
+
+
+@lru_cache(maxsize=64)
+def diagonal_index(channels: int) -> torch.Tensor:
+    """Where each (i, i) sits in the flat row-block vector."""
+    layout = block_layout(channels)
+    out = torch.empty(channels, dtype=torch.long)
+    for lo, hi, off in layout.spans():
+        r = torch.arange(hi - lo)
+        out[lo:hi] = off + r * (channels - lo) + r
+    return out
+
+
+def quadratic(vector: np.ndarray, u: np.ndarray, layout: BlockLayout) -> float:
+    """uᵀ A u for the symmetric A whose upper row blocks are the flat float32 ``vector``: each block's rows R
+    times its columns, u_Rᵀ A[R, lo:] u[lo:], counts the off-diagonal square once per order and the part right
+    of it once, so uᵀ A u = Σ_blocks 2 u_Rᵀ A[R, lo:] u[lo:] − u_Rᵀ A[R, R] u_R."""
+    c, total = layout.channels, 0.0
+    for lo, hi, off in layout.spans():
+        rows = hi - lo
+        block = vector[off:off + rows * (c - lo)].reshape(rows, c - lo)
+        ur = u[lo:hi]
+        total += 2.0 * float(np.dot(block @ u[lo:], ur)) - float(np.dot(block[:, :rows] @ ur, ur))
+    return total

@@ -13,7 +13,7 @@ import torch
 from analysis._core.errors import GhostmapsError
 from analysis.stats._fold import StreamFold
 from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram
-from analysis.stats._pairs import reshift_packed, unpack
+from analysis.stats._live import _shift_blocks, block_layout, from_blocks, group_sum
 from analysis.stats.layer import LayerStats
 from analysis.stats.moments import PairedMoments
 
@@ -31,18 +31,18 @@ class GroupedStats(StreamFold):
 
     Image number i (its position in the image set) belongs to block ``i // chunk`` and group
     ``(i // chunk) mod K``; ``chunk`` is even, so the images 2j and 2j + 1 of a pair are always in one group
-    (and, under ``distributed``, one process). Per group, in float32 and packed (upper triangles, see
-    :mod:`analysis.stats._pairs`): the Gram matrix Σ (x − k)(x − k)ᵀ and the pairs' symmetric cross product
-    Σ_pairs (x_a − k)(x_b − k)ᵀ + (x_b − k)(x_a − k)ᵀ; per group in float64: sums, positions and images, and
-    the same for the paired images only. The totals (Gram and cross) are kept apart in float64, so ``total()``
-    is exactly the one-pass ``LayerStats``. Memory 16·C² + 4·K·C² bytes (K groups), whatever the number of
-    images; ``groups=1`` keeps no group vectors (no intervals).
+    (and, under ``distributed``, one process). Per group, in float32 and in the row-block layout of
+    :mod:`analysis.stats._live` (K × size): the Gram matrix Σ (x − k)(x − k)ᵀ and the pairs' symmetric cross
+    product Σ_pairs (x_a − k)(x_b − k)ᵀ + (x_b − k)(x_a − k)ᵀ; per group in float64: sums, positions and images,
+    and the same for the paired images only. The totals (Gram and cross) are kept apart in float64 (upper row
+    blocks valid; ``moments`` and ``total`` mirror them), so ``total()`` is the one-pass ``LayerStats``. Memory
+    16·C² + 8·K·C²·(b + 1)/(2b) bytes for b row blocks (5·K·C² from 512 channels, 6 from 256, 8 below),
+    whatever the number of images; ``groups=1`` keeps no group vectors (no intervals).
 
-    While images stream in, the products go to per-group accumulators in the streaming layout of
-    :mod:`analysis.stats._live` (``live_u``, ``live_v``: 5·K·C² bytes for C ≥ 512, less below) instead, and the
-    C×C fields above are None; reading any of them (or ``finish``, which a stream calls at its end) converts
-    the accumulators into them once. A checkpoint (``state_dict``) keeps whichever layout the statistics are in,
-    so a resumed stream continues bit for bit.
+    While images stream in, the products go to the per-group accumulators ``live_u``, ``live_v`` (the same
+    layout and size) instead, and the C×C fields above are None; reading any of them (or ``finish``, which a
+    stream calls at its end) settles the accumulators into them once, in place. A checkpoint (``state_dict``)
+    keeps whichever form the statistics are in, so a resumed stream continues bit for bit.
 
     ``positions=m`` folds, for each pair, the same seeded random m positions of its two images (all of them
     when a map has at most m), weighted by P/m: an unbiased estimate of every moment (``estimated`` says so).
@@ -160,9 +160,9 @@ class GroupedStats(StreamFold):
         if self.group_gram is None:
             raise GhostmapsError("these statistics keep no image groups (groups=1 or a compact file).")
         g = list(groups)
-        c = self.channels
-        gram = unpack(self.group_gram[g].sum(0, dtype=torch.float64), c, 0)
-        cross = unpack(self.group_cross[g].sum(0, dtype=torch.float64), c, 0)
+        layout = block_layout(self.channels)
+        gram = from_blocks(group_sum(self.group_gram, g), layout)
+        cross = from_blocks(group_sum(self.group_cross, g), layout)
         return PairedMoments(self.shift.clone(), gram, cross, self.sums[g].sum(0), float(self.count[g].sum()),
                              self.pair_sums[g].sum(0), float(self.pair_count[g].sum()), int(self.images[g].sum()))
 
@@ -179,8 +179,8 @@ class GroupedStats(StreamFold):
         # cross: Σ_pairs over both orders of (y_a + δ)(y_b + δ)ᵀ = H + δ spᵀ + sp δᵀ + (paired positions) δδᵀ
         out.cross = _reshift_gram(self.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
         if out.group_gram is not None:
-            reshift_packed(out.group_gram, self.sums, cnt, delta)
-            reshift_packed(out.group_cross, self.pair_sums, pcnt, delta)
+            _shift_blocks(out.group_gram, block_layout(self.channels), delta, self.sums, cnt)
+            _shift_blocks(out.group_cross, block_layout(self.channels), delta, self.pair_sums, pcnt)
         out.shift = shift.clone()
         out.sums = self.sums + cnt.view(-1, 1) * delta
         out.pair_sums = self.pair_sums + pcnt.view(-1, 1) * delta

@@ -18,7 +18,7 @@ from analysis.data.batches import Images
 from analysis.stats import GroupedStats
 
 FORMAT = "ghostmaps-survey-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: streaming accumulators (analysis.stats._live) instead of packed group vectors
 
 __all__ = ["load_checkpoint", "model_fingerprint", "save_checkpoint", "source_fingerprint"]
 

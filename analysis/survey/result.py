@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 FORMAT = "ghostmaps-survey"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: group vectors in the row-block layout of analysis.stats._live (2: packed triangles)
 SCORING = ("threshold", "metric", "level", "linkage", "pairs", "rank99")
 #: a layer's table row: the ``Redundancy`` row, then the shape and the strongest pair
 _LAYER_COLUMNS = (*REDUNDANCY_COLUMNS, "shape", "top_pair", "top_pair_score", "top_pair_sparse", "sparse_pairs")

@@ -195,8 +195,11 @@ def test_position_subsets_give_an_unbiased_estimate_and_say_so():
 def test_memory_is_the_stated_formula_and_collapsing_drops_the_groups():
     stats = fill(relu_maps(5, (8, 40, 3, 3)), 4, groups=4)
     c, k = 40, 4
-    # float64 totals (Gram, cross) + per group two packed float32 triangles + per-group and per-channel vectors
-    assert stats.nbytes() == 16 * c * c + k * 2 * 4 * c * (c + 1) // 2 + 16 * k * c + 24 * k + 8 + 32 * c
+    # float64 totals (Gram, cross) + per group two float32 C×C matrices (one row block below 256 channels) +
+    # per-group and per-channel vectors
+    assert stats.nbytes() == 16 * c * c + k * 2 * 4 * c * c + 16 * k * c + 24 * k + 8 + 32 * c
+    wide = fill(relu_maps(5, (4, 600, 1, 1)), 4, groups=4)  # 4 row blocks of 150: 5/8 of C² per group matrix
+    assert wide.nbytes() == 16 * 600 ** 2 + k * 2 * 4 * (5 * 600 ** 2 // 8) + 16 * k * 600 + 24 * k + 8 + 32 * 600
     small = stats.collapsed()
     assert small.group_gram is None and small.nbytes() == 16 * c * c + 16 * c + 24 + 8 + 32 * c
     np.testing.assert_allclose(small.moments().cross.numpy(), stats.moments().cross.numpy())
