@@ -78,6 +78,8 @@ def find_consumers(model: nn.Module, names: Sequence[str], example: torch.Tensor
     chosen = set(names)
     found: dict[str, list[str]] = {}
     for name in names:
+        if name not in order:
+            continue  # never runs: the sequential fit reports it
         later = [n for n in dense if order.index(n) > order.index(name)]
         if not later:
             continue
@@ -167,7 +169,9 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     the converted network that follows it, whose running mean takes the intercept of a bias-free conv) on its
     ``inputs`` (one tensor per batch, from the converted network) against the original network's outputs ``y``
     (images x k x C) at the flat positions ``pos`` (images x k). ``held`` (bool per image) marks the held-out
-    images, which only measure the errors; ``weights``: post-BN channel weights."""
+    images, which only measure the errors; ``weights``: post-BN channel weights. When the held-out error is not
+    lower after the refit than before (an overfitted refit: few positions against the conv's inputs), the conv
+    is left as it was (``applied=False``)."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
     intercept = conv.bias is not None or bn is not None
     mo = DenseMoments(dim, channels, centre=intercept)
@@ -187,11 +191,13 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     before = _error(vh @ old_w.T + old_c, yh, weights)
     w, c = refit_dense(mo, ridge)
     after = _error(vh @ w.T + (c if c is not None else 0.0), yh, weights)
-    with torch.no_grad():
-        conv.weight.copy_(w.reshape(conv.weight.shape).to(conv.weight))
-        if conv.bias is not None and c is not None:
-            conv.bias.copy_(c.to(conv.bias))
-        elif c is not None and bn is not None:
-            bn.running_mean.sub_(c.to(bn.running_mean))
+    applied = before is None or after is None or after < before
+    if applied:
+        with torch.no_grad():
+            conv.weight.copy_(w.reshape(conv.weight.shape).to(conv.weight))
+            if conv.bias is not None and c is not None:
+                conv.bias.copy_(c.to(conv.bias))
+            elif c is not None and bn is not None:
+                bn.running_mean.sub_(c.to(bn.running_mean))
     return RefittedConsumer(name=name, producers=list(producers), heldout_error_before=before,
-                            heldout_error_after=after, n_fit=int(mo.m), n_heldout=int(vh.shape[0]))
+                            heldout_error_after=after, n_fit=int(mo.m), n_heldout=int(vh.shape[0]), applied=applied)

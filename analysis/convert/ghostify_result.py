@@ -87,7 +87,9 @@ class RefittedConsumer(Record):
     the consumer refit (``consumer_refit=True``). ``heldout_error_before``/``_after``: the pooled relative error
     of its output against the original network's, on the held-out calibration images, post-BN units, inputs
     from the converted network, with the original weights and with the refitted ones; ``n_fit``/``n_heldout``:
-    positions in the fit and in the held-out error."""
+    positions in the fit and in the held-out error; ``applied``: False when the refit did not lower the held-out
+    error and the original weights were kept (so with ``applied`` the held-out errors chose, once, between two
+    weight sets: read ``heldout_error_after`` as slightly optimistic)."""
 
     name: str
     producers: list[str]
@@ -95,8 +97,9 @@ class RefittedConsumer(Record):
     heldout_error_after: float | None
     n_fit: int
     n_heldout: int
+    applied: bool = True
 
-    _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout")
+    _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout", "applied")
 
     def rows(self) -> list[dict[str, Any]]:
         row = self.to_dict()
@@ -200,7 +203,8 @@ class GhostifyResult(Result):
                 err += f" -> {r.calibrated_error:.4f} calibrated"
             lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
-        lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) refitted: held-out error "
+        lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) "
+                  f"{'refitted' if c.applied else 'kept (the refit did not lower it)'}: held-out error "
                   f"{_num(c.heldout_error_before)} -> {_num(c.heldout_error_after)}" for c in self.consumers]
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)

@@ -146,3 +146,15 @@ def test_bad_input_names_the_input():
         SequentialSettings(consumer_refit=1)
     with pytest.raises(GhostifyError, match="settings must be a SequentialSettings"):
         ghostify(net, layers=["3"], init="fit", calibration_images=x, settings={"ridge": 1})
+
+
+def test_an_overfitted_refit_is_not_applied():
+    # a 3x3 consumer (144 inputs) fitted on 4 images of 4 x 4 (64 positions): the ridge-0 refit interpolates
+    net = _net(False, kernel=3)
+    x = torch.randn(8, 3, 4, 4)
+    new, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit=True,
+                        settings=SequentialSettings(holdout=0.5, ridge=0.0))
+    (c,) = res.consumers
+    assert c.n_fit == 64 and not c.applied and c.heldout_error_after >= c.heldout_error_before
+    assert torch.equal(new[9].weight, net[9].weight) and torch.equal(new[10].running_mean, net[10].running_mean)
+    assert "consumer 9 (of 3) kept (the refit did not lower it)" in str(res)
