@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                            ratio=args.ratio if plan is None else plan.ratios, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=calib,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps,
-                           mode=args.mode, reestimate_bn=args.bn_reestimate)
+                           mode=args.mode, reestimate_bn=args.bn_reestimate, consumer_refit=args.consumer_refit)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
@@ -219,6 +219,9 @@ def register(sub: Any) -> None:
     p.add_argument("--bn-reestimate", action="store_true",
                    help="re-estimate the BN statistics after the replaced convs on the calibration images "
                         "(default: keep them; see docs/ghostify.md)")
+    p.add_argument("--consumer-refit", action="store_true",
+                   help="with --mode sequential: also re-solve by least squares each dense conv that consumes a "
+                        "replaced conv and stays dense, so its output matches the original's (default: off)")
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
                         "independent (default: off)")

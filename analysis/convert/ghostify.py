@@ -31,6 +31,7 @@ network's maps, the intrinsic channels exact, with an optional layer-wise calibr
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -78,10 +79,24 @@ def _check(init: Any, mode: Any, calibrate_steps: Any, calibration_images: Any, 
     return steps
 
 
+def _consumer_settings(consumer_refit: Any, settings: Any, init: Any, mode: Any) -> SequentialSettings | None:
+    if not isinstance(consumer_refit, bool):
+        raise GhostifyError(f"consumer_refit must be True or False, got {consumer_refit!r}")
+    if settings is not None and not isinstance(settings, SequentialSettings):
+        raise GhostifyError(f"settings must be a SequentialSettings, got {type(settings).__name__}")
+    if not (consumer_refit or (settings is not None and settings.consumer_refit)):
+        return settings
+    if init != "fit" or mode != "sequential":
+        raise GhostifyError("consumer_refit=True needs init='fit' and mode='sequential' (the refit runs inside "
+                            "the sequential fit, on the converted network's inputs)")
+    return dataclasses.replace(settings or SequentialSettings(), consumer_refit=True)
+
+
 def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio: int | Mapping[str, int] = 2,
              dw_size: int = 3,
              init: str | None = None, calibration_images: Any = None, *, mode: str = "sequential",
-             reestimate_bn: bool = False, settings: SequentialSettings | None = None, min_channels: int = 16,
+             reestimate_bn: bool = False, settings: SequentialSettings | None = None,
+             consumer_refit: bool = False, min_channels: int = 16,
              calibrate_steps: int = 0, calibrate_lr: float = 1e-3, calibrate_batch: int = 8,
              preprocess: Callable[[Any], torch.Tensor] | None = None) -> tuple[nn.Module, GhostifyResult]:
     """Replace chosen ``Conv2d`` layers of a copy of ``model`` by :class:`GhostConv` of the same shape.
@@ -106,6 +121,9 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             the training data.
         settings: the sequential fit's positions, held-out fraction, iterations, ridge, seed
             (:class:`~analysis.convert.sequential.SequentialSettings`).
+        consumer_refit: with the sequential fit, also re-solve by least squares each dense conv that consumes a
+            replaced conv and stays dense, so its output on the converted inputs matches the original's
+            (:mod:`analysis.convert.consumer`; same as ``settings.consumer_refit``). Default False.
         calibrate_steps: if > 0 (needs ``init="fit"`` and ``mode="independent"``), Adam steps of layer-wise MSE
             calibration per layer.
         preprocess: how image files become tensors (e.g. ``load_model(...).preprocess``); default ImageNet
@@ -117,6 +135,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
     ratios, ratio, layers = per_layer_ratios(ratio, layers, GhostifyError)
     dw_size = check_odd_size(dw_size, "dw_size", GhostifyError)
     calibrate_steps = _check(init, mode, calibrate_steps, calibration_images, model)
+    settings = _consumer_settings(consumer_refit, settings, init, mode)
     chosen, skipped = choose_layers(model, layers, ratio, min_channels)
     per = {n: ratios.get(n, ratio) for n in chosen}  # each chosen conv's s
     new = copy.deepcopy(model)
@@ -149,7 +168,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             result.configs[n] = ghost.config()
     else:
         try:
-            reports = sequential_fit(model, new, chosen, images, per, dw_size, settings)
+            reports, result.consumers = sequential_fit(model, new, chosen, images, per, dw_size, settings)
         except RuntimeError as exc:
             raise GhostifyError(f"{exc}; leave such layers out of layers") from exc
         for n, rep in reports.items():

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from typing_extensions import Self
 
-__all__ = ["GhostifyError", "GhostifyResult", "ReplacedLayer", "SkippedLayer"]
+__all__ = ["GhostifyError", "GhostifyResult", "RefittedConsumer", "ReplacedLayer", "SkippedLayer"]
 
 
 class GhostifyError(GhostmapsError):
@@ -82,6 +82,38 @@ class ReplacedLayer(Record):
 
 
 @dataclass
+class RefittedConsumer(Record):
+    """A dense conv kept, but re-solved by least squares because it consumes replaced convs (``producers``):
+    the consumer refit (``consumer_refit=True``). ``heldout_error_before``/``_after``: the pooled relative error
+    of its output against the original network's, on the held-out calibration images, post-BN units, inputs
+    from the converted network, with the original weights and with the refitted ones; ``n_fit``/``n_heldout``:
+    positions in the fit and in the held-out error; ``applied``: False when the refit did not lower the held-out
+    error and the original weights were kept (so with ``applied`` the held-out errors chose, once, between two
+    weight sets: read ``heldout_error_after`` as slightly optimistic)."""
+
+    name: str
+    producers: list[str]
+    heldout_error_before: float | None
+    heldout_error_after: float | None
+    n_fit: int
+    n_heldout: int
+    applied: bool = True
+
+    _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout", "applied")
+
+    def rows(self) -> list[dict[str, Any]]:
+        row = self.to_dict()
+        row["producers"] = " ".join(self.producers)
+        return [row]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        data = dict(data)
+        data["producers"] = list(data["producers"])
+        return cls(**data)
+
+
+@dataclass
 class SkippedLayer(Result):
     """A conv that was chosen (by pattern or default) but left as it is, and why."""
 
@@ -110,7 +142,8 @@ class GhostifyResult(Result):
     (:func:`rebuild`), so a state dict of it can be loaded later. ``rows()``: one per chosen conv, replaced
     (``ReplacedLayer`` columns) or skipped (only name and reason), with its ``status``. ``mode``: how the fit
     was made (``"sequential"``, ``"independent"``, None without a fit); ``bn_images``: images the BN statistics
-    after the first replaced conv were re-estimated on (0: not re-estimated)."""
+    after the first replaced conv were re-estimated on (0: not re-estimated); ``consumers``: the dense convs
+    re-solved by the consumer refit (empty unless ``consumer_refit=True``), not in ``rows()``."""
 
     replaced: list[ReplacedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
@@ -121,6 +154,7 @@ class GhostifyResult(Result):
     configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     mode: str | None = None
     bn_images: int = 0
+    consumers: list[RefittedConsumer] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -142,14 +176,15 @@ class GhostifyResult(Result):
         return {"ratio": self.ratio, "dw_size": self.dw_size, "init": self.init,
                 "calibrate_steps": self.calibrate_steps, "mode": self.mode, "bn_images": self.bn_images,
                 "replaced": [r.to_dict() for r in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
-                "spec": plain(self.spec())}
+                "consumers": [c.to_dict() for c in self.consumers], "spec": plain(self.spec())}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         return cls([ReplacedLayer.from_dict(r) for r in data["replaced"]],
                    [SkippedLayer.from_dict(s) for s in data["skipped"]], int(data["ratio"]), int(data["dw_size"]),
                    data.get("init"), int(data.get("calibrate_steps", 0)), dict(data["spec"]["layers"]),
-                   data.get("mode"), int(data.get("bn_images", 0)))
+                   data.get("mode"), int(data.get("bn_images", 0)),
+                   [RefittedConsumer.from_dict(c) for c in data.get("consumers", [])])
 
     def to_frame(self) -> pd.DataFrame:
         """``rows()`` as a DataFrame, the integer columns as nullable ``Int64`` (skipped convs have none)."""
@@ -168,6 +203,9 @@ class GhostifyResult(Result):
                 err += f" -> {r.calibrated_error:.4f} calibrated"
             lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
+        lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) "
+                  f"{'refitted' if c.applied else 'kept (the refit did not lower it)'}: held-out error "
+                  f"{_num(c.heldout_error_before)} -> {_num(c.heldout_error_after)}" for c in self.consumers]
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from analysis._core.modes import eval_mode, model_device, model_dtype
-from analysis.convert.ghostify_result import GhostifyError
+from analysis.convert.consumer import find_consumers, refit_consumer
+from analysis.convert.ghostify_result import GhostifyError, RefittedConsumer
 from analysis.convert.refit import GhostFit, Moments, gather_patches, sample_positions
 from analysis.convert.stepper import LayerStepper
 from analysis.reconstruct import channel_weights, ghostability
@@ -44,7 +45,10 @@ class SequentialSettings:
     ``choice_images``: images whose original maps choose the intrinsic channels; ``iterations``: alternations
     of primary and cheap refits; ``ridge``: relative ridge of every solve; ``batch_size``: images per forward;
     ``track_bn``: set the BN that consumes each refitted conv to the refitted output's statistics (from the
-    fit moments) before the later layers are fitted, so they are fitted on what the network will compute."""
+    fit moments) before the later layers are fitted, so they are fitted on what the network will compute;
+    ``consumer_refit``: also re-solve, by ridge least squares on the converted inputs against the original
+    outputs, each dense conv that consumes a replaced conv and is not replaced itself
+    (:mod:`analysis.convert.consumer`)."""
 
     positions: int = 8192
     holdout: float = 0.125
@@ -55,6 +59,7 @@ class SequentialSettings:
     batch_size: int = 32
     choice: str = "auto"
     track_bn: bool = False
+    consumer_refit: bool = False
 
     def __post_init__(self) -> None:
         ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
@@ -62,6 +67,9 @@ class SequentialSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise GhostifyError(f"settings.{name} must be an integer >= {low}, got {v!r}")
+        for name in ("track_bn", "consumer_refit"):
+            if not isinstance(getattr(self, name), bool):
+                raise GhostifyError(f"settings.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
             raise GhostifyError(f"settings.holdout must be a fraction in [0, 1) (0: no held-out errors), got "
                                 f"{self.holdout!r}")
@@ -181,12 +189,15 @@ def _module(conv: nn.Conv2d, fit: GhostFit, module_order: list[int], ratio: int,
 
 
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
-                   ratios: Mapping[str, int],
-                   d: int, settings: SequentialSettings | None = None) -> dict[str, LayerReport]:
+                   ratios: Mapping[str, int], d: int, settings: SequentialSettings | None = None
+                   ) -> tuple[dict[str, LayerReport], list[RefittedConsumer]]:
     """Replace ``names`` (convs of ``new``, a copy of ``model``) in ``new`` in place, in forward order, each
     fitted on ``new``'s own inputs (converted up to it) against ``model``'s outputs; see the module docstring.
-    ``ratios``: each name's s. Returns a :class:`LayerReport` per layer, in forward order."""
+    ``ratios``: each name's s. Returns a :class:`LayerReport` per layer, in forward order, and the dense
+    consumers refitted (``settings.consumer_refit``; else none)."""
     st = settings or SequentialSettings()
+    consumers = find_consumers(model, names, images[:1]) if st.consumer_refit else {}
+    names = [*names, *consumers]  # consumers last: the replaced convs keep their position seeds
     device, dtype = model_device(model), model_dtype(model)
     batches = [b.to(device=device, dtype=dtype) for b in images.split(st.batch_size)]
     n = images.shape[0]
@@ -201,14 +212,20 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     convs = dict(model.named_modules())
     bn_names = {id(m): n_ for n_, m in model.named_modules()}
     reports: dict[str, LayerReport] = {}
+    refitted: list[RefittedConsumer] = []
     with eval_mode(new), LayerStepper(new, names, batches) as stepper:
         for name, inputs in stepper.layers():
             conv = convs[name]
-            s_layer = ratios[name]
             y_all, pos_all = torch.cat(targets.y[name]), torch.cat(targets.pos[name])
             bn = targets.bn.get(name)
             w = channel_weights(bn, conv.out_channels)
             weights = torch.ones(conv.out_channels, dtype=torch.float64) if w is None else torch.as_tensor(w)
+            if name in consumers:
+                refitted.append(refit_consumer(name, consumers[name], stepper.wrappers[name].current,
+                                               None if bn is None else new.get_submodule(bn_names[id(bn)]),
+                                               inputs, pos_all, y_all, torch.as_tensor(held), weights, st.ridge))
+                continue
+            s_layer = ratios[name]
             fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, s_layer, d, st.choice)
             qd, n_fit_pos = d * d * fit.weight.shape[1], int((~held).sum()) * pos_all.shape[1]
             direct = n_fit_pos < qd and n_fit_pos * qd <= _DIRECT_MAX  # few positions: skip the Gram
@@ -254,4 +271,4 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
             stepper.replace(name, ghost)
             reports[name] = LayerReport(ghost, fit.intrinsic, err, ghost_err, start_err, int(n - n_ho), int(n_ho))
             del mo, v_ho, y_ho, vh, yh, vf, yf
-    return reports
+    return reports, refitted

@@ -1,0 +1,40 @@
+"""`ghostmaps ghostify --consumer-refit` end to end on a tiny model (tests.helpers:PlanNet)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from analysis.cli.main import main
+
+TINY = ["-m", "tests.helpers:PlanNet", "--image-size", "32", "--latency-runs", "0", "--layers", "convs.2"]
+
+
+def test_consumer_refit_is_written_and_the_saved_model_has_it(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--eval", "samples:evaluation",
+                 "--consumer-refit", "--out", str(out)]) == 0
+    assert "consumer convs.3 (of convs.2) refitted: held-out error" in capsys.readouterr().out
+    meta = json.loads((out / "ghostify.json").read_text())
+    (c,) = meta["result"]["consumers"]
+    assert c["name"] == "convs.3" and c["producers"] == ["convs.2"] and c["n_fit"] > 0
+    from analysis import load_ghostified, load_images
+    from analysis.convert import ghostify
+    from analysis.data.models import default_preprocess
+    from tests.helpers import PlanNet
+
+    rebuilt = load_ghostified(out)  # the refitted consumer's weights and BN mean travel in the state dict
+    x = torch.cat([b for _, b in load_images("samples:calibration", default_preprocess(37, 32)).batches()])
+    direct, res = ghostify(PlanNet(), layers=["convs.2"], init="fit", calibration_images=x, consumer_refit=True)
+    assert not torch.equal(direct.convs[3].weight, PlanNet().convs[3].weight)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), direct(x), rtol=1e-5, atol=1e-5)
+    plain = json.loads(json.dumps(res.to_dict()))["consumers"]
+    assert plain == meta["result"]["consumers"]
+
+
+def test_consumer_refit_with_the_independent_mode_exits_2(tmp_path, capsys):
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent",
+                 "--consumer-refit", "--out", str(tmp_path / "x")]) == 2
+    assert "consumer_refit=True needs init='fit' and mode='sequential'" in capsys.readouterr().err

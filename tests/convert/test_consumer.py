@@ -1,0 +1,160 @@
+"""The consumer refit (analysis.convert.consumer, ``ghostify(consumer_refit=True)``): the refitted dense conv
+checked against brute-force least squares (numpy lstsq on an explicitly unfolded design) on the converted
+network's inputs and the original network's outputs; off by default and changing nothing when off; the
+consumers found by perturbation on mobilenet_v2's structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import mobilenet_v2
+
+from analysis.convert import GhostifyError, ghostify
+from analysis.convert.consumer import find_consumers
+from analysis.convert.sequential import SequentialSettings
+
+ALL = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=0.0)
+
+
+def _net(consumer_bias: bool, kernel: int = 1) -> nn.Sequential:
+    """conv -> BN -> ReLU -> depthwise -> BN -> ReLU6 -> dense consumer (-> BN when bias-free) -> head."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                               nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16),
+                               nn.ReLU6(), nn.Conv2d(16, 12, kernel, padding=kernel // 2, bias=consumer_bias)]
+    if not consumer_bias:
+        layers.append(nn.BatchNorm2d(12))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _io(net: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(_m, inp, out):
+        got["x"], got["y"] = inp[0].detach(), out.detach()
+    h = module.register_forward_hook(hook)
+    with torch.no_grad():
+        net(x)
+    h.remove()
+    return got["x"], got["y"]
+
+
+def _brute(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """min |y - W P - c|^2 + lam |W|^2 over the unfolded patches (lam relative to the centred design's trace)."""
+    cols = F.unfold(x.double(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # N x D x L
+    p = cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
+    t = y.double().permute(0, 2, 3, 1).reshape(-1, y.shape[1]).numpy()
+    pc, tc = p - p.mean(0), t - t.mean(0)
+    lam = ridge * float((pc * pc).sum()) / p.shape[1]
+    a = np.vstack([pc, np.sqrt(lam) * np.eye(p.shape[1])])
+    b = np.vstack([tc, np.zeros((p.shape[1], t.shape[1]))])
+    w = np.linalg.lstsq(a, b, rcond=None)[0].T
+    return w, t.mean(0) - w @ p.mean(0)
+
+
+@pytest.mark.parametrize("bias,kernel,ridge", [(False, 1, 0.0), (True, 3, 0.0), (False, 1, 0.05)])
+def test_the_refit_is_the_least_squares_on_converted_inputs_against_original_outputs(bias, kernel, ridge):
+    net = _net(bias, kernel)
+    x = torch.randn(12, 3, 10, 10)
+    st = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=ridge)
+    new, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, settings=st, consumer_refit=True)
+    assert [(c.name, c.producers) for c in res.consumers] == [("9", ["3"])]
+    assert res.consumers[0].n_fit == 12 * 100 and res.consumers[0].heldout_error_after is None  # nothing held out
+    # brute force on the *converted* network's inputs (upstream of the consumer nothing changes after its refit)
+    xin, _ = _io(new, new[9], x)
+    _, yorig = _io(net, net[9], x)
+    w, c = _brute(net[9], xin, yorig, ridge)
+    np.testing.assert_allclose(new[9].weight.detach().double().reshape(12, -1).numpy(), w, atol=1e-4, rtol=1e-4)
+    if bias:
+        np.testing.assert_allclose(new[9].bias.detach().double().numpy(), c, atol=1e-4)
+    else:  # the intercept went into the BN's running mean: BN(z + c) = BN with running_mean - c
+        shift = (net[10].running_mean - new[10].running_mean).double().numpy()
+        np.testing.assert_allclose(shift, c, atol=1e-4)
+        assert torch.equal(new[10].running_var, net[10].running_var)
+    # and the consumer's output in the converted network is that least-squares prediction
+    cols = F.unfold(xin.double(), net[9].kernel_size, padding=net[9].padding)
+    pred = (torch.as_tensor(w) @ cols + torch.as_tensor(c)[:, None]).reshape(yorig.shape)
+    _, ynew = _io(new, new[9], x)
+    got = ynew.double() if bias else ynew.double() + torch.as_tensor(shift)[None, :, None, None]
+    assert torch.allclose(got, pred, atol=1e-4)
+
+
+def test_heldout_errors_are_reported_and_the_refit_lowers_them():
+    net = _net(False)
+    x = torch.randn(32, 3, 10, 10)
+    _, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit=True,
+                      settings=SequentialSettings(holdout=0.25))
+    (c,) = res.consumers
+    assert c.n_heldout == 8 * 100 and c.n_fit == 24 * 100
+    assert 0 < c.heldout_error_after < c.heldout_error_before
+    assert "consumer 9 (of 3) refitted" in str(res)
+    assert res.from_dict(res.to_dict()).consumers == res.consumers
+
+
+def test_off_by_default_and_nothing_changes_when_off():
+    net = _net(False)
+    x = torch.randn(16, 3, 10, 10)
+    default, r0 = ghostify(net, layers=["3"], init="fit", calibration_images=x, settings=ALL)
+    off, r1 = ghostify(net, layers=["3"], init="fit", calibration_images=x, settings=ALL, consumer_refit=False)
+    on, r2 = ghostify(net, layers=["3"], init="fit", calibration_images=x, settings=ALL, consumer_refit=True)
+    assert r0.consumers == r1.consumers == [] and len(r2.consumers) == 1
+    s0, s1, s2 = default.state_dict(), off.state_dict(), on.state_dict()
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    orig = net.state_dict()
+    assert torch.equal(s0["9.weight"], orig["9.weight"]) and torch.equal(s0["10.running_mean"], orig["10.running_mean"])
+    # with the refit on, the replaced conv itself is fitted exactly as without it; only the consumer changes
+    assert all(torch.equal(s0[k], s2[k]) for k in s0 if k.startswith("3."))
+    assert not torch.equal(s2["9.weight"], orig["9.weight"])
+
+
+def test_consumers_on_mobilenet_v2():
+    model = mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    f = "features.{}.conv.{}".format
+    # an expansion's consumer is its block's projection (through BN, ReLU6, the depthwise conv, BN, ReLU6);
+    # a projection's is the next block's expansion (through BN and, in a residual block, the add)
+    assert find_consumers(model, [f(10, "0.0")], x) == {f(10, 2): [f(10, "0.0")]}
+    assert find_consumers(model, [f(9, 2)], x) == {f(10, "0.0"): [f(9, 2)]}
+    # a consumer that is replaced itself gets no refit: a contiguous run only refits the conv after it
+    run = [f(b, c) for b in range(10, 15) for c in ("0.0", 2)]
+    assert find_consumers(model, run, x) == {f(15, "0.0"): [f(14, 2)]}
+    assert find_consumers(model, ["features.17.conv.2"], x) == {"features.18.0": ["features.17.conv.2"]}
+    assert find_consumers(model, ["features.18.0"], x) == {}  # only the classifier's Linear follows
+
+
+def test_bad_input_names_the_input():
+    net = _net(False)
+    x = torch.randn(4, 3, 10, 10)
+    with pytest.raises(GhostifyError, match="consumer_refit=True needs init='fit' and mode='sequential'"):
+        ghostify(net, layers=["3"], init="fit", calibration_images=x, mode="independent", consumer_refit=True)
+    with pytest.raises(GhostifyError, match="consumer_refit=True needs"):
+        ghostify(net, layers=["3"], init=None, settings=SequentialSettings(consumer_refit=True))
+    with pytest.raises(GhostifyError, match="consumer_refit must be True or False"):
+        ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit="yes")
+    with pytest.raises(GhostifyError, match="settings.consumer_refit must be True or False"):
+        SequentialSettings(consumer_refit=1)
+    with pytest.raises(GhostifyError, match="settings must be a SequentialSettings"):
+        ghostify(net, layers=["3"], init="fit", calibration_images=x, settings={"ridge": 1})
+
+
+def test_an_overfitted_refit_is_not_applied():
+    # a 3x3 consumer (144 inputs) fitted on 4 images of 4 x 4 (64 positions): the ridge-0 refit interpolates
+    net = _net(False, kernel=3)
+    x = torch.randn(8, 3, 4, 4)
+    new, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit=True,
+                        settings=SequentialSettings(holdout=0.5, ridge=0.0))
+    (c,) = res.consumers
+    assert c.n_fit == 64 and not c.applied and c.heldout_error_after >= c.heldout_error_before
+    assert torch.equal(new[9].weight, net[9].weight) and torch.equal(new[10].running_mean, net[10].running_mean)
+    assert "consumer 9 (of 3) kept (the refit did not lower it)" in str(res)
