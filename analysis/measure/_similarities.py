@@ -1,12 +1,15 @@
-"""The scores' similarity matrices on the valid channels, each built once and in place, and everything the
-threshold scores read from one of them. Private to ``analysis.measure``; inputs are checked by ``redundancy``.
+"""The scores' similarity matrices on the valid channels, each built once, and everything the threshold scores
+and the mean squares read from one of them. Private to ``analysis.measure``; inputs are checked by
+``redundancy``.
 
 ``_scoring.observed_similarity`` and ``null_similarity`` give the full C×C matrices (the reference forms the
-tests check). The scores only read |S| on the V valid channels, so here that V×V matrix is made from the moment
-with one copy (or gather) and in-place passes: centre (two rank-one updates, skipped when the centre is
-already the statistics' shift), scale rows then columns, |·| clipped to 1; then reductions only (Σ S², the row
-maxima, Σ |S|) and the clustering of the few channels with a partner at τ. The values agree with the reference
-forms to float64 rounding (a few ulps)."""
+tests check). The scores only read S on the V valid channels, so here S = diag(r)·X with X the moment on those
+channels written once, column-scaled (one copy or gather and one pass, or one pass straight from an accumulator
+whose upper row blocks are whole), centred by one rank-2 update when its centre is not already the statistics'
+shift; then read-only row norms of X give, times r, the row maxima of |S| (ghost fraction, the channels to
+cluster), Σ |S| and Σ S². Only the channels with a partner at τ get their |S| block copied for the clustering.
+The values agree with the reference forms to float64 rounding (a few ulps).
+"""
 
 from __future__ import annotations
 
