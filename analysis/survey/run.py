@@ -83,8 +83,8 @@ def survey(
         device: where the forward runs (default: the model's device).
         progress: show a tqdm bar (images/s).
         level: confidence level of the jackknife intervals.
-        groups: K, the image groups the jackknife leaves out one at a time (memory 16·C² + 4·K·C² bytes per
-            layer; K = 16 keeps every Conv2d of mobilenet_v2 at 0.9 GB).
+        groups: K, the image groups the jackknife leaves out one at a time (memory 16·C² + 5–8·K·C² bytes per
+            layer; K = 16 keeps every Conv2d of mobilenet_v2 at 1.1 GB).
         linkage: ghost-group linkage; pairs: ghost pairs kept per layer; tol: zero tolerance.
         seed: seed of the untrained network and of ``positions`` subsets.
         limit: use at most this many images.
