@@ -218,18 +218,19 @@ class StreamFold:
             if recentre:
                 self._recentre_settled()
             return
+        self.gram, self.cross = done.gram, done.cross
         self.group_gram, self.group_cross = done.group_gram, done.group_cross
-        if delta is None:
-            self.gram, self.cross = done.gram, done.cross
-            return
-        # the groups were moved on the way; the float64 totals, vectors and pending images move exactly here
-        self.gram = _reshift_gram(done.gram, self.sums.sum(0), float(cnt.sum()), delta)
-        self.cross = _reshift_gram(done.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
-        self._moved(delta, cnt, pcnt)
+        if delta is not None:  # the groups were moved on the way; the rest moves exactly here
+            self._moved(self.shift - delta, delta, cnt, pcnt)
 
-    def _moved(self, delta: torch.Tensor, cnt: torch.Tensor, pcnt: torch.Tensor) -> None:
-        """Move the shift and the per-group vectors by δ (old shift − new shift), the C×C fields done already."""
-        self.shift = self.shift - delta
+    def _moved(self, shift: torch.Tensor, delta: torch.Tensor, cnt: torch.Tensor, pcnt: torch.Tensor) -> None:
+        """Move, in place, everything but the group vectors to ``shift`` (δ = old shift − new shift; ``cnt`` and
+        ``pcnt`` the per-group positions and paired positions): the float64 totals by exact algebra, the sums,
+        the images waiting for a partner. ``with_shift`` and the recentring settle share it."""
+        self.gram = _reshift_gram(self.gram, self.sums.sum(0), float(cnt.sum()), delta)
+        # cross: Σ_pairs over both orders of (y_a + δ)(y_b + δ)ᵀ = H + δ spᵀ + sp δᵀ + (paired positions) δδᵀ
+        self.cross = _reshift_gram(self.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
+        self.shift = shift
         self.sums = self.sums + cnt.view(-1, 1) * delta
         self.pair_sums = self.pair_sums + pcnt.view(-1, 1) * delta
         self.pending = {j: (i, y + (delta * w).to(y.dtype).view(-1, 1), w) for j, (i, y, w) in self.pending.items()}

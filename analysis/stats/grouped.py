@@ -12,7 +12,7 @@ import torch
 
 from analysis._core.errors import GhostmapsError
 from analysis.stats._fold import StreamFold
-from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror, _reshift_gram
+from analysis.stats._kernel import DEFAULT_GROUPS, DEFAULT_TOL, _mirror
 from analysis.stats._live import _shift_blocks, block_layout, from_blocks, group_sum
 from analysis.stats.layer import LayerStats
 from analysis.stats.moments import PairedMoments
@@ -175,16 +175,10 @@ class GroupedStats(StreamFold):
         delta = self.shift - shift
         out = self._copy()
         cnt, pcnt = self.count.to(torch.float64), self.pair_count.to(torch.float64)
-        out.gram = _reshift_gram(self.gram, self.sums.sum(0), float(cnt.sum()), delta)
-        # cross: Σ_pairs over both orders of (y_a + δ)(y_b + δ)ᵀ = H + δ spᵀ + sp δᵀ + (paired positions) δδᵀ
-        out.cross = _reshift_gram(self.cross, self.pair_sums.sum(0), float(pcnt.sum()), delta)
         if out.group_gram is not None:
             _shift_blocks(out.group_gram, block_layout(self.channels), delta, self.sums, cnt)
             _shift_blocks(out.group_cross, block_layout(self.channels), delta, self.pair_sums, pcnt)
-        out.shift = shift.clone()
-        out.sums = self.sums + cnt.view(-1, 1) * delta
-        out.pair_sums = self.pair_sums + pcnt.view(-1, 1) * delta
-        out.pending = {j: (i, y + (delta * w).to(y.dtype).view(-1, 1), w) for j, (i, y, w) in self.pending.items()}
+        out._moved(shift.clone(), delta, cnt, pcnt)
         return out
 
     def to(self, device: str | torch.device) -> GroupedStats:
