@@ -63,9 +63,11 @@ def block_layout(channels: int) -> BlockLayout:
 
 
 def blocks(flat: torch.Tensor, layout: BlockLayout) -> list[tuple[int, int, torch.Tensor]]:
-    """(lo, hi, view) of each row block of one group's flat accumulator (views: writing them writes ``flat``)."""
-    c = layout.channels
-    return [(lo, hi, flat[off:off + (hi - lo) * (c - lo)].view(hi - lo, c - lo)) for lo, hi, off in layout.spans()]
+    """(lo, hi, view) of each row block of a flat accumulator (…× size: one group's, or a stack of them, then
+    each view …×rows×cols); views, so writing them writes ``flat``."""
+    c, lead = layout.channels, flat.shape[:-1]
+    return [(lo, hi, flat[..., off:off + (hi - lo) * (c - lo)].view(*lead, hi - lo, c - lo))
+            for lo, hi, off in layout.spans()]
 
 
 def add_products(flat: torch.Tensor, z: torch.Tensor, layout: BlockLayout, alpha: float = 1.0) -> None:
@@ -99,9 +101,8 @@ def _shift_blocks(stack: torch.Tensor, layout: BlockLayout, delta: torch.Tensor,
     w = sums.to(torch.float64) + (counts.to(torch.float64) / 2).view(-1, 1) * delta.view(1, -1)
     w, d = w.to(stack.dtype), delta.to(stack.dtype).expand(k, c)
     left, right = torch.stack([d, w], dim=2), torch.stack([w, d], dim=1)  # K×C×2, K×2×C
-    for lo, hi, off in layout.spans():
-        blocks = stack[:, off:off + (hi - lo) * (c - lo)].view(k, hi - lo, c - lo)
-        blocks.baddbmm_(left[:, lo:hi], right[:, :, lo:])
+    for lo, hi, stacked in blocks(stack, layout):
+        stacked.baddbmm_(left[:, lo:hi], right[:, :, lo:])
 
 
 @dataclass
