@@ -28,6 +28,7 @@ from analysis._core.modes import eval_mode, model_device, model_dtype
 from analysis.convert.bn import execution_order
 from analysis.convert.ghostify_result import RefittedConsumer
 from analysis.convert.refit import _ridge_solve, gather_patches
+from analysis.hooks import capture
 
 __all__ = ["DenseMoments", "dense_patches", "find_consumers", "is_dense", "refit_consumer", "refit_dense"]
 
@@ -39,31 +40,23 @@ def is_dense(module: nn.Module) -> bool:
 
 def _inputs(model: nn.Module, names: Sequence[str], example: torch.Tensor,
             perturb: str | None) -> dict[str, torch.Tensor]:
-    """The first input of each module ``names`` on ``example``, with the output of ``perturb`` (a module name)
-    replaced by a seeded random perturbation of it."""
-    seen: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
+    """The first input of each module ``names`` on ``example`` (``capture(..., inputs=True)``), with the output
+    of ``perturb`` (a module name) replaced by a seeded random perturbation of it."""
     gen = torch.Generator().manual_seed(0)
-
-    def pre(name: str):
-        def hook(_m: nn.Module, args: tuple) -> None:
-            seen.setdefault(name, args[0].detach().clone())
-        return hook
 
     def noisy(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(out.shape, generator=gen).to(out)
         return out + noise * (out.detach().float().std() + 1.0).to(out)
 
-    handles = [modules[n].register_forward_pre_hook(pre(n)) for n in names]
-    if perturb is not None:
-        handles.append(modules[perturb].register_forward_hook(noisy))
+    handle = None if perturb is None else dict(model.named_modules())[perturb].register_forward_hook(noisy)
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), \
+                capture(model, [f"{n}#0" for n in names], store=False, inputs=True) as maps:
             model(example)
     finally:
-        for h in handles:
-            h.remove()
-    return seen
+        if handle is not None:
+            handle.remove()
+    return dict(maps.inputs)
 
 
 def find_consumers(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, list[str]]:
