@@ -72,10 +72,10 @@ def half_parts(work: GroupedStats, split: tuple[list[int], list[int]], valid: to
                threshold: float, linkage: str) -> tuple[Part, Part]:
     """The two halves' parts (each half's similarity about its own centre, as ``GroupedStats.moments(half)``)."""
     idx = torch.nonzero(valid).flatten()
-    out = []
-    for half in split:
+    out, first = [], None
+    for half in split:  # the second half is the total minus the first (split partitions the filled groups)
         sums, count, centre = moments_centre(work, half, metric)
-        moment, diagonal = half_moment(work, half, idx)
+        moment, diagonal, first = half_moment(work, half, idx, first)
         a, variance = about(diagonal, sums, count, centre)
         s = summarise_moment(moment, valid, variance, a, centre, owned=True, abs_sum=False)
         scores, found = threshold_summary(s, threshold, linkage)

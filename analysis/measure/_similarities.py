@@ -145,15 +145,23 @@ def threshold_summary(s: Summary, threshold: float, linkage: str, groups: GhostG
             "mean_abs_similarity": average}, groups
 
 
-def half_moment(stats: GroupedStats, groups: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the float64 Gram matrix of the listed groups on the channels ``idx``, V×V and new; its full diagonal, C):
-    the group vectors summed in float64 in group order (the sum ``GroupedStats.moments(groups)`` makes, bit for
-    bit, without the copy of the group vectors) and mirrored from their row blocks."""
-    full = from_blocks(group_sum(stats.group_gram, groups), block_layout(stats.channels))
+def half_moment(stats: GroupedStats, groups: list[int], idx: torch.Tensor, other: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the float64 Gram matrix of the listed groups on the channels ``idx``, V×V and new; its full diagonal, C;
+    the full C×C matrix): the group vectors summed in float64 in group order (the sum
+    ``GroupedStats.moments(groups)`` makes) and mirrored from their row blocks. ``other``: the full matrix of
+    the complementary groups, when the listed ones are all the rest; then this half is the float64 total minus
+    it (one sum of the group vectors per split, not two; equal up to the float32 rounding of the vectors)."""
+    if other is None:
+        full = from_blocks(group_sum(stats.group_gram, groups), block_layout(stats.channels))
+    else:
+        full = _mirror(stats.gram).sub_(other)
     diagonal = full.diagonal().clone()
     if idx.numel() != stats.channels:
-        full = full.index_select(0, idx).index_select(1, idx)
-    return full, diagonal
+        part = full.index_select(0, idx).index_select(1, idx)
+    else:  # the caller may change the V×V matrix in place; the full one is kept for the other half
+        part = full.clone() if other is None else full
+    return part, diagonal, full
 
 
 def moments_centre(stats: GroupedStats, groups: list[int] | None, metric: str

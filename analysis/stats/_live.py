@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from analysis.stats._kernel import _mirror, _row_blocks
+from analysis.stats._kernel import _row_blocks, _symmetrise_
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,19 @@ def settle(u: torch.Tensor, v: torch.Tensor, layout: BlockLayout, grouped: bool,
 
     ``move``: (δ, sums K×C, counts K, pair sums K×C, pair counts K) moves the *groups* to the shift k − δ on the
     way (the caller moves the float64 totals itself, exactly); ``grouped=False`` keeps only the totals."""
-    # totals: the K groups summed in the working precision, then float64 (a float64 reduction over the groups
-    # costs 10× more; the 16-term sums round like one more product); Gram = (U + V)/2, cross = (U − V)/2
-    us, vs = u.sum(0), v.sum(0)
-    gram = _upper(torch.add(us, vs).mul_(0.5).to(torch.float64), layout)
-    cross = _upper(us.sub_(vs).mul_(0.5).to(torch.float64), layout)
+    # Gram = (U + V)/2 (one pass, into u), cross = (U − V)/2 = Gram − V (one pass, into v); the totals are
+    # then the K groups summed in the working precision, then float64 (a float64 reduction over the groups
+    # costs 10× more; the 16-term sums round like one more product)
+    g = u.lerp_(v, 0.5)
+    h = torch.sub(g, v, out=v)
+    gram = _upper(g.sum(0).to(torch.float64), layout)
+    cross = _upper(h.sum(0).to(torch.float64), layout)
     if not grouped:
         return Settled(gram, cross, None, None)
-    if move is not None:  # U = Gram + cross gains (δ wᵀ + w δᵀ) + (δ pwᵀ + pw δᵀ), V the difference
+    if move is not None:  # the Gram gains δ wᵀ + w δᵀ with the sums, the cross product with the pair sums
         delta, sums, counts, pair_sums, pair_counts = move
-        _shift_blocks(u, layout, delta, sums + pair_sums, counts + pair_counts)
-        _shift_blocks(v, layout, delta, sums - pair_sums, counts - pair_counts)
-    g = u.add_(v).mul_(0.5)  # Gram = (U + V)/2, in place
-    h = v.sub_(g).neg_()  # cross = (U − V)/2 = Gram − V
+        _shift_blocks(g, layout, delta, sums, counts)
+        _shift_blocks(h, layout, delta, pair_sums, pair_counts)
     return Settled(gram, cross, g.to(torch.float32), h.to(torch.float32))
 
 
@@ -145,7 +145,7 @@ def to_blocks(full: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 
 def from_blocks(vector: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """The symmetric C×C float64 matrix whose upper row blocks are the flat vector ``vector``."""
-    return _mirror(_upper(vector, layout))
+    return _symmetrise_(_upper(vector, layout))  # a new matrix: mirrored in place, no copy
 
 
 def group_sum(stack: torch.Tensor, groups: list[int]) -> torch.Tensor:
