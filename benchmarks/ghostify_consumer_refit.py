@@ -57,7 +57,7 @@ def main() -> None:
         per_view = []
         for refit in (False, True):
             t0 = time.perf_counter()
-            new, res = ghostify(model, layers=layers, init="fit", calibration_images=calib, consumer_refit=refit)
+            new, res = ghostify(model, layers=layers, init="fit", calibration_images=cal_src, consumer_refit=refit)
             secs = time.perf_counter() - t0
             rep = verify_replacement(model, new, ev_src, calibration=cal_src, latency_repeats=0, layer_images=0)
             a = rep.agreement

@@ -70,11 +70,14 @@ def main() -> None:
         modes = ["sequential"] if which == "mid" or args.skip_independent else ["sequential", "independent"]
         for mode in modes:
             t0 = time.perf_counter()
-            fit_on = calib if mode == "sequential" else calib[:args.independent_calib]
+            # the sequential fit gets the views themselves: it knows their photos and holds whole ones out
+            fit_on = cal_src if mode == "sequential" else calib[:args.independent_calib]
             new, res = ghostify(model, layers=sets[which], ratio=2, dw_size=3, init="fit", calibration_images=fit_on,
                                 mode=mode, reestimate_bn=False, settings=st)
             secs = time.perf_counter() - t0
-            tag = f"{which} ({len(res.replaced)} convs) {mode} ({fit_on.shape[0]} views)"
+            tag = f"{which} ({len(res.replaced)} convs) {mode} ({len(fit_on)} views)"
+            if res.heldout is not None:
+                print(f"  fit errors held out: {res.heldout}")
             rep = verify_replacement(model, new, ev_src, calibration=cal_src, latency_repeats=0, layer_images=0)
             print(_line(tag, rep, secs), flush=True)
             t0 = time.perf_counter()  # the same fit, then the BN statistics after the first replaced conv

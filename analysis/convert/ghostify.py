@@ -43,7 +43,7 @@ from analysis.convert.bn import reestimate_bn as _reestimate_bn
 from analysis.convert.choose import choose_layers
 from analysis.convert.ghostify_result import GhostifyError, GhostifyResult, ReplacedLayer, SkippedLayer
 from analysis.convert.independent import independent_fit
-from analysis.convert.sequential import SequentialSettings, sequential_fit
+from analysis.convert.sequential import SequentialSettings, heldout_split, sequential_fit
 from analysis.data.batches import as_images
 from analysis.data.models import default_preprocess
 from ghostnet.layers import GhostConv, ghost_conv_like
@@ -155,8 +155,10 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             result.configs[n] = ghost.config()
         new.eval()
         return new, result
-    images = as_images(calibration_images, preprocess or default_preprocess(), name="calibration_images",
-                       error=GhostifyError).tensor()
+    source = as_images(calibration_images, preprocess or default_preprocess(), name="calibration_images",
+                       error=GhostifyError)
+    images = source.tensor()
+    photos = _photo_names(source, images.shape[0])
     if mode == "independent":
         done = independent_fit(model, chosen, images, per, dw_size, calibrate_steps, calibrate_lr,
                                calibrate_batch)
@@ -168,7 +170,9 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             result.configs[n] = ghost.config()
     else:
         try:
-            reports, result.consumers = sequential_fit(model, new, chosen, images, per, dw_size, settings)
+            reports, result.consumers = sequential_fit(model, new, chosen, images, per, dw_size, settings, photos)
+            st = settings or SequentialSettings()
+            result.heldout = heldout_split(images.shape[0], st.holdout, st.seed, photos)[1]
         except RuntimeError as exc:
             raise GhostifyError(f"{exc}; leave such layers out of layers") from exc
         for n, rep in reports.items():
@@ -182,3 +186,10 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
         result.bn_images = _reestimate_bn(new, images, after=result.names, batch_size=max(2, batch))
     new.eval()
     return new, result
+
+
+def _photo_names(source: Any, n: int) -> list[str] | None:
+    """The photo each of the ``n`` calibration images is a view of (an image source of files, samples or
+    views knows them), else None: then the sequential fit can hold out single images only."""
+    names = getattr(getattr(source, "source", None), "photo_names", None) if source.kind == "source" else None
+    return list(names) if names is not None and len(names) == n else None

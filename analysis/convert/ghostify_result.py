@@ -143,7 +143,8 @@ class GhostifyResult(Result):
     (``ReplacedLayer`` columns) or skipped (only name and reason), with its ``status``. ``mode``: how the fit
     was made (``"sequential"``, ``"independent"``, None without a fit); ``bn_images``: images the BN statistics
     after the first replaced conv were re-estimated on (0: not re-estimated); ``consumers``: the dense convs
-    re-solved by the consumer refit (empty unless ``consumer_refit=True``), not in ``rows()``."""
+    re-solved by the consumer refit (empty unless ``consumer_refit=True``), not in ``rows()``; ``heldout``: which
+    calibration images the sequential fit held out for its reported errors (whole photos where known)."""
 
     replaced: list[ReplacedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
@@ -155,6 +156,7 @@ class GhostifyResult(Result):
     mode: str | None = None
     bn_images: int = 0
     consumers: list[RefittedConsumer] = field(default_factory=list)
+    heldout: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -176,7 +178,8 @@ class GhostifyResult(Result):
         return {"ratio": self.ratio, "dw_size": self.dw_size, "init": self.init,
                 "calibrate_steps": self.calibrate_steps, "mode": self.mode, "bn_images": self.bn_images,
                 "replaced": [r.to_dict() for r in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
-                "consumers": [c.to_dict() for c in self.consumers], "spec": plain(self.spec())}
+                "consumers": [c.to_dict() for c in self.consumers], "heldout": self.heldout,
+                "spec": plain(self.spec())}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -184,7 +187,7 @@ class GhostifyResult(Result):
                    [SkippedLayer.from_dict(s) for s in data["skipped"]], int(data["ratio"]), int(data["dw_size"]),
                    data.get("init"), int(data.get("calibrate_steps", 0)), dict(data["spec"]["layers"]),
                    data.get("mode"), int(data.get("bn_images", 0)),
-                   [RefittedConsumer.from_dict(c) for c in data.get("consumers", [])])
+                   [RefittedConsumer.from_dict(c) for c in data.get("consumers", [])], data.get("heldout"))
 
     def to_frame(self) -> pd.DataFrame:
         """``rows()`` as a DataFrame, the integer columns as nullable ``Int64`` (skipped convs have none)."""
@@ -194,6 +197,8 @@ class GhostifyResult(Result):
         lines = [f"ghostify: {len(self.replaced)} convs replaced (ratio {self.ratio}, d {self.dw_size}, "
                  f"init {self.init}{'' if self.mode is None else ', ' + self.mode}), {len(self.skipped)} skipped"
                  + (f"; BN statistics re-estimated on {self.bn_images} images" if self.bn_images else "")]
+        if self.heldout is not None:
+            lines.append(f"  fit errors on calibration images held out of the fit: {self.heldout}")
         for r in self.replaced:
             err = "" if r.fit_error is None else f"  fit error {r.fit_error:.4f}"
             if r.start_error is not None:

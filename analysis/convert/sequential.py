@@ -7,13 +7,15 @@ Per layer: the intrinsic channels and the ghost assignment are chosen on the ori
 start as the original filters of the intrinsic channels and the cheap kernels as the closed-form fits; then
 both halves are refitted by ridge least squares, alternating (:mod:`analysis.convert.refit`), from Gram
 matrices streamed over a seeded subset of positions of every calibration image. A seeded part of the
-calibration images is held out of the Gram matrices: each layer's reported error is measured there.
+calibration images is held out of the Gram matrices (whole photos where the photos are known), and each
+layer's reported error is measured there.
 The data flow is one pass of the converted network (:class:`analysis.convert.stepper.LayerStepper`) and one
 of the original.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from analysis.convert.stepper import LayerStepper
 from analysis.reconstruct import channel_weights, ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
 
-__all__ = ["LayerReport", "SequentialSettings", "sequential_fit"]
+__all__ = ["LayerReport", "SequentialSettings", "heldout_split", "sequential_fit"]
 
 #: Below q D fit positions (and up to this many stored values) the refit works on the positions themselves
 #: (dual form) instead of the (q D)^2 Gram matrix: the same least squares, far cheaper on small data.
@@ -48,7 +50,10 @@ class SequentialSettings:
     fit moments) before the later layers are fitted, so they are fitted on what the network will compute;
     ``consumer_refit``: also re-solve, by ridge least squares on the converted inputs against the original
     outputs, each dense conv that consumes a replaced conv and is not replaced itself
-    (:mod:`analysis.convert.consumer`)."""
+    (:mod:`analysis.convert.consumer`); ``refit_all``: once a layer's held-out errors are measured, fit it
+    again, from the same start, on every calibration image, held-out ones included, and keep that module (so
+    holding out whole photos costs the conversion no photo; the reported errors are then those of the fit
+    without them, a slightly pessimistic estimate for the module kept)."""
 
     positions: int = 8192
     holdout: float = 0.125
@@ -60,6 +65,7 @@ class SequentialSettings:
     choice: str = "auto"
     track_bn: bool = False
     consumer_refit: bool = False
+    refit_all: bool = True
 
     def __post_init__(self) -> None:
         ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
@@ -67,7 +73,7 @@ class SequentialSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise GhostifyError(f"settings.{name} must be an integer >= {low}, got {v!r}")
-        for name in ("track_bn", "consumer_refit"):
+        for name in ("track_bn", "consumer_refit", "refit_all"):
             if not isinstance(getattr(self, name), bool):
                 raise GhostifyError(f"settings.{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
@@ -99,7 +105,7 @@ class _Targets:
     full maps on the first few images, and the BN that consumes it."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor], k: int,
-                 choice_images: int, seed: int) -> None:
+                 choice_images: int, seed: int, held: np.ndarray | None = None) -> None:
         self.y: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.pos: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.maps: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -117,8 +123,10 @@ class _Targets:
                 self.y[name].append(torch.gather(flat, 2, pos[:, None, :].expand(b, c, -1)).transpose(1, 2))
                 self.pos[name].append(pos)
                 have = sum(t.shape[0] for t in self.maps[name])
-                if have < choice_images:
-                    self.maps[name].append(out.detach().float().cpu()[:choice_images - have])
+                if have < choice_images:  # the choice sees fit images only, never held-out ones
+                    fit = [i for i in range(b) if held is None or not held[offset[0] + i]]
+                    if fit:
+                        self.maps[name].append(out.detach().float().cpu()[fit[:choice_images - have]])
                 last[name] = out
             return hook
 
@@ -139,6 +147,19 @@ class _Targets:
         finally:
             for h in handles:
                 h.remove()
+
+
+def _alternate(fit: GhostFit, mo: Moments | None, vf: torch.Tensor | None, yf: torch.Tensor | None,
+               weights: torch.Tensor, st: SequentialSettings) -> None:
+    """``st.iterations`` alternations of the primary and cheap refits, from the Gram moments ``mo`` or, when
+    there are few positions, from the positions ``vf``/``yf`` themselves."""
+    for _ in range(st.iterations):
+        if mo is None:
+            fit.primary_step_direct(vf, yf, weights, st.ridge)
+            fit.cheap_step_direct(vf, yf, st.ridge)
+        else:
+            fit.primary_step(mo, weights, st.ridge)
+            fit.cheap_step(mo, st.ridge)
 
 
 def _pooled(err: torch.Tensor, ss: torch.Tensor, idx: Sequence[int], w: torch.Tensor) -> float | None:
@@ -188,13 +209,42 @@ def _module(conv: nn.Conv2d, fit: GhostFit, module_order: list[int], ratio: int,
     return ghost
 
 
+def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] | None = None
+                  ) -> tuple[np.ndarray, str]:
+    """Which of ``n`` calibration images are held out of the fit (a bool mask) and, in words, how they were
+    chosen. With ``photos`` (the photo each image is a view of) naming two photos or more, *whole photos* are
+    held out, seeded, until at least ``holdout``·n images are (never every photo): a held-out error is then
+    never measured on a view of a photo the fit saw. Otherwise single images, seeded."""
+    held = np.zeros(n, dtype=bool)
+    if n < 2 or holdout <= 0:
+        return held, "nothing held out"
+    want = min(n - 1, max(1, round(holdout * n)))
+    rng = np.random.default_rng([int(seed), 7])
+    if photos is not None and len(photos) == n and len(set(photos)) >= 2:
+        labels = np.asarray(list(photos), dtype=object)
+        distinct = sorted(set(photos))
+        chosen: list[str] = []
+        for i in rng.permutation(len(distinct)):
+            if int(np.isin(labels, chosen).sum()) >= want or len(chosen) == len(distinct) - 1:
+                break
+            chosen.append(distinct[i])
+        held = np.isin(labels, chosen)
+        return held, (f"whole photos held out: {', '.join(sorted(chosen))} ({int(held.sum())} of {n} images, "
+                      f"{len(chosen)} of {len(distinct)} photos)")
+    held[rng.permutation(n)[:want]] = True
+    return held, (f"single images held out ({want} of {n}; the photos are not known, so views of one photo may "
+                  "be on both sides)")
+
+
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
-                   ratios: Mapping[str, int], d: int, settings: SequentialSettings | None = None
-                   ) -> tuple[dict[str, LayerReport], list[RefittedConsumer]]:
+                   ratios: Mapping[str, int], d: int, settings: SequentialSettings | None = None,
+                   photos: Sequence[str] | None = None) -> tuple[dict[str, LayerReport], list[RefittedConsumer]]:
     """Replace ``names`` (convs of ``new``, a copy of ``model``) in ``new`` in place, in forward order, each
     fitted on ``new``'s own inputs (converted up to it) against ``model``'s outputs; see the module docstring.
-    ``ratios``: each name's s. Returns a :class:`LayerReport` per layer, in forward order, and the dense
-    consumers refitted (``settings.consumer_refit``; else none)."""
+    ``ratios``: each name's s. ``photos``: the photo of each image, so that whole photos are held out
+    (:func:`heldout_split`); the intrinsic channels are chosen on the fit images only. Returns a
+    :class:`LayerReport` per layer, in forward order, and the dense consumers refitted
+    (``settings.consumer_refit``; else none)."""
     st = settings or SequentialSettings()
     consumers = find_consumers(model, names, images[:1]) if st.consumer_refit else {}
     names = [*names, *consumers]  # consumers last: the replaced convs keep their position seeds
@@ -202,10 +252,9 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     batches = [b.to(device=device, dtype=dtype) for b in images.split(st.batch_size)]
     n = images.shape[0]
     k = max(1, math.ceil(st.positions / max(1, n)))
-    n_ho = 0 if n < 2 or st.holdout <= 0 else min(n - 1, max(1, round(st.holdout * n)))
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng([st.seed, 7]).permutation(n)[:n_ho]] = True
-    targets = _Targets(model, names, batches, k, st.choice_images, st.seed)
+    held, _ = heldout_split(n, st.holdout, st.seed, photos)
+    n_ho = int(held.sum())
+    targets = _Targets(model, names, batches, k, st.choice_images, st.seed, held)
     never = [n_ for n_ in names if not targets.y[n_]]
     if never:
         raise RuntimeError(f"layers {never} never ran in a forward pass of the calibration images")
@@ -248,14 +297,16 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
             vh, yh = torch.cat(v_ho), torch.cat(y_ho)
             vf, yf = (torch.cat(v_fit), torch.cat(y_fit)) if mo is None else (None, None)
             start_err, _ = _errors(fit, vh, yh, weights)
-            for _ in range(st.iterations):
-                if mo is None:
-                    fit.primary_step_direct(vf, yf, weights, st.ridge)
-                    fit.cheap_step_direct(vf, yf, st.ridge)
-                else:
-                    fit.primary_step(mo, weights, st.ridge)
-                    fit.cheap_step(mo, st.ridge)
+            begin = copy.deepcopy(fit) if st.refit_all and n_ho else None
+            _alternate(fit, mo, vf, yf, weights, st)
             err, ghost_err = _errors(fit, vh, yh, weights)
+            if begin is not None:  # measured: now the same fit from the same start on every calibration image
+                fit = begin
+                if mo is None:
+                    vf, yf = torch.cat([vf, vh]), torch.cat([yf, yh])
+                else:
+                    mo.add(vh, yh)
+                _alternate(fit, mo, vf, yf, weights, st)
             if st.track_bn and bn is not None:
                 if mo is None:
                     pred = fit.predict(vf, conv.out_channels)

@@ -4,6 +4,8 @@ float64 BatchNorm pass."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 from analysis.convert import GhostifyError, ghostify
 from analysis.convert.bn import reestimate_bn
 from analysis.convert.refit import GhostFit, Moments, gather_patches, sample_positions
-from analysis.convert.sequential import SequentialSettings
+from analysis.convert.sequential import SequentialSettings, heldout_split, sequential_fit
 from analysis.reconstruct import ghostability
 
 EXACT = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=0.0)
@@ -293,3 +295,81 @@ def test_direct_steps_match_the_gram_steps():
     b.cheap_step_direct(v, y, 1e-2)
     torch.testing.assert_close(b.kernel, a.kernel, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b.bias, a.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_heldout_split_holds_out_whole_photos():
+    photos = [f"p{i % 5}" for i in range(40)]  # 5 photos, 8 views each, dealt in turn as views are
+    held, text = heldout_split(40, 0.125, 3, photos)
+    held_photos = {p for p, h in zip(photos, held, strict=True) if h}
+    fit_photos = {p for p, h in zip(photos, held, strict=True) if not h}
+    assert held_photos and fit_photos and not held_photos & fit_photos  # no photo on both sides
+    assert held.sum() >= 5 and "whole photos" in text and all(p in text for p in held_photos)
+    assert np.array_equal(held, heldout_split(40, 0.125, 3, photos)[0])  # seeded
+    assert len({tuple(heldout_split(40, 0.125, s, photos)[0]) for s in range(10)}) > 1
+    most, _ = heldout_split(40, 0.95, 0, photos)
+    assert len({p for p, h in zip(photos, most, strict=True) if not h}) == 1  # never every photo
+    single, text = heldout_split(40, 0.125, 0)  # photos unknown: single images, the fraction asked for
+    assert single.sum() == 5 and "single images" in text
+    assert not heldout_split(40, 0.0, 0, photos)[0].any() and not heldout_split(1, 0.5, 0)[0].any()
+
+
+def test_nothing_fitted_depends_on_the_held_out_photos():
+    """Changing the held-out photos' images changes the reported errors and nothing else: the intrinsic choice
+    and both refits see the fit photos only."""
+    torch.manual_seed(0)
+    net = TwoLayer().eval()
+    x = torch.randn(12, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    photos = [f"p{i % 4}" for i in range(12)]
+    st = SequentialSettings(holdout=0.25, choice_images=12, iterations=1, refit_all=False)
+    held = torch.as_tensor(heldout_split(12, st.holdout, st.seed, photos)[0])
+    other = x.clone()
+    other[held] = 3 * torch.randn(int(held.sum()), 3, 10, 10, generator=torch.Generator().manual_seed(5))
+    runs = []
+    for images in (x, other):
+        new = copy.deepcopy(net)
+        reports, _ = sequential_fit(net, new, ["a", "b"], images, {"a": 2, "b": 2}, 3, st, photos)
+        runs.append((new, reports))
+    (first, rep1), (second, rep2) = runs
+    for name in ("a", "b"):
+        assert rep1[name].intrinsic == rep2[name].intrinsic
+        assert rep1[name].n_heldout == int(held.sum()) == 3
+        for p, q in zip(getattr(first, name).parameters(), getattr(second, name).parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert rep1["b"].heldout_error != rep2["b"].heldout_error  # what is reported is measured on them
+
+
+def test_refit_all_keeps_the_errors_and_fits_the_kept_module_on_every_image():
+    """``refit_all`` (the default) reports the errors of the fit without the held-out photos, then keeps a
+    module fitted on every image: it makes the held-out images' outputs better than the module that never saw
+    them does."""
+    torch.manual_seed(0)
+    net = TwoLayer().eval()
+    x = torch.randn(12, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    photos = [f"p{i % 4}" for i in range(12)]
+    held = torch.as_tensor(heldout_split(12, 0.25, 0, photos)[0])
+    out = {}
+    for refit_all in (False, True):
+        new = copy.deepcopy(net)
+        st = SequentialSettings(holdout=0.25, iterations=2, refit_all=refit_all)
+        out[refit_all] = (new, sequential_fit(net, new, ["a"], x, {"a": 2}, 3, st, photos)[0]["a"])
+    (kept_out, only_fit), (kept_all, refit) = out[False], out[True]
+    assert (refit.heldout_error, refit.ghost_error, refit.start_error, refit.intrinsic) == \
+        (only_fit.heldout_error, only_fit.ghost_error, only_fit.start_error, only_fit.intrinsic)
+    with torch.no_grad():
+        inp = torch.relu(net.stem(x[held]))
+        target = net.a(inp)
+        err_out = float((kept_out.a(inp) - target).square().sum())
+        err_all = float((kept_all.a(inp) - target).square().sum())
+    assert err_all < err_out
+
+
+def test_ghostify_of_sample_views_holds_out_whole_photos():
+    from analysis import load_images
+    from analysis.data.models import default_preprocess
+
+    net = _bn_net()
+    views = load_images("samples:chelsea,coffee,rocket,camera", default_preprocess(8, 6), views=16, seed=0)
+    _, res = ghostify(net, layers="3", init="fit", calibration_images=views, min_channels=0)
+    assert res.heldout is not None and res.heldout.startswith("whole photos held out: ")
+    assert "4 of 16 images, 1 of 4 photos" in res.heldout and res.replaced[0].fit_error is not None
+    assert type(res).from_dict(res.to_dict()).heldout == res.heldout and res.heldout in str(res)
