@@ -191,5 +191,5 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
 def _photo_names(source: Any, n: int) -> list[str] | None:
     """The photo each of the ``n`` calibration images is a view of (an image source of files, samples or
     views knows them), else None: then the sequential fit can hold out single images only."""
-    names = getattr(getattr(source, "source", None), "photo_names", None) if source.kind == "source" else None
-    return list(names) if names is not None and len(names) == n else None
+    names = source.source.photo_names if source.kind == "source" else None  # kind "source": an ImageSource
+    return names if names is not None and len(names) == n else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,14 +222,14 @@ def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] |
     want = min(n - 1, max(1, round(holdout * n)))
     rng = np.random.default_rng([int(seed), 7])
     if photos is not None and len(photos) == n and len(set(photos)) >= 2:
-        labels = np.asarray(list(photos), dtype=object)
-        distinct = sorted(set(photos))
+        views = Counter(photos)
+        distinct = sorted(views)
         chosen: list[str] = []
         for i in rng.permutation(len(distinct)):
-            if int(np.isin(labels, chosen).sum()) >= want or len(chosen) == len(distinct) - 1:
+            if sum(views[p] for p in chosen) >= want or len(chosen) == len(distinct) - 1:
                 break
             chosen.append(distinct[i])
-        held = np.isin(labels, chosen)
+        held = np.isin(np.asarray(list(photos), dtype=object), chosen)
         return held, (f"whole photos held out: {', '.join(sorted(chosen))} ({int(held.sum())} of {n} images, "
                       f"{len(chosen)} of {len(distinct)} photos)")
     held[rng.permutation(n)[:want]] = True
