@@ -25,7 +25,7 @@ import torch
 from analysis.measure.scores import redundancy
 from analysis.measure.synthetic import Population
 from analysis.stats import DEFAULT_GROUPS, GroupedStats, block_size
-from analysis.stats.intervals import jackknife
+from analysis.stats.jackknife import jackknife
 
 
 def stats_of(maps: torch.Tensor, groups: int = DEFAULT_GROUPS) -> GroupedStats:

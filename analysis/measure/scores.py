@@ -26,7 +26,7 @@ re-initialised, BN re-estimated on the same images, see ``analysis.survey.baseli
 alone gives on these images. Every smooth score's excess over each baseline gets a paired jackknife interval
 (the same image groups left out of both).
 
-**Intervals** (``analysis.stats.intervals``): delete-one-group jackknife over the K image groups, t_{K−1}
+**Intervals** (``analysis.stats.jackknife``): delete-one-group jackknife over the K image groups, t_{K−1}
 quantiles, centred on the printed estimate; coverage checked by simulation.
 """
 
@@ -63,7 +63,7 @@ from analysis.measure.score_types import (
 )
 from analysis.measure.similarity import SPARSE_APOZ
 from analysis.stats import DEFAULT_GROUPS, DEFAULT_TOL, GroupedStats, LayerStats, block_size
-from analysis.stats.intervals import adjusted_rand, correlation, jackknife, mover
+from analysis.stats.jackknife import adjusted_rand, correlation, jackknife, mover
 
 __all__ = ["DEFAULT_THRESHOLD", "REDUNDANCY_COLUMNS", "SCORE_NAMES", "SMOOTH", "THRESHOLD", "Baseline", "Redundancy",
            "Score", "redundancy", "score_columns"]

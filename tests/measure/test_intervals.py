@@ -15,7 +15,7 @@ from analysis.measure.replicates import about_centre, msq_replicates
 from analysis.measure.scores import redundancy
 from analysis.measure.synthetic import Population
 from analysis.stats import GroupedStats, block_size
-from analysis.stats.intervals import jackknife
+from analysis.stats.jackknife import jackknife
 
 
 def test_jackknife_is_the_textbook_formula():

@@ -149,3 +149,50 @@ def test_proportion_over_photos_is_never_a_point_when_every_view_agrees(outcome)
     else:
         assert e.low == 0.0 and e.high == pytest.approx(bound)
     assert e.high - e.low > 0.3 and "Clopper-Pearson over 8 photos" in e.method
+
+
+def test_proportion_over_photos_is_korn_graubard_by_hand():
+    # 4 photos x 5 views, successes 3, 1, 0, 2: n_eff from the cluster-robust variance written out per photo
+    views = [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    x = [bool(v) for photo in views for v in photo]
+    groups = [g for g in range(4) for _ in range(5)]
+    e = proportion(x, groups=groups)
+    n, g, p = 20, 4, 6 / 20
+    variance = g / (g - 1) * sum((sum(photo) - 5 * p) ** 2 for photo in views) / n ** 2
+    n_eff = min(n, p * (1 - p) / variance * (stats.t(n - 1).ppf(0.975) / stats.t(g - 1).ppf(0.975)) ** 2)
+    ref = stats.beta(p * n_eff, n_eff - p * n_eff + 1).ppf(0.025), stats.beta(p * n_eff + 1, n_eff - p * n_eff).ppf(0.975)
+    assert e.value == p and e.low == pytest.approx(ref[0]) and e.high == pytest.approx(ref[1])
+    assert "Korn-Graubard over 4 photos" in e.method and e.groups == 4
+
+
+def _cluster_t(x: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """The cluster-robust t interval that ``proportion`` used before (written out here), clipped to [0, 1]."""
+    g, n = groups.max() + 1, x.size
+    p = x.mean()
+    se = math.sqrt(g / (g - 1) * (np.bincount(groups, x - p) ** 2).sum()) / n
+    half = stats.t(g - 1).ppf(0.975) * se
+    return max(0.0, p - half), min(1.0, p + half)
+
+
+@pytest.mark.parametrize(("p", "concentration", "at_least"), [(0.1, 20.0, 0.93), (0.9, 20.0, 0.93), (0.5, 2.0, 0.93),
+                                                              (0.1, 2.0, 0.88)])
+def test_proportion_over_eight_photos_covers_near_the_edges(p, concentration, at_least):
+    # 8 photos x 32 views (a verification's evaluation set); each photo's rate drawn from a beta with mean p:
+    # views of one photo succeed together. The true proportion is p.
+    rng = np.random.default_rng(3)
+    g, v, reps = 8, 32, 1000
+    groups = np.repeat(np.arange(g), v)
+    hits = old = 0
+    for _ in range(reps):
+        rates = rng.beta(p * concentration, (1 - p) * concentration, g)
+        x = rng.random(g * v) < rates[groups]
+        e = proportion(x, groups=groups)
+        hits += e.low <= p <= e.high
+        if 0 < x.sum() < x.size:
+            lo, hi = _cluster_t(x.astype(float), groups)
+            old += lo <= p <= hi
+        else:
+            old += 1  # both methods give Clopper-Pearson over photos there
+    assert hits / reps >= at_least
+    if concentration == 2.0 and p == 0.1:
+        assert old / reps < 0.87  # the interval it replaced fails here, as measured before the change
