@@ -188,6 +188,7 @@ def test_proportion_over_eight_photos_covers_near_the_edges(p, concentration, at
         x = rng.random(g * v) < rates[groups]
         e = proportion(x, groups=groups)
         hits += e.low <= p <= e.high
+        assert e.low <= e.value <= e.high  # the printed estimate is inside its own interval
         if 0 < x.sum() < x.size:
             lo, hi = _cluster_t(x.astype(float), groups)
             old += lo <= p <= hi
@@ -196,3 +197,19 @@ def test_proportion_over_eight_photos_covers_near_the_edges(p, concentration, at
     assert hits / reps >= at_least
     if concentration == 2.0 and p == 0.1:
         assert old / reps < 0.87  # the interval it replaced fails here, as measured before the change
+
+
+def test_mean_over_eight_photos_covers():
+    # the evaluation set's shape: 8 photos x 32 views, a normal photo effect larger than the view noise
+    rng = np.random.default_rng(4)
+    g, v, reps = 8, 32, 1500
+    groups = np.repeat(np.arange(g), v)
+    hits = naive = 0
+    for _ in range(reps):
+        x = rng.normal(0, 1, g)[groups] + rng.normal(0, 0.5, g * v)
+        e = mean_interval(x, groups=groups)
+        hits += e.low <= 0 <= e.high
+        n = mean_interval(x)
+        naive += n.low <= 0 <= n.high
+    assert 0.93 <= hits / reps <= 0.975
+    assert naive / reps < 0.5  # views taken as independent: far too narrow
