@@ -299,7 +299,7 @@ def plan_replacement(model: nn.Module, images: Any, macs: float | None = 0.7, pa
                 bar.update(1)
                 continue
             kl = (p * (teacher - _logits(new, held))).sum(1).clamp_min(0).numpy()
-            est = mean_interval(kl, level, groups)
+            est = mean_interval(kl, level, groups, log=True)
             after = count_macs(new, one)
             options.append(LayerOption(name, s, est.value, est.low, est.high,
                                        float(kl.std(ddof=1)) if kl.size > 1 else math.nan, float(kl.max()),

@@ -160,23 +160,44 @@ def _korn_graubard(x: np.ndarray, codes: np.ndarray, g: int, level: float) -> tu
     return float(beta.ppf(a, k_eff, n_eff - k_eff + 1)), float(beta.ppf(1 - a, k_eff + 1, n_eff - k_eff)), n_eff
 
 
-def mean_interval(values: Any, level: float = 0.95, groups: Sequence[Any] | None = None) -> Estimate:
-    """Mean of one value per image with a t interval over images (over photos with ``groups``)."""
+def mean_interval(values: Any, level: float = 0.95, groups: Sequence[Any] | None = None, *,
+                  log: bool = False) -> Estimate:
+    """Mean of one value per image with a t interval over images (over photos with ``groups``).
+
+    ``log=True`` (non-negative values, e.g. a KL divergence): the same standard error taken to the log scale,
+    mean · exp(∓ t·se/mean), an interval that stays positive and is longer above. Over 8 photos with skewed
+    photo effects it covers 0.93 where the symmetric one covers 0.89 (simulated in the tests)."""
     from scipy.stats import t as student
 
     level = _check_level(level)
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if v.size == 0 or not np.all(np.isfinite(v)):
         raise GhostmapsError("mean_interval needs at least one value and only finite values.")
+    if log and bool((v < 0).any()):
+        raise GhostmapsError(f"mean_interval(log=True) needs non-negative values, got a minimum of {v.min():.4g}; "
+                             "use log=False for values of either sign.")
     codes = _groups(groups, v.size)
     if codes is not None:
         mean, low, high, g = _cluster_mean(v, codes, level)
-        return Estimate(mean, low, high, v.size, level, f"cluster-robust t over {g} photos", g)
-    mean = float(v.mean())
-    if v.size < 2:
-        return Estimate(mean, -math.inf, math.inf, 1, level, "t over images")
-    half = float(student.ppf(0.5 + level / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return Estimate(mean, mean - half, mean + half, v.size, level, "t over images")
+        method, groups_n = f"cluster-robust t over {g} photos", g
+    else:
+        mean, groups_n = float(v.mean()), None
+        method = "t over images"
+        if v.size < 2:
+            low, high = -math.inf, math.inf
+        else:
+            half = float(student.ppf(0.5 + level / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+            low, high = mean - half, mean + half
+    if log:
+        method += ", log scale"
+        if mean > 0 and math.isfinite(high):
+            ratio = math.exp((high - mean) / mean)  # exp(t·se/mean): half-width on the log scale
+            low, high = mean / ratio, mean * ratio
+        elif mean == 0:
+            low = high = 0.0  # every value 0 (e.g. identical outputs): nothing varies
+        else:
+            low, high = 0.0, math.inf
+    return Estimate(mean, low, high, v.size, level, method, groups_n)
 
 
 def ratio_interval(numerator: Any, denominator: Any, level: float = 0.95,

@@ -213,3 +213,27 @@ def test_mean_over_eight_photos_covers():
         naive += n.low <= 0 <= n.high
     assert 0.93 <= hits / reps <= 0.975
     assert naive / reps < 0.5  # views taken as independent: far too narrow
+
+
+def test_mean_on_the_log_scale_by_hand_and_covers_skewed_photo_effects():
+    x = np.array([0.2, 0.5, 1.0, 3.0])
+    e = mean_interval(x, log=True)
+    se = x.std(ddof=1) / 2
+    ratio = math.exp(stats.t(3).ppf(0.975) * se / x.mean())
+    assert e.low == pytest.approx(x.mean() / ratio) and e.high == pytest.approx(x.mean() * ratio)
+    assert 0 < e.low < e.value < e.high and "log scale" in e.method
+    assert mean_interval(np.zeros(5), log=True).high == 0.0
+    with pytest.raises(GhostmapsError, match="non-negative"):
+        mean_interval([-0.1, 1.0], log=True)
+    # 8 photos x 32 views, exponential photo effects (one photo far worse than the rest, as a KL can be)
+    rng = np.random.default_rng(5)
+    g, v, reps = 8, 32, 2000
+    groups = np.repeat(np.arange(g), v)
+    on_log = symmetric = 0
+    for _ in range(reps):
+        x = rng.exponential(1.0, g)[groups] * rng.gamma(8.0, 1 / 8, g * v)  # true mean 1
+        a, b = mean_interval(x, groups=groups, log=True), mean_interval(x, groups=groups)
+        on_log += a.low <= 1.0 <= a.high
+        symmetric += b.low <= 1.0 <= b.high
+    assert on_log / reps >= 0.92
+    assert symmetric / reps < 0.90  # the symmetric interval runs short here
