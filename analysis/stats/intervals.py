@@ -123,11 +123,12 @@ def _cluster_mean(values: np.ndarray, codes: np.ndarray, level: float) -> tuple[
 def proportion(successes: Any, level: float = 0.95, groups: Sequence[Any] | None = None) -> Estimate:
     """The fraction of true entries of a boolean vector (one per image), with its interval: Clopper–Pearson
     for independent images. With ``groups`` (the photo of each image; views of one photo succeed or fail
-    together) Korn and Graubard's (1998) Clopper–Pearson interval at the effective sample size n_eff =
-    p̂(1 − p̂)/v̂, v̂ the cluster-robust variance of p̂, scaled by (t_{n−1}/t_{G−1})² for the G − 1 degrees of
-    freedom of G photos and at most n. The cluster-robust t interval it replaces covered 0.83 instead of 0.95
+    together) Korn and Graubard's (1998) Clopper–Pearson interval at the effective sample size
+    n_eff = min(n, p̂(1 − p̂)/v̂), v̂ the cluster-robust variance of p̂, then scaled by (t_{n−1}/t_{G−1})² for the
+    G − 1 degrees of freedom of G photos (the cap first: the more conservative order). The cluster-robust t interval it replaces covered 0.83 instead of 0.95
     near 0 and 1 with 8 photos (simulated in the tests). When every view fails (or every view succeeds) there is
-    no spread to estimate: Clopper–Pearson with one trial per photo."""
+    no spread to estimate: Clopper–Pearson with one trial per photo; views of a single photo with both outcomes
+    get [0, 1]."""
     level = _check_level(level)
     x = np.asarray(successes, dtype=bool).reshape(-1)
     n, k = x.size, int(x.sum())
@@ -137,12 +138,14 @@ def proportion(successes: Any, level: float = 0.95, groups: Sequence[Any] | None
         low, high = clopper_pearson(k, n, level)
         return Estimate(value, low, high, n, level, "Clopper-Pearson")
     g = int(codes.max()) + 1
-    if k in (0, n) or g < 2:  # no spread to estimate: the exact interval with one trial per photo
+    if k in (0, n):  # no spread to estimate: the exact interval with one trial per photo
         low, high = clopper_pearson(0 if k == 0 else g, g, level)
-        what = "every view failed" if k == 0 else "every view succeeded" if k == n else "one photo"
+        what = "every view failed" if k == 0 else "every view succeeded"
         return Estimate(value, low, high, n, level, f"Clopper-Pearson over {g} photos ({what})", g)
+    if g < 2:  # views of one photo, some agreeing: nothing to generalise from to other photos
+        return Estimate(value, 0.0, 1.0, n, level, "no interval from one photo", g)
     low, high, n_eff = _korn_graubard(x.astype(np.float64), codes, g, level)
-    return Estimate(value, low, high, n, level, f"Korn-Graubard over {g} photos (effective n {n_eff:.0f})", g)
+    return Estimate(value, low, high, n, level, f"Korn-Graubard over {g} photos (effective n {n_eff:.3g})", g)
 
 
 def _korn_graubard(x: np.ndarray, codes: np.ndarray, g: int, level: float) -> tuple[float, float, float]:
@@ -154,8 +157,8 @@ def _korn_graubard(x: np.ndarray, codes: np.ndarray, g: int, level: float) -> tu
     sums = np.bincount(codes, weights=x - p, minlength=g)
     variance = g / (g - 1) * float((sums ** 2).sum()) / n ** 2  # CR1, as _cluster_mean
     a = (1 - level) / 2
-    n_eff = min(float(n), p * (1 - p) / variance if variance > 0 else float(n))
-    n_eff = min(float(n), n_eff * (float(student.ppf(1 - a, n - 1)) / float(student.ppf(1 - a, g - 1))) ** 2)
+    n_eff = min(float(n), p * (1 - p) / variance if variance > 0 else float(n))  # design effect at least 1
+    n_eff *= (float(student.ppf(1 - a, n - 1)) / float(student.ppf(1 - a, g - 1))) ** 2  # at most 1 (G <= n)
     k_eff = p * n_eff
     return float(beta.ppf(a, k_eff, n_eff - k_eff + 1)), float(beta.ppf(1 - a, k_eff + 1, n_eff - k_eff)), n_eff
 

@@ -159,7 +159,7 @@ def test_proportion_over_photos_is_korn_graubard_by_hand():
     e = proportion(x, groups=groups)
     n, g, p = 20, 4, 6 / 20
     variance = g / (g - 1) * sum((sum(photo) - 5 * p) ** 2 for photo in views) / n ** 2
-    n_eff = min(n, p * (1 - p) / variance * (stats.t(n - 1).ppf(0.975) / stats.t(g - 1).ppf(0.975)) ** 2)
+    n_eff = min(n, p * (1 - p) / variance) * (stats.t(n - 1).ppf(0.975) / stats.t(g - 1).ppf(0.975)) ** 2
     ref = stats.beta(p * n_eff, n_eff - p * n_eff + 1).ppf(0.025), stats.beta(p * n_eff + 1, n_eff - p * n_eff).ppf(0.975)
     assert e.value == p and e.low == pytest.approx(ref[0]) and e.high == pytest.approx(ref[1])
     assert "Korn-Graubard over 4 photos" in e.method and e.groups == 4
@@ -237,3 +237,19 @@ def test_mean_on_the_log_scale_by_hand_and_covers_skewed_photo_effects():
         symmetric += b.low <= 1.0 <= b.high
     assert on_log / reps >= 0.92
     assert symmetric / reps < 0.90  # the symmetric interval runs short here
+
+
+def test_proportion_over_photos_caps_before_the_df_scaling_and_one_photo_has_no_interval():
+    # 2 agreeing views on 2 of 8 photos x 32: the raw n_eff is above n, so the cap (n = 256) comes first
+    x = np.zeros(256, dtype=bool)
+    x[[5, 40]] = True
+    groups = np.repeat(np.arange(8), 32)
+    p, n = 2 / 256, 256
+    variance = 8 / 7 * (np.bincount(groups, x - p) ** 2).sum() / n ** 2
+    assert p * (1 - p) / variance > n
+    n_eff = n * (stats.t(n - 1).ppf(0.975) / stats.t(7).ppf(0.975)) ** 2
+    e = proportion(x, groups=groups)
+    assert e.low == pytest.approx(stats.beta(p * n_eff, n_eff - p * n_eff + 1).ppf(0.025))
+    assert e.high == pytest.approx(stats.beta(p * n_eff + 1, n_eff - p * n_eff).ppf(0.975))
+    one = proportion([True] + [False] * 9, groups=["a"] * 10)
+    assert (one.low, one.high) == (0.0, 1.0) and one.low <= one.value <= one.high and "one photo" in one.method
