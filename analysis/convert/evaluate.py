@@ -175,7 +175,8 @@ def agreement(out: Outcomes, level: float = 0.95) -> Agreement:
     """Top-1/top-5 agreement, logits cosine and KL with intervals (over photos when images are views)."""
     g = out.groups
     return Agreement(proportion(out.agree1, level, g), proportion(out.agree5, level, g),
-                     mean_interval(out.cosine, level, g), mean_interval(out.kl, level, g, log=True), out.n, len(set(out.photos)))
+                     mean_interval(out.cosine, level, g), mean_interval(out.kl, level, g, log=True), out.n,
+                     len(set(out.photos)))
 
 
 @dataclass(eq=False)

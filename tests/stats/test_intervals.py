@@ -160,7 +160,8 @@ def test_proportion_over_photos_is_korn_graubard_by_hand():
     n, g, p = 20, 4, 6 / 20
     variance = g / (g - 1) * sum((sum(photo) - 5 * p) ** 2 for photo in views) / n ** 2
     n_eff = min(n, p * (1 - p) / variance) * (stats.t(n - 1).ppf(0.975) / stats.t(g - 1).ppf(0.975)) ** 2
-    ref = stats.beta(p * n_eff, n_eff - p * n_eff + 1).ppf(0.025), stats.beta(p * n_eff + 1, n_eff - p * n_eff).ppf(0.975)
+    ref = (stats.beta(p * n_eff, n_eff - p * n_eff + 1).ppf(0.025),
+           stats.beta(p * n_eff + 1, n_eff - p * n_eff).ppf(0.975))
     assert e.value == p and e.low == pytest.approx(ref[0]) and e.high == pytest.approx(ref[1])
     assert "Korn-Graubard over 4 photos" in e.method and e.groups == 4
 
