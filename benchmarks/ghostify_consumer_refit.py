@@ -71,9 +71,11 @@ def main() -> None:
                                             reduction="none").sum(1)
             per_view.append(((out.argmax(1) == ref.argmax(1)).double(), kl.double()))
             for c in res.consumers:
+                val = ("n/a" if c.validation_error_before is None or c.validation_error_after is None else
+                       f"{c.validation_error_before:.3f} -> {c.validation_error_after:.3f}")
                 print(f"    consumer {c.name:<22} of {' '.join(c.producers)}: held-out post-BN error "
-                      f"{c.heldout_error_before:.3f} -> {c.heldout_error_after:.3f} ({c.n_fit} fit positions)",
-                      flush=True)
+                      f"{c.heldout_error_before:.3f} -> {c.heldout_error_after:.3f} ({c.n_fit} fit positions); "
+                      f"validation {val}: {'applied' if c.applied else 'not applied'}", flush=True)
         (t_off, k_off), (t_on, k_on) = per_view
         dt, dk = mean_interval((t_on - t_off).numpy(), groups=photos), mean_interval((k_on - k_off).numpy(),
                                                                                      groups=photos)

@@ -15,7 +15,6 @@ from analysis._core.io import atomic_path, atomic_write
 from analysis.cli.common import (
     add_image_args,
     add_model_args,
-    images_batch,
     load_for_cli,
     non_negative_int,
     positive_int,
@@ -26,10 +25,12 @@ from analysis.convert.rebuild import GHOSTIFY_JSON, STATE_FILE
 def run(args: argparse.Namespace) -> int:
     from analysis.convert.ghostify import ghostify
     from analysis.convert.verify import verify_replacement
+    from analysis.data.batches import as_images
     from analysis.plots import save_figure, verification
 
     model, preprocess, info = load_for_cli(args)
-    calib = images_batch(args.images, preprocess, args.limit)
+    source = _calib_source(args, preprocess)  # an ImageSource: ghostify holds out whole photos
+    calib = as_images(source, name="--images").tensor()
     same = args.verify_images is None
     check = calib if same else _eval_images(args, preprocess)
     plan = _plan(args, model, preprocess, None if same else check)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     new, result = ghostify(model, layers=args.layers if plan is None else None,
                            ratio=args.ratio if plan is None else plan.ratios, dw_size=args.d,
-                           init=None if args.init == "none" else "fit", calibration_images=calib,
+                           init=None if args.init == "none" else "fit", calibration_images=source,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps,
                            mode=args.mode, reestimate_bn=args.bn_reestimate, consumer_refit=args.consumer_refit)
     print(result)
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         torch.save(new.state_dict(), tmp)
     meta = {
         "model": info.to_dict(), "image_size": args.image_size, "calibration_images": args.images,
-        "evaluation_images": args.verify_images, "plan": None if plan is None else plan.to_dict(),
+        "calibration_views": args.views, "evaluation_images": args.verify_images,
+        "evaluation_views": args.eval_views, "plan": None if plan is None else plan.to_dict(),
         "result": result.to_dict(),
         "rebuild": ("from analysis import load_ghostified; model = load_ghostified(DIR)  # or: "
                     "analysis.rebuild(load_model(model.name, weights=None).model, result.spec) then "
@@ -142,7 +144,7 @@ def _calib_source(args: argparse.Namespace, preprocess: Any) -> Any:
     """The calibration images as an ImageSource, so that the overlap check compares whole photos."""
     from analysis.data.images import load_images
 
-    return load_images(args.images, transform=preprocess, limit=args.limit)
+    return load_images(args.images, transform=preprocess, limit=args.limit, views=args.views)
 
 
 def _eval_images(args: argparse.Namespace, preprocess: Any) -> Any:
@@ -156,9 +158,12 @@ def _eval_images(args: argparse.Namespace, preprocess: Any) -> Any:
     if len(src) == 1 and Path(src[0]).is_dir():
         evalset = evaluation_set(src[0], preprocess)
         if evalset.labelled:
+            if args.eval_views is not None:
+                raise GhostmapsError(f"--eval-views draws views of photos; {src[0]} is a labelled folder of class "
+                                     "folders, evaluated image by image: leave --eval-views out")
             check_disjoint(_calib_source(args, preprocess), evalset.source)
             return src[0]
-    images = load_images(src, transform=preprocess, limit=args.limit)
+    images = load_images(src, transform=preprocess, limit=args.limit, views=args.eval_views)
     check_disjoint(_calib_source(args, preprocess), images)
     return images
 
@@ -232,6 +237,12 @@ def register(sub: Any) -> None:
     p.add_argument("--eval", "--verify-images", dest="verify_images", nargs="+",
                    help="held-out evaluation images for the plan and the report; a folder of class folders (named "
                         "by class index) gives labelled accuracy too (default: the calibration images)")
+    p.add_argument("--views", type=positive_int, metavar="N",
+                   help="calibrate on N seeded random views in all (random resized crops and flips, seed 0), "
+                        "spread over the calibration photos in turn, instead of each photo once; whole photos are "
+                        "held out of the fit either way")
+    p.add_argument("--eval-views", type=positive_int, metavar="N",
+                   help="evaluate on N seeded views in all of the --eval photos (not with a labelled folder)")
     _add_plan_args(p)
     p.add_argument("--latency-runs", type=non_negative_int, default=5, help="timed forwards per model, 0 = skip "
                                                                "(default: %(default)s)")

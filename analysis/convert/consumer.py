@@ -157,34 +157,51 @@ def _error(pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float | None
 
 def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Module | None,
                    inputs: Sequence[torch.Tensor], pos: torch.Tensor, y: torch.Tensor, held: torch.Tensor,
-                   weights: torch.Tensor, ridge: float) -> RefittedConsumer:
+                   weights: torch.Tensor, ridge: float, decide: torch.Tensor | None = None) -> RefittedConsumer:
     """Re-solve the dense ``conv`` (a module of the converted network, changed in place, and ``bn``, the BN of
     the converted network that follows it, whose running mean takes the intercept of a bias-free conv) on its
     ``inputs`` (one tensor per batch, from the converted network) against the original network's outputs ``y``
     (images x k x C) at the flat positions ``pos`` (images x k). ``held`` (bool per image) marks the held-out
-    images, which only measure the errors; ``weights``: post-BN channel weights. When the held-out error is not
-    lower after the refit than before (an overfitted refit: few positions against the conv's inputs), the conv
-    is left as it was (``applied=False``)."""
+    images, which only measure the reported errors; ``weights``: post-BN channel weights.
+
+    Whether the refit is kept is decided on ``decide`` (bool per image, fit images only, disjoint from
+    ``held``): the refit on the other fit images must lower the error there, else the conv is left as it was
+    (``applied=False``: an overfitted refit, few positions against the conv's inputs). The weights kept are then
+    fitted on every fit image, ``decide`` included, and their held-out errors are neither fitted nor selected
+    on. Without ``decide`` images the refit is applied (nothing to decide on)."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
     intercept = conv.bias is not None or bn is not None
     mo = DenseMoments(dim, channels, centre=intercept)
-    v_ho, y_ho, start = [], [], 0
+    decide = torch.zeros_like(held) if decide is None else decide
+    if bool((decide & held).any()):
+        raise ValueError("refit_consumer: the decision images must not be held-out images")
+    rows: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {"held": ([], []), "decide": ([], [])}
+    start, k = 0, pos.shape[1]
     for x in inputs:
         b = x.shape[0]
         v = dense_patches(conv, x.cpu(), pos[start:start + b])
-        yy = y[start:start + b].reshape(b * pos.shape[1], channels).double()
-        keep = held[start:start + b].repeat_interleave(pos.shape[1])
-        mo.add(v[~keep], yy[~keep])
-        v_ho.append(v[keep].double())
-        y_ho.append(yy[keep])
+        yy = y[start:start + b].reshape(b * k, channels).double()
+        ho, dc = held[start:start + b].repeat_interleave(k), decide[start:start + b].repeat_interleave(k)
+        mo.add(v[~ho & ~dc], yy[~ho & ~dc])
+        for key, keep in (("held", ho), ("decide", dc)):
+            rows[key][0].append(v[keep].double())
+            rows[key][1].append(yy[keep])
         start += b
-    vh, yh = torch.cat(v_ho), torch.cat(y_ho)
+    (vh, yh), (vd, yd) = ((torch.cat(rows[key][0]), torch.cat(rows[key][1])) for key in ("held", "decide"))
     old_w = conv.weight.detach().double().cpu().reshape(channels, dim)
     old_c = conv.bias.detach().double().cpu() if conv.bias is not None else torch.zeros(channels, dtype=torch.float64)
-    before = _error(vh @ old_w.T + old_c, yh, weights)
+
+    def errors(w: torch.Tensor, c: torch.Tensor | None, v: torch.Tensor, t: torch.Tensor) -> float | None:
+        return _error(v @ w.T + (c if c is not None else 0.0), t, weights)
+
+    val_before = val_after = None
+    if vd.shape[0]:
+        val_before = errors(old_w, old_c, vd, yd)
+        val_after = errors(*refit_dense(mo, ridge), vd, yd) if mo.m else None
+        mo.add(vd, yd)
+    applied = val_before is None or val_after is None or val_after < val_before
     w, c = refit_dense(mo, ridge)
-    after = _error(vh @ w.T + (c if c is not None else 0.0), yh, weights)
-    applied = before is None or after is None or after < before
+    before, after = errors(old_w, old_c, vh, yh), errors(w, c, vh, yh)
     if applied:
         with torch.no_grad():
             conv.weight.copy_(w.reshape(conv.weight.shape).to(conv.weight))
@@ -193,4 +210,6 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
             elif c is not None and bn is not None:
                 bn.running_mean.sub_(c.to(bn.running_mean))
     return RefittedConsumer(name=name, producers=list(producers), heldout_error_before=before,
-                            heldout_error_after=after, n_fit=int(mo.m), n_heldout=int(vh.shape[0]), applied=applied)
+                            heldout_error_after=after, n_fit=int(mo.m), n_heldout=int(vh.shape[0]), applied=applied,
+                            validation_error_before=val_before, validation_error_after=val_after,
+                            n_validation=int(vd.shape[0]))

@@ -86,10 +86,12 @@ class RefittedConsumer(Record):
     """A dense conv kept, but re-solved by least squares because it consumes replaced convs (``producers``):
     the consumer refit (``consumer_refit=True``). ``heldout_error_before``/``_after``: the pooled relative error
     of its output against the original network's, on the held-out calibration images, post-BN units, inputs
-    from the converted network, with the original weights and with the refitted ones; ``n_fit``/``n_heldout``:
-    positions in the fit and in the held-out error; ``applied``: False when the refit did not lower the held-out
-    error and the original weights were kept (so with ``applied`` the held-out errors chose, once, between two
-    weight sets: read ``heldout_error_after`` as slightly optimistic)."""
+    from the converted network, with the original weights and with the refitted ones (fitted on every fit
+    image; the held-out images neither fit nor choose anything); ``n_fit``/``n_heldout``: positions in the fit
+    and in the held-out error. ``applied``: False when the original weights were kept because a refit on the
+    other fit images did not lower the error on a seeded validation split of the fit images (whole photos
+    where known), ``validation_error_before``/``_after`` on ``n_validation`` positions; with no validation
+    images (None) the refit is applied."""
 
     name: str
     producers: list[str]
@@ -98,8 +100,12 @@ class RefittedConsumer(Record):
     n_fit: int
     n_heldout: int
     applied: bool = True
+    validation_error_before: float | None = None
+    validation_error_after: float | None = None
+    n_validation: int = 0
 
-    _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout", "applied")
+    _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout", "applied",
+                "validation_error_before", "validation_error_after", "n_validation")
 
     def rows(self) -> list[dict[str, Any]]:
         row = self.to_dict()
@@ -209,7 +215,7 @@ class GhostifyResult(Result):
             lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
         lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) "
-                  f"{'refitted' if c.applied else 'kept (the refit did not lower it)'}: held-out error "
+                  f"{'refitted' if c.applied else 'kept (a refit did not lower its validation error)'}: held-out error "
                   f"{_num(c.heldout_error_before)} -> {_num(c.heldout_error_after)}" for c in self.consumers]
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)

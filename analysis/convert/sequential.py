@@ -237,6 +237,17 @@ def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] |
                   "be on both sides)")
 
 
+def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence[str] | None) -> np.ndarray:
+    """The fit images (not ``held``) that decide whether a consumer refit is kept: a seeded split of them like
+    :func:`heldout_split` (whole photos where known), so no held-out image chooses anything."""
+    fit = np.flatnonzero(~held)
+    inner, _ = heldout_split(len(fit), st.holdout, st.seed + 1,
+                             None if photos is None else [photos[i] for i in fit])
+    decide = np.zeros_like(held)
+    decide[fit[inner]] = True
+    return decide
+
+
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
                    ratios: Mapping[str, int], d: int, settings: SequentialSettings | None = None,
                    photos: Sequence[str] | None = None) -> tuple[dict[str, LayerReport], list[RefittedConsumer]]:
@@ -255,6 +266,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     k = max(1, math.ceil(st.positions / max(1, n)))
     held, _ = heldout_split(n, st.holdout, st.seed, photos)
     n_ho = int(held.sum())
+    decide = _validation_split(held, st, photos) if consumers else held & False
     targets = _Targets(model, names, batches, k, st.choice_images, st.seed, held)
     never = [n_ for n_ in names if not targets.y[n_]]
     if never:
@@ -273,7 +285,8 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
             if name in consumers:
                 refitted.append(refit_consumer(name, consumers[name], stepper.wrappers[name].current,
                                                None if bn is None else new.get_submodule(bn_names[id(bn)]),
-                                               inputs, pos_all, y_all, torch.as_tensor(held), weights, st.ridge))
+                                               inputs, pos_all, y_all, torch.as_tensor(held), weights, st.ridge,
+                                               torch.as_tensor(decide)))
                 continue
             s_layer = ratios[name]
             fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, s_layer, d, st.choice)

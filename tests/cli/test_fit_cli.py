@@ -83,8 +83,11 @@ def test_ghostify_end_to_end(tmp_path, capsys):
 
     rebuilt = load_ghostified(out)
     model = load_model("mobilenet_v2").model
-    x = torch.cat([b for _, b in load_images("samples", transform=default_preprocess(73, 64), limit=3).batches()])
-    direct, _ = ghostify(model, layers="features.1[67].conv.2", init="fit", calibration_images=x)
+    src = load_images("samples", transform=default_preprocess(73, 64), limit=3)
+    x = torch.cat([b for _, b in src.batches()])
+    # the CLI passes the photos on (whole photos held out), as an ImageSource does in Python
+    direct, res = ghostify(model, layers="features.1[67].conv.2", init="fit", calibration_images=src)
+    assert res.heldout == meta["result"]["heldout"] and res.heldout.startswith("whole photos held out")
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), direct(x), rtol=1e-5, atol=1e-5)
 

@@ -13,10 +13,14 @@ TINY = ["-m", "tests.helpers:PlanNet", "--image-size", "32", "--latency-runs", "
 
 def test_consumer_refit_is_written_and_the_saved_model_has_it(tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--eval", "samples:evaluation",
-                 "--consumer-refit", "--out", str(out)]) == 0
-    assert "consumer convs.3 (of convs.2) refitted: held-out error" in capsys.readouterr().out
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "24", "--eval",
+                 "samples:evaluation", "--eval-views", "16", "--consumer-refit", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # the CLI passes the photos on: whole photos are held out of the fit (here one of 6, 4 of the 24 views)
+    assert "whole photos held out: coins (4 of 24 images, 1 of 6 photos)" in printed
+    assert "consumer convs.3 (of convs.2) refitted: held-out error" in printed
     meta = json.loads((out / "ghostify.json").read_text())
+    assert (meta["calibration_views"], meta["evaluation_views"]) == (24, 16)
     (c,) = meta["result"]["consumers"]
     assert c["name"] == "convs.3" and c["producers"] == ["convs.2"] and c["n_fit"] > 0
     from analysis import load_ghostified, load_images
@@ -25,8 +29,9 @@ def test_consumer_refit_is_written_and_the_saved_model_has_it(tmp_path, capsys):
     from tests.helpers import PlanNet
 
     rebuilt = load_ghostified(out)  # the refitted consumer's weights and BN mean travel in the state dict
-    x = torch.cat([b for _, b in load_images("samples:calibration", default_preprocess(37, 32)).batches()])
-    direct, res = ghostify(PlanNet(), layers=["convs.2"], init="fit", calibration_images=x, consumer_refit=True)
+    src = load_images("samples:calibration", default_preprocess(37, 32), views=24)
+    x = torch.cat([b for _, b in src.batches()])
+    direct, res = ghostify(PlanNet(), layers=["convs.2"], init="fit", calibration_images=src, consumer_refit=True)
     assert not torch.equal(direct.convs[3].weight, PlanNet().convs[3].weight)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), direct(x), rtol=1e-5, atol=1e-5)

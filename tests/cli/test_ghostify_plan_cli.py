@@ -63,6 +63,10 @@ def test_eval_class_folders_give_labelled_accuracy(tmp_path, capsys):
     report = json.loads((out / "verification.json").read_text())
     assert report["accuracy"] is not None and report["n_images"] == 4
     assert "labelled: top-1 original" in capsys.readouterr().out
+    # views are drawn of photos; a labelled folder is evaluated image by image
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--layers", "convs.3", "--eval",
+                 str(folder), "--eval-views", "8", "--out", str(tmp_path / "v")]) == 2
+    assert "leave --eval-views out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("classes,per_class,words", [

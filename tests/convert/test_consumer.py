@@ -13,8 +13,8 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 
 from analysis.convert import GhostifyError, ghostify
-from analysis.convert.consumer import find_consumers
-from analysis.convert.sequential import SequentialSettings
+from analysis.convert.consumer import find_consumers, refit_consumer
+from analysis.convert.sequential import SequentialSettings, _validation_split, heldout_split
 
 ALL = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=0.0)
 
@@ -155,6 +155,78 @@ def test_an_overfitted_refit_is_not_applied():
     new, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit=True,
                         settings=SequentialSettings(holdout=0.5, ridge=0.0))
     (c,) = res.consumers
-    assert c.n_fit == 64 and not c.applied and c.heldout_error_after >= c.heldout_error_before
+    # 4 fit images (64 positions), 2 of them the validation split: the decision refit sees 32 positions
+    assert c.n_fit == 64 and c.n_validation == 32 and not c.applied
+    assert c.validation_error_after >= c.validation_error_before
     assert torch.equal(new[9].weight, net[9].weight) and torch.equal(new[10].running_mean, net[10].running_mean)
-    assert "consumer 9 (of 3) kept (the refit did not lower it)" in str(res)
+    assert "consumer 9 (of 3) kept (a refit did not lower its validation error)" in str(res)
+
+
+def _consumer_problem(seed: int = 0):
+    """A 1x1 dense conv (6 -> 4, biased) on 10 images of 3 x 3: its inputs, 9 positions each, and targets
+    from a different linear map plus noise (so the refit changes the weights)."""
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(6, 4, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(4, generator=g))
+    x = torch.randn(10, 6, 3, 3, generator=g)
+    true = torch.randn(4, 6, generator=g)
+    y = torch.einsum("oc,bcp->bpo", true, x.reshape(10, 6, 9)) + 0.3 * torch.randn(10, 9, 4, generator=g)
+    pos = torch.arange(9).expand(10, 9)
+    held = torch.zeros(10, dtype=torch.bool)
+    held[[1, 6]] = True
+    decide = torch.zeros(10, dtype=torch.bool)
+    decide[[3, 8]] = True
+    return conv, [x[:4], x[4:]], pos, y, held, decide
+
+
+def test_the_held_out_images_neither_fit_nor_choose_the_refit():
+    conv, inputs, pos, y, held, decide = _consumer_problem()
+    x = torch.cat(inputs)
+    weights = torch.ones(4, dtype=torch.float64)
+    old_w, old_b = conv.weight.detach().double().reshape(4, 6).numpy(), conv.bias.detach().double().numpy()
+    c = refit_consumer("c", ["p"], conv, None, inputs, pos, y, held, weights, 0.0, decide)
+    rows = lambda mask: (x[mask].permute(0, 2, 3, 1).reshape(-1, 6).double().numpy(),  # noqa: E731
+                         y[mask].reshape(-1, 4).double().numpy())
+
+    def lstsq(p, t):
+        a = np.hstack([p, np.ones((p.shape[0], 1))])
+        sol = np.linalg.lstsq(a, t, rcond=None)[0]
+        return sol[:-1].T, sol[-1]
+
+    def err(w, b, p, t):
+        return float(((p @ w.T + b - t) ** 2).sum() / ((t - t.mean(0)) ** 2).sum())
+
+    # the decision: fitted on the fit images that are not the validation split, judged on the validation split
+    w_in, b_in = lstsq(*rows(~held & ~decide))
+    assert c.validation_error_before == pytest.approx(err(old_w, old_b, *rows(decide)), rel=1e-9)
+    assert c.validation_error_after == pytest.approx(err(w_in, b_in, *rows(decide)), rel=1e-6)
+    assert c.applied == (c.validation_error_after < c.validation_error_before) and c.applied
+    # the weights kept: fitted on every fit image; reported on the held-out images
+    w, b = lstsq(*rows(~held))
+    np.testing.assert_allclose(conv.weight.detach().double().reshape(4, 6).numpy(), w, atol=1e-5)
+    np.testing.assert_allclose(conv.bias.detach().double().numpy(), b, atol=1e-5)
+    assert c.heldout_error_before == pytest.approx(err(old_w, old_b, *rows(held)), rel=1e-6)
+    assert c.heldout_error_after == pytest.approx(err(w, b, *rows(held)), rel=1e-5)
+    assert (c.n_fit, c.n_heldout, c.n_validation) == (8 * 9, 2 * 9, 2 * 9)
+    # changing the held-out targets changes neither the weights kept nor the decision
+    conv2, inputs2, pos2, y2, held2, decide2 = _consumer_problem()
+    y2[held2] = 100.0 * torch.randn_like(y2[held2])
+    c2 = refit_consumer("c", ["p"], conv2, None, inputs2, pos2, y2, held2, weights, 0.0, decide2)
+    assert torch.equal(conv2.weight, conv.weight) and torch.equal(conv2.bias, conv.bias)
+    assert (c2.applied, c2.validation_error_after) == (c.applied, c.validation_error_after)
+    with pytest.raises(ValueError, match="decision images must not be held-out"):
+        refit_consumer("c", ["p"], conv2, None, inputs2, pos2, y2, held2, weights, 0.0, held2)
+
+
+def test_the_validation_split_takes_whole_fit_photos_only():
+    photos = [p for p in "abcdef" for _ in range(4)]
+    held, _ = heldout_split(24, 0.125, 0, photos)
+    st = SequentialSettings(holdout=0.125)
+    decide = _validation_split(held, st, photos)
+    assert not (decide & held).any() and decide.any() and (~held & ~decide).any()
+    inside = {photos[i] for i in np.flatnonzero(decide)}
+    assert all(decide[i] == (photos[i] in inside) for i in range(24))  # whole photos
+    assert np.array_equal(decide, _validation_split(held, st, photos))  # seeded
+    assert not _validation_split(held, SequentialSettings(holdout=0.0), photos).any()
