@@ -198,7 +198,8 @@ class VerificationReport(Result):
                  f"  MACs   {self.macs_before / 1e6:.1f}M -> {self.macs_after / 1e6:.1f}M (x{self.macs_ratio:.2f} "
                  "fewer; BN, activations, adds and the Ghost concatenation not counted)",
                  f"  top-1 agreement {ag.top1}, top-5 agreement {ag.top5}, logits cosine {ag.logits_cosine}, "
-                 f"KL {ag.logits_kl} nats ({level} intervals: {ag.top1.method}, {ag.logits_cosine.method})"]
+                 f"KL {ag.logits_kl} nats ({level} intervals: agreement {ag.top1.method}; cosine "
+                 f"{ag.logits_cosine.method}; KL {ag.logits_kl.method})"]
         if self.accuracy is not None:
             a = self.accuracy
             lines.append(f"  labelled: top-1 original {a.original_top1}, replaced {a.replaced_top1}; "

@@ -206,8 +206,6 @@ def ratio_interval(numerator: Any, denominator: Any, level: float = 0.95,
     """``sum(numerator) / sum(denominator)`` (e.g. a relative error: squared error over variance, summed over
     images) with a jackknife interval leaving out one image (one photo with ``groups``) at a time, t with
     G - 1 degrees of freedom."""
-    from scipy.stats import t as student
-
     level = _check_level(level)
     a = np.asarray(numerator, dtype=np.float64).reshape(-1)
     b = np.asarray(denominator, dtype=np.float64).reshape(-1)
@@ -228,7 +226,7 @@ def ratio_interval(numerator: Any, denominator: Any, level: float = 0.95,
     with np.errstate(divide="ignore", invalid="ignore"):
         loo = np.where(rest_b > 0, (total_a - sa) / rest_b, value)
     se = math.sqrt((g - 1) / g * float(((loo - loo.mean()) ** 2).sum()))
-    half = float(student.ppf(0.5 + level / 2, g - 1)) * se
+    half = t_quantile(level, g - 1) * se
     return Estimate(value, value - half, value + half, a.size, level, method, None if groups is None else g)
 
 

@@ -204,6 +204,8 @@ def test_views_get_intervals_over_photos(pair):
                              latency_repeats=0)
     assert rep.agreement.n_photos == 8 and rep.n_images == 24
     assert "8 photos" in rep.agreement.top1.method and rep.agreement.logits_cosine.groups == 8
+    assert rep.agreement.logits_kl.method.endswith("log scale")  # and the printed report says so
+    assert f"; KL {rep.agreement.logits_kl.method})" in str(rep)
 
 
 def test_identity_replacement_is_perfect(pair):
