@@ -9,7 +9,7 @@
   by the fits nor by recover (``verify_replacement`` checks the two sets are disjoint by content);
 * agreement, logits cosine and KL with intervals over photos, training-free and after recover, and the time
   of each stage. ``--bn``, ``--loss``, ``--lr`` set recover's options; ``--cache DIR`` keeps
-  the ghostified network (keyed by the fit's settings) so that several recover settings start from one fit.
+  the ghostified network (keyed by the fit's settings and a hash of the fit's code) so that several recover settings start from one fit.
 
 Run:  python benchmarks/ghostify_recover_mobilenet_v2.py [--steps 300] [--image-size 224] [--threads 2]
 """
@@ -38,6 +38,18 @@ def line(name: str, report: object) -> str:
             "photos)")
 
 
+def _fit_code_hash() -> str:
+    """A short hash of the code the fit runs (``analysis.convert``, ``analysis.reconstruct``, the image data and
+    views): a cached network fitted by other code is not reused."""
+    import hashlib
+
+    root = Path(analysis.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("convert/*.py"), *root.glob("reconstruct/*.py"), *root.glob("data/*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--calib-views", type=int, default=256)
@@ -64,7 +76,8 @@ def main() -> None:
     print(f"mobilenet_v2 at {args.image_size}px: {len(calib)} calibration views (6 photos), {len(evals)} evaluation "
           f"views (8 photos), {torch.get_num_threads()} threads")
 
-    cached = None if args.cache is None else args.cache / f"ghost_{args.image_size}px_{args.fit_views}views.pt"
+    cached = None if args.cache is None else args.cache / (f"ghost_{args.image_size}px_{args.fit_views}views_"
+                                                          f"{_fit_code_hash()}.pt")
     t = time.perf_counter()
     if cached is not None and cached.is_file():
         ghost = torch.load(cached, weights_only=False)  # written by this script (a pickled module)
