@@ -5,7 +5,8 @@ For each layer set, the sequential fit (s = 2, d = 3, default settings) is run t
 squares on the converted inputs against the original outputs). Fitted on seeded views of the calibration
 photos; every agreement number is on seeded views of the evaluation photos (disjoint by content), with 95 %
 intervals over photos (views of one photo are not independent); the consumers' errors are on the held-out
-calibration views (left out of every fit).
+calibration photo (left out of the consumer's fit and of its keep-or-not decision, which a validation split of
+the fit photos makes; the replaced convs before it were refitted on it, ``refit_all``).
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/ghostify_consumer_refit.py [--calib 128] [--eval 128] [--size 128]``
 """

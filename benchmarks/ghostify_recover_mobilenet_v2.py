@@ -39,14 +39,17 @@ def line(name: str, report: object) -> str:
 
 
 def _fit_code_hash() -> str:
-    """A short hash of the code the fit runs (``analysis.convert``, ``analysis.reconstruct``, the image data and
-    views): a cached network fitted by other code is not reused."""
+    """A short hash of the code the fit can run (every module of ``analysis`` and ``ghostnet``, whose
+    ``GhostConv`` is pickled in the cache): a cached network fitted by other code is not reused."""
     import hashlib
 
-    root = Path(analysis.__file__).parent
+    import ghostnet
+
     digest = hashlib.sha256()
-    for path in sorted([*root.glob("convert/*.py"), *root.glob("reconstruct/*.py"), *root.glob("data/*.py")]):
-        digest.update(path.name.encode() + path.read_bytes())
+    for package in (analysis, ghostnet):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
 

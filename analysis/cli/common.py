@@ -86,6 +86,7 @@ def images_batch(source: list[str], preprocess: Any, limit: int | None, name: st
 def add_image_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--images", "-i", nargs="+", default=["samples"],
                    help=f"{what}: files, folders, globs or 'samples' (default: %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="use at most this many images")
+    p.add_argument("--limit", type=positive_int, help="use at most this many images (the first ones; with views, "
+                                                       "this many photos, before the views are drawn)")
     p.add_argument("--image-size", type=positive_int,
                    help="centre-crop size in pixels (default: the model's own, 224)")

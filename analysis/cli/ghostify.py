@@ -25,14 +25,15 @@ from analysis.convert.rebuild import GHOSTIFY_JSON, STATE_FILE
 def run(args: argparse.Namespace) -> int:
     from analysis.convert.ghostify import ghostify
     from analysis.convert.verify import verify_replacement
-    from analysis.data.batches import as_images
     from analysis.plots import save_figure, verification
 
+    if args.eval_views is not None and args.verify_images is None:
+        raise GhostmapsError("--eval-views draws views of the --eval photos; add --eval IMAGES (e.g. --eval "
+                             "samples:evaluation) or leave --eval-views out")
     model, preprocess, info = load_for_cli(args)
-    source = _calib_source(args, preprocess)  # an ImageSource: ghostify holds out whole photos
-    calib = as_images(source, name="--images").tensor()
+    source = _calib_source(args, preprocess)  # an ImageSource: whole photos held out, intervals over photos
     same = args.verify_images is None
-    check = calib if same else _eval_images(args, preprocess)
+    check = source if same else _eval_images(args, preprocess)
     plan = _plan(args, model, preprocess, None if same else check)
     if plan is not None and args.plan:
         return 0
@@ -44,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
-    new, recovered = _recover(args, model, new, calib)
+    new, recovered = _recover(args, model, new, source)
     note = ("verified on the calibration images (pass --eval for held-out ones)" if same
             else "verified on held-out images")
-    report = verify_replacement(model, new, check, calibration=calib if same else _calib_source(args, preprocess),
+    report = verify_replacement(model, new, check, calibration=source,
                                 allow_calibration=same, transform=preprocess, latency_repeats=args.latency_runs,
                                 note=note)
     print(report)
@@ -79,12 +80,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recover(args: argparse.Namespace, model: Any, new: Any, calib: torch.Tensor) -> tuple[Any, Any]:
+def _recover(args: argparse.Namespace, model: Any, new: Any, source: Any) -> tuple[Any, Any]:
     """``--recover-steps``: distil the ghostified copy from the original on the calibration images (unlabelled);
     returns the (recovered) model and the ``RecoverResult`` (None when off)."""
     if not args.recover_steps:
         return new, None
     from analysis.convert.recover import recover
+    from analysis.data.batches import as_images
+
+    calib = as_images(source, name="--images").tensor()  # decoded only when recover runs
 
     new, rec = recover(new, model, calib, steps=args.recover_steps, lr=args.recover_lr,
                        batch_size=args.recover_batch, device=args.device)

@@ -157,7 +157,8 @@ def _error(pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float | None
 
 def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Module | None,
                    inputs: Sequence[torch.Tensor], pos: torch.Tensor, y: torch.Tensor, held: torch.Tensor,
-                   weights: torch.Tensor, ridge: float, decide: torch.Tensor | None = None) -> RefittedConsumer:
+                   weights: torch.Tensor, ridge: float, decide: torch.Tensor | None = None, *,
+                   check: bool = True, validation: str | None = None) -> RefittedConsumer:
     """Re-solve the dense ``conv`` (a module of the converted network, changed in place, and ``bn``, the BN of
     the converted network that follows it, whose running mean takes the intercept of a bias-free conv) on its
     ``inputs`` (one tensor per batch, from the converted network) against the original network's outputs ``y``
@@ -167,8 +168,10 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     Whether the refit is kept is decided on ``decide`` (bool per image, fit images only, disjoint from
     ``held``): the refit on the other fit images must lower the error there, else the conv is left as it was
     (``applied=False``: an overfitted refit, few positions against the conv's inputs). The weights kept are then
-    fitted on every fit image, ``decide`` included, and their held-out errors are neither fitted nor selected
-    on. Without ``decide`` images the refit is applied (nothing to decide on)."""
+    fitted on every fit image, ``decide`` included: the consumer's own weights are neither fitted nor selected
+    on the held-out images. Without ``decide`` images the refit is not applied when ``check`` (an unchecked
+    refit is what overfits small data), and applied otherwise (``holdout=0``: the user turned the checks
+    off). ``validation``: how the ``decide`` images were chosen, in words, for the record."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
     intercept = conv.bias is not None or bn is not None
     mo = DenseMoments(dim, channels, centre=intercept)
@@ -199,7 +202,10 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
         val_before = errors(old_w, old_c, vd, yd)
         val_after = errors(*refit_dense(mo, ridge), vd, yd) if mo.m else None
         mo.add(vd, yd)
-    applied = val_before is None or val_after is None or val_after < val_before
+    if vd.shape[0]:
+        applied = val_before is None or val_after is None or val_after < val_before
+    else:
+        applied = not check
     w, c = refit_dense(mo, ridge)
     before, after = errors(old_w, old_c, vh, yh), errors(w, c, vh, yh)
     if applied:
@@ -212,4 +218,4 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     return RefittedConsumer(name=name, producers=list(producers), heldout_error_before=before,
                             heldout_error_after=after, n_fit=int(mo.m), n_heldout=int(vh.shape[0]), applied=applied,
                             validation_error_before=val_before, validation_error_after=val_after,
-                            n_validation=int(vd.shape[0]))
+                            n_validation=int(vd.shape[0]), validation=validation)

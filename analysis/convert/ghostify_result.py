@@ -90,8 +90,12 @@ class RefittedConsumer(Record):
     image; the held-out images neither fit nor choose anything); ``n_fit``/``n_heldout``: positions in the fit
     and in the held-out error. ``applied``: False when the original weights were kept because a refit on the
     other fit images did not lower the error on a seeded validation split of the fit images (whole photos
-    where known), ``validation_error_before``/``_after`` on ``n_validation`` positions; with no validation
-    images (None) the refit is applied."""
+    where known; ``validation`` says how they were chosen), ``validation_error_before``/``_after`` on
+    ``n_validation`` positions; without validation images the refit is not applied (unless ``holdout=0`` turned
+    the checks off). The consumer's own weights are neither fitted nor chosen on the held-out images; with
+    ``refit_all`` (the default) the replaced convs before it were refitted on them, so its held-out errors
+    share the optimism of every later layer's. Records written before 2026-12-02 (``validation`` None) were
+    kept or not by their held-out errors."""
 
     name: str
     producers: list[str]
@@ -103,9 +107,10 @@ class RefittedConsumer(Record):
     validation_error_before: float | None = None
     validation_error_after: float | None = None
     n_validation: int = 0
+    validation: str | None = None
 
     _COLUMNS = ("name", "producers", "heldout_error_before", "heldout_error_after", "n_fit", "n_heldout", "applied",
-                "validation_error_before", "validation_error_after", "n_validation")
+                "validation_error_before", "validation_error_after", "n_validation", "validation")
 
     def rows(self) -> list[dict[str, Any]]:
         row = self.to_dict()
@@ -214,11 +219,20 @@ class GhostifyResult(Result):
                 err += f" -> {r.calibrated_error:.4f} calibrated"
             lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "
                          f"params {r.params_before} -> {r.params_after}{err}")
-        lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) "
-                  f"{'refitted' if c.applied else 'kept (a refit did not lower its validation error)'}: held-out error "
+        lines += [f"  consumer {c.name} (of {', '.join(c.producers)}) {_decision(c)}: held-out error "
                   f"{_num(c.heldout_error_before)} -> {_num(c.heldout_error_after)}" for c in self.consumers]
         lines += [f"  skipped {s.name}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
+
+
+def _decision(c: RefittedConsumer) -> str:
+    """What happened to a consumer, in words (records from before the validation split say so)."""
+    if c.validation is None:
+        return "refitted" if c.applied else "kept (the refit did not lower its held-out error)"
+    if c.n_validation == 0:
+        return f"{'refitted, unchecked' if c.applied else 'kept, not refitted'} ({c.validation})"
+    val = f"validation error {_num(c.validation_error_before)} -> {_num(c.validation_error_after)}"
+    return f"refitted ({val})" if c.applied else f"kept (a refit did not lower its {val})"
 
 
 def _num(x: float | None) -> str:

@@ -44,7 +44,9 @@ _DIRECT_MAX = 2 * 10**7
 @dataclass(frozen=True)
 class SequentialSettings:
     """``positions``: fit positions per layer in all (spread evenly over the fit images, seeded);
-    ``holdout``: fraction of the calibration images held out of the fit for the reported errors;
+    ``holdout``: fraction of the calibration images held out of the fit for the reported errors (with
+    ``consumer_refit``, also the fraction of the fit images that decides whether each consumer refit is kept;
+    0 turns both off);
     ``choice_images``: images whose original maps choose the intrinsic channels; ``iterations``: alternations
     of primary and cheap refits; ``ridge``: relative ridge of every solve; ``batch_size``: images per forward;
     ``track_bn``: set the BN that consumes each refitted conv to the refitted output's statistics (from the
@@ -237,15 +239,19 @@ def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] |
                   "be on both sides)")
 
 
-def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence[str] | None) -> np.ndarray:
-    """The fit images (not ``held``) that decide whether a consumer refit is kept: a seeded split of them like
-    :func:`heldout_split` (whole photos where known), so no held-out image chooses anything."""
+def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence[str] | None
+                      ) -> tuple[np.ndarray, str]:
+    """The fit images (not ``held``) that decide whether a consumer refit is kept, and in words how they were
+    chosen: a seeded split of them like :func:`heldout_split` (whole photos where the fit images come from two
+    photos or more), so no held-out image decides. Empty with ``holdout=0`` or fewer than two fit images."""
     fit = np.flatnonzero(~held)
-    inner, _ = heldout_split(len(fit), st.holdout, st.seed + 1,
-                             None if photos is None else [photos[i] for i in fit])
+    names = [photos[i] for i in fit] if photos is not None and len(photos) == len(held) else None
+    inner, how = heldout_split(len(fit), st.holdout, st.seed + 1, names)
     decide = np.zeros_like(held)
     decide[fit[inner]] = True
-    return decide
+    if not decide.any():
+        return decide, f"no validation images ({len(fit)} fit images, holdout={st.holdout})"
+    return decide, f"of the {len(fit)} fit images, {how.replace(' held out', ' for the decision', 1)}"
 
 
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
@@ -266,7 +272,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     k = max(1, math.ceil(st.positions / max(1, n)))
     held, _ = heldout_split(n, st.holdout, st.seed, photos)
     n_ho = int(held.sum())
-    decide = _validation_split(held, st, photos) if consumers else held & False
+    decide, decided_by = _validation_split(held, st, photos) if consumers else (held & False, "")
     targets = _Targets(model, names, batches, k, st.choice_images, st.seed, held)
     never = [n_ for n_ in names if not targets.y[n_]]
     if never:
@@ -286,7 +292,8 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
                 refitted.append(refit_consumer(name, consumers[name], stepper.wrappers[name].current,
                                                None if bn is None else new.get_submodule(bn_names[id(bn)]),
                                                inputs, pos_all, y_all, torch.as_tensor(held), weights, st.ridge,
-                                               torch.as_tensor(decide)))
+                                               torch.as_tensor(decide), check=st.holdout > 0,
+                                               validation=decided_by))
                 continue
             s_layer = ratios[name]
             fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, s_layer, d, st.choice)

@@ -18,11 +18,13 @@ def test_consumer_refit_is_written_and_the_saved_model_has_it(tmp_path, capsys):
     printed = capsys.readouterr().out
     # the CLI passes the photos on: whole photos are held out of the fit (here one of 6, 4 of the 24 views)
     assert "whole photos held out: coins (4 of 24 images, 1 of 6 photos)" in printed
-    assert "consumer convs.3 (of convs.2) refitted: held-out error" in printed
+    assert "consumer convs.3 (of convs.2) refitted (validation error " in printed
     meta = json.loads((out / "ghostify.json").read_text())
     assert (meta["calibration_views"], meta["evaluation_views"]) == (24, 16)
     (c,) = meta["result"]["consumers"]
     assert c["name"] == "convs.3" and c["producers"] == ["convs.2"] and c["n_fit"] > 0
+    assert c["n_validation"] > 0 and c["validation"].startswith("of the 20 fit images, whole photos for the decision")
+    assert c["validation_error_after"] < c["validation_error_before"] and c["applied"]
     from analysis import load_ghostified, load_images
     from analysis.convert import ghostify
     from analysis.data.models import default_preprocess
@@ -43,3 +45,15 @@ def test_consumer_refit_with_the_independent_mode_exits_2(tmp_path, capsys):
     assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent",
                  "--consumer-refit", "--out", str(tmp_path / "x")]) == 2
     assert "consumer_refit=True needs init='fit' and mode='sequential'" in capsys.readouterr().err
+
+
+def test_views_without_eval_are_verified_over_their_photos_and_eval_views_need_eval(tmp_path, capsys):
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "12", "--out",
+                 str(tmp_path / "v")]) == 0
+    printed = capsys.readouterr().out
+    assert "verification on 12 images (6 photos)" in printed  # not 12 "photos": views of one photo share it
+    assert "verified on the calibration images" in printed
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--eval-views", "8", "--out",
+                 str(tmp_path / "w")]) == 2
+    assert "--eval-views draws views of the --eval photos; add --eval IMAGES" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything is written

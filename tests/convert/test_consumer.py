@@ -159,7 +159,7 @@ def test_an_overfitted_refit_is_not_applied():
     assert c.n_fit == 64 and c.n_validation == 32 and not c.applied
     assert c.validation_error_after >= c.validation_error_before
     assert torch.equal(new[9].weight, net[9].weight) and torch.equal(new[10].running_mean, net[10].running_mean)
-    assert "consumer 9 (of 3) kept (a refit did not lower its validation error)" in str(res)
+    assert "consumer 9 (of 3) kept (a refit did not lower its validation error" in str(res)
 
 
 def _consumer_problem(seed: int = 0):
@@ -224,9 +224,69 @@ def test_the_validation_split_takes_whole_fit_photos_only():
     photos = [p for p in "abcdef" for _ in range(4)]
     held, _ = heldout_split(24, 0.125, 0, photos)
     st = SequentialSettings(holdout=0.125)
-    decide = _validation_split(held, st, photos)
+    decide, how = _validation_split(held, st, photos)
     assert not (decide & held).any() and decide.any() and (~held & ~decide).any()
     inside = {photos[i] for i in np.flatnonzero(decide)}
     assert all(decide[i] == (photos[i] in inside) for i in range(24))  # whole photos
-    assert np.array_equal(decide, _validation_split(held, st, photos))  # seeded
-    assert not _validation_split(held, SequentialSettings(holdout=0.0), photos).any()
+    assert how == f"of the 20 fit images, whole photos for the decision: {''.join(inside)} (4 of 20 images, 1 of 5 photos)"
+    assert np.array_equal(decide, _validation_split(held, st, photos)[0])  # seeded
+    off, how = _validation_split(held, SequentialSettings(holdout=0.0), photos)
+    assert not off.any() and how.startswith("no validation images")
+    # a photo list that does not match the images is not used (single images, not misaligned photos)
+    assert "single images" in _validation_split(held, st, photos[:10])[1]
+
+
+def test_the_held_out_error_cannot_veto_a_refit():
+    # the held-out targets are the original weights' own output: a choice by held-out error would keep them
+    conv, inputs, pos, y, held, decide = _consumer_problem()
+    x = torch.cat(inputs)
+    with torch.no_grad():
+        y[held] = conv(x[held]).flatten(2).transpose(1, 2)
+    c = refit_consumer("c", ["p"], conv, None, inputs, pos, y, held, torch.ones(4, dtype=torch.float64), 0.0, decide)
+    assert c.heldout_error_after > c.heldout_error_before and c.applied
+
+
+def test_without_validation_images_a_checked_refit_is_not_applied():
+    conv, inputs, pos, y, held, _ = _consumer_problem()
+    w0 = conv.weight.detach().clone()
+    none = torch.zeros_like(held)
+    c = refit_consumer("c", ["p"], conv, None, inputs, pos, y, held, torch.ones(4, dtype=torch.float64), 0.0, none,
+                       validation="no validation images (2 fit images, holdout=0.5)")
+    assert not c.applied and c.n_validation == 0 and torch.equal(conv.weight, w0)
+    c = refit_consumer("c", ["p"], conv, None, inputs, pos, y, held, torch.ones(4, dtype=torch.float64), 0.0, none,
+                       check=False)
+    assert c.applied and not torch.equal(conv.weight, w0)  # holdout=0: the user turned the checks off
+    # end to end: two images, one held out, one left to fit: nothing to validate on, so nothing is refitted
+    net = _net(False)
+    new, res = ghostify(net, layers=["3"], init="fit", calibration_images=torch.randn(2, 3, 10, 10),
+                        consumer_refit=True, settings=SequentialSettings(holdout=0.5))
+    (c,) = res.consumers
+    assert not c.applied and torch.equal(new[9].weight, net[9].weight)
+    assert "consumer 9 (of 3) kept, not refitted (no validation images (1 fit images" in str(res)
+
+
+def test_records_from_before_the_validation_split_still_read_and_print():
+    old = {"name": "9", "producers": ["3"], "heldout_error_before": 0.2, "heldout_error_after": 0.3, "n_fit": 10,
+           "n_heldout": 5, "applied": False}
+    from analysis.convert.ghostify_result import RefittedConsumer, _decision
+
+    c = RefittedConsumer.from_dict(old)
+    assert c.validation is None and c.n_validation == 0
+    assert _decision(c) == "kept (the refit did not lower its held-out error)"
+
+
+def test_in_the_whole_fit_the_held_out_images_change_nothing_of_the_consumer():
+    # refit_all=False: the held-out images enter no Gram, no intrinsic choice and no decision, so other
+    # held-out images give the same converted network and the same decision, only other held-out errors
+    net = _net(False)
+    x = torch.randn(24, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    st = SequentialSettings(holdout=0.25, refit_all=False)
+    held, _ = heldout_split(24, st.holdout, st.seed)
+    y = x.clone()
+    y[torch.as_tensor(held)] = torch.randn(int(held.sum()), 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    a, ra = ghostify(net, layers=["3"], init="fit", calibration_images=x, consumer_refit=True, settings=st)
+    b, rb = ghostify(net, layers=["3"], init="fit", calibration_images=y, consumer_refit=True, settings=st)
+    (ca,), (cb,) = ra.consumers, rb.consumers
+    assert ca.n_validation > 0 and (ca.applied, ca.validation_error_after) == (cb.applied, cb.validation_error_after)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert ca.heldout_error_before != cb.heldout_error_before
