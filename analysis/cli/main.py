@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,8 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _huge_pages() -> None:
+    """Ask PyTorch's CPU allocator for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, Linux; a no-op where
+    THP is off) unless the variable is set. It is read once, at torch's first allocation, so this must run
+    before torch is imported; in a process that has imported it already it changes nothing. Large activations
+    and accumulators are fresh memory on every batch, and first touching 4 KiB pages dominates on some
+    machines (docs/survey.md, "Memory and huge pages")."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ghostmaps`` console script."""
+    _huge_pages()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
