@@ -78,7 +78,7 @@ def choose_layers(model: nn.Module, layers: str | Sequence[str] | None, ratio: i
             continue
         if spec not in modules or not spec:
             raise GhostifyError(f"unknown layer {spec!r}.{did_you_mean(spec, convs)} List the convs with "
-                                f"[n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)].")
+                                "`ghostmaps layers MODEL --grep Conv2d` or analysis.list_layers(model).")
         if spec not in convs:
             raise GhostifyError(f"layer {spec!r} is a {type(modules[spec]).__name__}, not a Conv2d; only convs can "
                                 f"be ghostified.{did_you_mean(spec, convs)}")

@@ -207,7 +207,7 @@ def test_glob_skips_depthwise_with_reason(net):
 
 @pytest.mark.parametrize("kwargs,words", [
     ({"layers": "bn_a"}, ["bn_a", "BatchNorm2d", "not a Conv2d"]),
-    ({"layers": "conv_c"}, ["conv_c", "Did you mean", "conv_a"]),
+    ({"layers": "conv_c"}, ["conv_c", "Did you mean", "conv_a", "ghostmaps layers MODEL --grep Conv2d"]),
     ({"layers": "dw"}, ["dw", "depthwise"]),
     ({"layers": "conv_a", "ratio": 1}, ["ratio", ">= 2"]),
     ({"layers": "conv_a", "dw_size": 4}, ["dw_size", "odd"]),
