@@ -17,6 +17,7 @@ The fastest of ``--repeats`` runs of each is kept. Targets (issue 9): survey() �
 positions= stream ≤ 1.5× with its similarity within 0.02, the untrained baseline adds ≤ 1.2×.
 
     python benchmarks/survey_overhead.py [--models mobilenet_v2 resnet50] [--threads 2] [--positions 64] [--cpu]
+        [--huge-pages on|off|inherit]
 
 On a machine that other jobs load, ``--cpu`` times CPU seconds of this process instead of wall-clock seconds
 (the ratios then do not count the time the process waits for a core).
@@ -25,7 +26,10 @@ On a machine that other jobs load, ``--cpu`` times CPU seconds of this process i
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,6 +99,22 @@ def row(label: str, seconds: float, forward: float, target: float | None) -> str
     return f"  {label:<34} {seconds:7.2f} s  {ratio:5.2f}×  {verdict}"
 
 
+def _thp_mode() -> str:
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    text = path.read_text() if path.exists() else ""
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
+
+
+def _huge_pages(want: str) -> None:
+    """Re-execute this script with ``THP_MEM_ALLOC_ENABLE`` set as asked (torch reads it once, at its first
+    allocation, so it cannot be changed in a running process)."""
+    have = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    if want == "inherit" or have == (want == "on"):
+        return
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if want == "on" else "0")
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
@@ -107,14 +127,21 @@ def main() -> None:
                         help="leave these runs out (quicker profiling)")
     parser.add_argument("--cpu", action="store_true",
                         help="time in CPU seconds of this process (steadier than wall-clock on a shared machine)")
+    parser.add_argument("--huge-pages", choices=("on", "off", "inherit"), default="inherit",
+                        help="run with PyTorch's transparent huge pages on or off (THP_MEM_ALLOC_ENABLE; the script "
+                             "re-executes itself to set it) or as the environment says (default). The plain "
+                             "forward's page faults move every ratio: docs/survey.md, 'Huge pages'")
     args = parser.parse_args()
+    _huge_pages(args.huge_pages)
     global CLOCK
     if args.cpu:
         CLOCK = time.process_time
     torch.set_num_threads(args.threads)
     x = torch.randn(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.images} images of 224×224, "
-          f"batch {args.batch_size}, fastest of {args.repeats}, {'CPU' if args.cpu else 'wall-clock'} seconds")
+          f"batch {args.batch_size}, fastest of {args.repeats}, {'CPU' if args.cpu else 'wall-clock'} seconds, "
+          f"huge pages {'on' if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' else 'off'} "
+          f"(kernel THP mode: {_thp_mode()})")
     for name in args.models:
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)(weights=None).eval()
