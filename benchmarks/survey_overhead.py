@@ -112,7 +112,7 @@ def _huge_pages(want: str) -> None:
     if want == "inherit" or have == (want == "on"):
         return
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if want == "on" else "0")
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, list(sys.orig_argv), env)  # orig_argv: interpreter flags (-X, -W) kept
 
 
 def main() -> None:

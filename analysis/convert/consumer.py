@@ -169,7 +169,8 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     ``held``): the refit on the other fit images must lower the error there, else the conv is left as it was
     (``applied=False``: an overfitted refit, few positions against the conv's inputs). The weights kept are then
     fitted on every fit image, ``decide`` included: the consumer's own weights are neither fitted nor selected
-    on the held-out images. Without ``decide`` images the refit is not applied when ``check`` (an unchecked
+    on the held-out images. Without ``decide`` images (or an error they can measure: fewer than two positions)
+    the refit is not applied when ``check`` (an unchecked
     refit is what overfits small data), and applied otherwise (``holdout=0``: the user turned the checks
     off). ``validation``: how the ``decide`` images were chosen, in words, for the record."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
@@ -202,9 +203,9 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
         val_before = errors(old_w, old_c, vd, yd)
         val_after = errors(*refit_dense(mo, ridge), vd, yd) if mo.m else None
         mo.add(vd, yd)
-    if vd.shape[0]:
-        applied = val_before is None or val_after is None or val_after < val_before
-    else:
+    if val_before is not None and val_after is not None:
+        applied = val_after < val_before
+    else:  # no validation image, or too few positions to measure an error: unchecked
         applied = not check
     w, c = refit_dense(mo, ridge)
     before, after = errors(old_w, old_c, vh, yh), errors(w, c, vh, yh)

@@ -227,10 +227,11 @@ class GhostifyResult(Result):
 
 def _decision(c: RefittedConsumer) -> str:
     """What happened to a consumer, in words (records from before the validation split say so)."""
-    if c.validation is None:
+    if c.validation is None and c.n_validation == 0 and c.validation_error_before is None:  # an older record
         return "refitted" if c.applied else "kept (the refit did not lower its held-out error)"
-    if c.n_validation == 0:
-        return f"{'refitted, unchecked' if c.applied else 'kept, not refitted'} ({c.validation})"
+    if c.validation_error_before is None or c.validation_error_after is None:
+        how = c.validation or f"{c.n_validation} validation positions, no error to measure"
+        return f"{'refitted, unchecked' if c.applied else 'kept, not refitted'} ({how})"
     val = f"validation error {_num(c.validation_error_before)} -> {_num(c.validation_error_after)}"
     return f"refitted ({val})" if c.applied else f"kept (a refit did not lower its {val})"
 

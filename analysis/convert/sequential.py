@@ -251,6 +251,9 @@ def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence
     decide[fit[inner]] = True
     if not decide.any():
         return decide, f"no validation images ({len(fit)} fit images, holdout={st.holdout})"
+    if names is not None and len(set(names)) == 1:  # known photos, but the fit images are views of one
+        return decide, (f"of the {len(fit)} fit images, all views of {names[0]}, {int(inner.sum())} single views "
+                        "for the decision (judged on views of the photo it was fitted on: a weak check)")
     return decide, f"of the {len(fit)} fit images, {how.replace(' held out', ' for the decision', 1)}"
 
 

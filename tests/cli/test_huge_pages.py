@@ -32,9 +32,38 @@ def _run(before: str = "", env: dict[str, str] | None = None) -> tuple[str, int]
 
 
 def _thp_mode() -> str:
+    """The kernel's THP mode, or "off" where this process or the 2 MiB size has THP switched off."""
     path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     text = path.read_text() if path.exists() else ""
-    return text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
+    mode = text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
+    size = Path("/sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled")
+    if size.exists() and "[never]" in size.read_text():
+        return "off"
+    status = Path("/proc/self/status")
+    if status.exists() and "THP_enabled:\t0" in status.read_text():
+        return "off"
+    return mode
+
+
+ENTRY = """
+import os, sys
+from analysis.cli import main  # what the console script imports
+main(["layers", "tests.helpers:PlanNet", "--input-size", "32"])
+import torch
+x = torch.ones(64 << 20, dtype=torch.uint8)
+rollup = open("/proc/self/smaps_rollup").read() if os.path.exists("/proc/self/smaps_rollup") else ""
+huge = [line for line in rollup.splitlines() if line.startswith("AnonHugePages:")]
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"), int(huge[0].split()[1]) if huge else -1)
+"""
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
+def test_the_command_itself_gets_huge_pages():
+    # main() must set the variable before its subcommand modules import torch
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", ENTRY], capture_output=True, text=True, env=env, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out[-2] == "1" and int(out[-1]) >= 2048
 
 
 def test_set_before_torch_and_kept_when_the_user_set_it():

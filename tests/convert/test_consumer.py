@@ -290,3 +290,31 @@ def test_in_the_whole_fit_the_held_out_images_change_nothing_of_the_consumer():
     assert ca.n_validation > 0 and (ca.applied, ca.validation_error_after) == (cb.applied, cb.validation_error_after)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert ca.heldout_error_before != cb.heldout_error_before
+
+
+def test_a_validation_error_that_cannot_be_measured_does_not_pass_the_check():
+    # one position per image and one validation image: no error to measure (fewer than two positions)
+    conv, inputs, pos, y, held, _ = _consumer_problem()
+    pos1, y1 = pos[:, :1], y[:, :1]
+    one = torch.zeros_like(held)
+    one[3] = True
+    w0 = conv.weight.detach().clone()
+    c = refit_consumer("c", ["p"], conv, None, inputs, pos1, y1, held, torch.ones(4, dtype=torch.float64), 0.0, one,
+                       validation="of the 8 fit images, single images for the decision (1 of 8)")
+    assert c.n_validation == 1 and c.validation_error_before is None and not c.applied
+    assert torch.equal(conv.weight, w0)
+    from analysis.convert.ghostify_result import _decision
+
+    assert _decision(c) == "kept, not refitted (of the 8 fit images, single images for the decision (1 of 8))"
+    # a record decided on a validation split but written without its description reads as such, not as old
+    c.validation, c.validation_error_before, c.validation_error_after, c.applied = None, 0.3, 0.2, True
+    assert _decision(c) == "refitted (validation error 0.3000 -> 0.2000)"
+
+
+def test_fit_images_of_one_photo_say_the_decision_is_weak():
+    photos = ["a"] * 8 + ["b"] * 8
+    held = np.array([p == "b" for p in photos])
+    decide, how = _validation_split(held, SequentialSettings(holdout=0.25), photos)
+    assert decide.sum() == 2 and not (decide & held).any()
+    assert how == ("of the 8 fit images, all views of a, 2 single views for the decision (judged on views of "
+                   "the photo it was fitted on: a weak check)")
