@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, info = load_for_cli(args)
     source = _calib_source(args, preprocess)  # an ImageSource: whole photos held out, intervals over photos
     same = args.verify_images is None
-    check = source if same else _eval_images(args, preprocess)
-    plan = _plan(args, model, preprocess, None if same else check)
+    check = source if same else _eval_images(args, preprocess, source)
+    plan = _plan(args, model, preprocess, None if same else check, source)
     if plan is not None and args.plan:
         return 0
     new, result = ghostify(model, layers=args.layers if plan is None else None,
@@ -145,13 +145,14 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calib_source(args: argparse.Namespace, preprocess: Any) -> Any:
-    """The calibration images as an ImageSource, so that the overlap check compares whole photos."""
+    """The calibration images as an ImageSource, built once per run: the photos are known, so the fit holds out
+    whole photos and the overlap check compares whole photos."""
     from analysis.data.images import load_images
 
     return load_images(args.images, transform=preprocess, limit=args.limit, views=args.views)
 
 
-def _eval_images(args: argparse.Namespace, preprocess: Any) -> Any:
+def _eval_images(args: argparse.Namespace, preprocess: Any, calib: Any) -> Any:
     """``--eval``: a folder of class folders as its path (labelled, through ``analysis.data.labelled``), anything
     else as an ImageSource; refused when it shares a photo with the calibration images."""
     from analysis.data.images import load_images
@@ -165,14 +166,14 @@ def _eval_images(args: argparse.Namespace, preprocess: Any) -> Any:
             if args.eval_views is not None:
                 raise GhostmapsError(f"--eval-views draws views of photos; {src[0]} is a labelled folder of class "
                                      "folders, evaluated image by image: leave --eval-views out")
-            check_disjoint(_calib_source(args, preprocess), evalset.source)
+            check_disjoint(calib, evalset.source)
             return src[0]
     images = load_images(src, transform=preprocess, limit=args.limit, views=args.eval_views)
-    check_disjoint(_calib_source(args, preprocess), images)
+    check_disjoint(calib, images)
     return images
 
 
-def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any) -> Any:
+def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any, calib: Any) -> Any:
     """The plan under ``--budget-macs``/``--budget-params`` (None without a budget), printed and written."""
     from analysis.convert.plan import choose_plan, plan_replacement
     from analysis.plots import plan_tradeoff, save_figure
@@ -185,7 +186,7 @@ def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any) -> A
         from analysis.data.images import load_images
 
         held = load_images(held, transform=preprocess, limit=args.limit)
-    plan = plan_replacement(model, _calib_source(args, preprocess), macs=args.budget_macs,
+    plan = plan_replacement(model, calib, macs=args.budget_macs,
                             params=args.budget_params, ratios=args.plan_ratios, layers=args.layers, eval_images=held,
                             dw_size=args.d, preprocess=preprocess, min_channels=args.min_channels)
     print(plan)

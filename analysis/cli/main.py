@@ -32,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _huge_pages() -> None:
     """Ask PyTorch's CPU allocator for transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; Linux only, and only
-    where the kernel's THP mode allows ``madvise``) unless the variable is set. It is read once, at torch's first allocation, so this must run
-    before torch is imported; in a process that has imported it already it changes nothing. Large activations
-    and accumulators are fresh memory on every batch, and first touching 4 KiB pages dominates on some
-    machines (docs/survey.md, "Huge pages"). ``THP_MEM_ALLOC_ENABLE=0`` opts out."""
+    where the kernel's THP mode allows ``madvise``) unless the variable is set. It is read once, at torch's
+    first allocation, so this must run before torch is imported; in a process that has imported it already it
+    changes nothing. Large activations and accumulators are fresh memory on every batch, and first touching
+    4 KiB pages dominates on some machines (docs/survey.md, "Huge pages"). ``THP_MEM_ALLOC_ENABLE=0`` opts
+    out."""
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

@@ -170,9 +170,9 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     (``applied=False``: an overfitted refit, few positions against the conv's inputs). The weights kept are then
     fitted on every fit image, ``decide`` included: the consumer's own weights are neither fitted nor selected
     on the held-out images. Without ``decide`` images (or an error they can measure: fewer than two positions)
-    the refit is not applied when ``check`` (an unchecked
-    refit is what overfits small data), and applied otherwise (``holdout=0``: the user turned the checks
-    off). ``validation``: how the ``decide`` images were chosen, in words, for the record."""
+    the refit is not applied when ``check`` (an unchecked refit is what overfits small data), and applied
+    otherwise (``holdout=0``: the user turned the checks off). ``validation``: how the ``decide`` images were
+    chosen, in words, for the record."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
     intercept = conv.bias is not None or bn is not None
     mo = DenseMoments(dim, channels, centre=intercept)

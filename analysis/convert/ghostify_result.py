@@ -87,7 +87,7 @@ class RefittedConsumer(Record):
     the consumer refit (``consumer_refit=True``). ``heldout_error_before``/``_after``: the pooled relative error
     of its output against the original network's, on the held-out calibration images, post-BN units, inputs
     from the converted network, with the original weights and with the refitted ones (fitted on every fit
-    image; the held-out images neither fit nor choose anything); ``n_fit``/``n_heldout``: positions in the fit
+    image); ``n_fit``/``n_heldout``: positions in the fit
     and in the held-out error. ``applied``: False when the original weights were kept because a refit on the
     other fit images did not lower the error on a seeded validation split of the fit images (whole photos
     where known; ``validation`` says how they were chosen), ``validation_error_before``/``_after`` on

@@ -212,15 +212,16 @@ def _module(conv: nn.Conv2d, fit: GhostFit, module_order: list[int], ratio: int,
     return ghost
 
 
-def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] | None = None
-                  ) -> tuple[np.ndarray, str]:
+def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] | None = None, *,
+                  label: str = "held out") -> tuple[np.ndarray, str]:
     """Which of ``n`` calibration images are held out of the fit (a bool mask) and, in words, how they were
     chosen. With ``photos`` (the photo each image is a view of) naming two photos or more, *whole photos* are
     held out, seeded, until at least ``holdout``·n images are (never every photo): a held-out error is then
-    never measured on a view of a photo the fit saw. Otherwise single images, seeded."""
+    never measured on a view of a photo the fit saw. Otherwise single images, seeded. ``label`` names the
+    split in the words (e.g. ``"for the decision"`` for the consumer refit's validation split)."""
     held = np.zeros(n, dtype=bool)
     if n < 2 or holdout <= 0:
-        return held, "nothing held out"
+        return held, f"nothing {label}"
     want = min(n - 1, max(1, round(holdout * n)))
     rng = np.random.default_rng([int(seed), 7])
     if photos is not None and len(photos) == n and len(set(photos)) >= 2:
@@ -232,10 +233,10 @@ def heldout_split(n: int, holdout: float, seed: int = 0, photos: Sequence[str] |
                 break
             chosen.append(distinct[i])
         held = np.isin(np.asarray(list(photos), dtype=object), chosen)
-        return held, (f"whole photos held out: {', '.join(sorted(chosen))} ({int(held.sum())} of {n} images, "
+        return held, (f"whole photos {label}: {', '.join(sorted(chosen))} ({int(held.sum())} of {n} images, "
                       f"{len(chosen)} of {len(distinct)} photos)")
     held[rng.permutation(n)[:want]] = True
-    return held, (f"single images held out ({want} of {n}; the photos are not known, so views of one photo may "
+    return held, (f"single images {label} ({want} of {n}; the photos are not known, so views of one photo may "
                   "be on both sides)")
 
 
@@ -246,7 +247,7 @@ def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence
     photos or more), so no held-out image decides. Empty with ``holdout=0`` or fewer than two fit images."""
     fit = np.flatnonzero(~held)
     names = [photos[i] for i in fit] if photos is not None and len(photos) == len(held) else None
-    inner, how = heldout_split(len(fit), st.holdout, st.seed + 1, names)
+    inner, how = heldout_split(len(fit), st.holdout, st.seed + 1, names, label="for the decision")
     decide = np.zeros_like(held)
     decide[fit[inner]] = True
     if not decide.any():
@@ -254,7 +255,7 @@ def _validation_split(held: np.ndarray, st: SequentialSettings, photos: Sequence
     if names is not None and len(set(names)) == 1:  # known photos, but the fit images are views of one
         return decide, (f"of the {len(fit)} fit images, all views of {names[0]}, {int(inner.sum())} single views "
                         "for the decision (judged on views of the photo it was fitted on: a weak check)")
-    return decide, f"of the {len(fit)} fit images, {how.replace(' held out', ' for the decision', 1)}"
+    return decide, f"of the {len(fit)} fit images, {how}"
 
 
 def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], images: torch.Tensor,
@@ -275,7 +276,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
     k = max(1, math.ceil(st.positions / max(1, n)))
     held, _ = heldout_split(n, st.holdout, st.seed, photos)
     n_ho = int(held.sum())
-    decide, decided_by = _validation_split(held, st, photos) if consumers else (held & False, "")
+    decide, decided_by = _validation_split(held, st, photos) if consumers else (np.zeros_like(held), "")
     targets = _Targets(model, names, batches, k, st.choice_images, st.seed, held)
     never = [n_ for n_ in names if not targets.y[n_]]
     if never:
