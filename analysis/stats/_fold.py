@@ -11,7 +11,7 @@ from typing import Any, Self
 import torch
 
 from analysis._core.errors import GhostmapsError
-from analysis.stats._kernel import _reshift_gram, scan_batch, scratch
+from analysis.stats._kernel import _reshift_gram, scan_batch, scan_rows, scratch
 from analysis.stats._live import add_products, add_symmetric, block_layout, settle
 from analysis.stats._pairs import _add_upper
 from analysis.stats.moments import position_subset
@@ -125,11 +125,10 @@ class StreamFold:
             # the run's images side by side, C × m·Q (written through a permuted view: no transposed copy)
             u = work[:m * c * q].view(c, m * q)
             v = work[m * c * q:2 * m * c * q].view(c, m * q)
-            torch.add(xa, xb, out=u.view(c, m, q).permute(1, 0, 2)).sub_(k, alpha=2)  # y_a + y_b
-            torch.sub(xa, xb, out=v.view(c, m, q).permute(1, 0, 2))  # y_a − y_b = x_a − x_b
+            part = self._pair_rows(xa, xb, k, u, v)
             add_products(live_u[g], u, layout, weight)
             add_products(live_v[g], v, layout, weight)
-            part = u.sum(dim=1).to(torch.float64) * weight
+            part = part.to(torch.float64) * weight
             self.sums[g] += part
             self.pair_sums[g] += part
             self.count[g] += 2 * len(a) * p
@@ -169,6 +168,25 @@ class StreamFold:
                 add_symmetric(self.group_cross[g], h, layout)
         self.pair_sums[g] += (ya.sum(dim=1) + yb.sum(dim=1)).to(torch.float64) * root_w
         self.pair_count[g] += 2 * p
+
+    @staticmethod
+    def _pair_rows(xa: torch.Tensor, xb: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+                   ) -> torch.Tensor:
+        """Write u = y_a + y_b and v = y_a − y_b (= x_a − x_b) of a run of m pairs (xa, xb: m×C×Q) into the
+        C × m·Q matrices ``u``, ``v`` (through permuted views: no transposed copy); return Σ u per channel (in
+        the working precision). A block of channels at a time (``scan_rows``), so that u's shift and sum run
+        in cache: the same values as whole-matrix passes."""
+        m, c, q = xa.shape
+        rows = scan_rows(c, m * q, u)
+        part = torch.empty(c, dtype=u.dtype, device=u.device)
+        for lo in range(0, c, rows):
+            hi = min(c, lo + rows)
+            ub, vb = u[lo:hi], v[lo:hi]
+            torch.add(xa[:, lo:hi], xb[:, lo:hi], out=ub.view(hi - lo, m, q).permute(1, 0, 2)).sub_(
+                k[:, lo:hi], alpha=2)  # y_a + y_b
+            torch.sum(ub, dim=1, out=part[lo:hi])
+            torch.sub(xa[:, lo:hi], xb[:, lo:hi], out=vb.view(hi - lo, m, q).permute(1, 0, 2))
+        return part
 
     @staticmethod
     def _rows(y: torch.Tensor, rows: list[int]) -> torch.Tensor:
