@@ -50,7 +50,17 @@ def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: t
     with δ = k − k′: G + δ sᵀ + s δᵀ + n δ δᵀ (exact in float64; k′ = 0 gives the raw Σ x xᵀ)."""
     # δ sᵀ + s δᵀ + n δ δᵀ = δ wᵀ + w δᵀ with w = s + (n/2) δ: two rank-one updates, no C×C temporaries
     w = sums + (count / 2) * delta
-    return torch.addr(gram, delta, w).addr_(w, delta)
+    # (G + δwᵀ) + wδᵀ rounds entry (i, j) and (j, i) in different orders: mirror to keep it exactly symmetric
+    return _upper_to_lower_(torch.addr(gram, delta, w).addr_(w, delta))
+
+
+def _upper_to_lower_(m: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+    """Copy, in place, the upper triangle of the square block ``m[..., lo:hi, lo:hi]`` onto its lower one, so
+    that the block is exactly symmetric (a matrix product x xᵀ need not be: BLAS may round (i, j) and (j, i)
+    differently); returns ``m``."""
+    block = m[..., lo:hi, lo:hi]
+    block.copy_(block.triu() + block.triu(1).mT)  # one term of each sum is an exact zero
+    return m
 
 
 def as_batch(maps: torch.Tensor) -> torch.Tensor:
@@ -138,6 +148,8 @@ def _mirror(gram: torch.Tensor) -> torch.Tensor:
     edges = _row_blocks(gram.shape[-1])
     for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
         out[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        _upper_to_lower_(out, lo, hi)
     return out
 
 
@@ -147,6 +159,8 @@ def _symmetrise_(gram: torch.Tensor) -> torch.Tensor:
     edges = _row_blocks(gram.shape[-1])
     for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
         gram[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        _upper_to_lower_(gram, lo, hi)
     return gram
 
 

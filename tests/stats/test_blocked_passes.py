@@ -83,3 +83,22 @@ def test_blocking_does_not_change_the_statistics(monkeypatch):
     blocked = fold()
     for name in ("gram", "cross", "group_gram", "group_cross", "sums", "pair_sums", "min", "max", "nonzero", "shift"):
         assert torch.equal(getattr(whole, name), getattr(blocked, name)), name
+
+
+@pytest.mark.parametrize("channels", [5, 300, 600])
+def test_moved_and_mirrored_grams_are_exactly_symmetric(channels):
+    """A shifted Gram matrix rounds (i, j) and (j, i) in different orders and a BLAS product x xᵀ may too: the
+    kernels mirror the upper triangle, so the matrices the scores read are symmetric bit for bit, and equal to
+    the float64 numpy values."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(channels, 37, generator=g, dtype=torch.float64)
+    gram = x @ x.T
+    gram = gram + torch.randn(channels, channels, generator=g, dtype=torch.float64) * 1e-9  # not symmetric
+    sums, delta = torch.randn(channels, generator=g, dtype=torch.float64), torch.randn(channels, generator=g,
+                                                                                      dtype=torch.float64)
+    moved = kernel._reshift_gram(gram, sums, 37.0, delta)
+    assert torch.equal(moved, moved.T)
+    up = np.triu(gram.numpy() + np.outer(delta, sums) + np.outer(sums, delta) + 37.0 * np.outer(delta, delta))
+    np.testing.assert_allclose(np.triu(moved.numpy()), up, rtol=1e-12, atol=1e-9)
+    full = kernel._mirror(gram)
+    assert torch.equal(full, full.T) and torch.equal(full.triu(), gram.triu())
