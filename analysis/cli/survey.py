@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     result = survey(loaded, args.images, layers=args.layers, metric=args.metric, threshold=args.threshold,
                     batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
                     groups=args.groups, limit=args.limit, seed=args.seed, distributed=args.distributed,
-                    positions=args.positions, baseline=args.baseline, rank99=args.rank99,
+                    positions=args.positions, baseline=args.baseline, baseline_every=args.baseline_every,
+                    baseline_positions=None if args.baseline_positions == 0 else args.baseline_positions,
+                    baseline_bn_images=args.baseline_bn_images, rank99=args.rank99,
                     checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
     if result.meta.get("world_size", 1) > 1:
         import os
@@ -78,6 +80,13 @@ def register(sub: Any) -> None:
     p.add_argument("--baseline", choices=("untrained",),
                    help="also survey the architecture re-initialised, BN re-estimated on the images, and score "
                         "every layer's excess over it")
+    p.add_argument("--baseline-every", type=positive_int, default=2, metavar="N",
+                   help="survey the untrained network on every N-th image pair (default: %(default)s)")
+    p.add_argument("--baseline-positions", type=int, default=256, metavar="M",
+                   help="positions per image folded for the untrained network; 0 for all (default: %(default)s)")
+    p.add_argument("--baseline-bn-images", type=positive_int, default=16, metavar="N",
+                   help="images the untrained network's BatchNorm statistics are re-estimated on "
+                        "(default: %(default)s)")
     p.add_argument("--positions", type=positive_int,
                    help="fold this many random positions per image (an unbiased estimate; faster on large maps)")
     p.add_argument("--rank99", action="store_true", help="also compute rank99 (O(C³) per layer)")

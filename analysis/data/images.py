@@ -78,6 +78,11 @@ class ImageSource:
         return [item.name for item in self._items]
 
     @property
+    def origins(self) -> list[str]:
+        """Where each image comes from: its file path, ``sample:NAME`` or an array's description."""
+        return [item.source for item in self._items]
+
+    @property
     def photo_names(self) -> list[str]:
         """The photo each image comes from (a view's photo, else the image's own name): the unit that views
         of one photo share, e.g. for intervals that resample photos rather than views."""

@@ -193,4 +193,5 @@ class Redundancy(Result):
         head = (f"{self.layer or 'layer'}: {self.channels} channels ({len(self.dead)} dead, {len(self.constant)} "
                 f"constant, {len(self.sparse)} sparse), {self.images} images, {self.metric}, τ = {self.threshold:g}, "
                 f"suggested s = {self.suggested_ratio}")
-        return "\n".join([head, *(f"  {k:<20} {s}" for k, s in self.scores.items())])
+        return "\n".join([head, *(f"  {k:<20} {s}" for k, s in self.scores.items()),
+                          *(f"  note: {n}" for n in self.notes)])

@@ -189,7 +189,9 @@ def score_layer(grouped: GroupedStats, metric: str, threshold: float, level: flo
         notes.append("no null: it needs at least one pair of images of one size (images 2j and 2j + 1)")
     reps = msq_replicates(work, metric, valid, observed=(seen.msq, None if nulled is None else nulled.msq))
     if len(reps.replicates) < 2:
-        notes.append(f"no intervals: they need images in at least two image groups ({work.total_images} images, "
+        notes.append("no intervals and no sample-size correction (mean S² and the participation ratio are the raw "
+                     "estimates, biased by the noise floor ≈ 1/n_eff): both need images in at least two image "
+                     f"groups ({work.total_images} images, "
                      f"{len(work.filled_groups)} group(s) filled, groups={work.groups})")
     base_t = base_reps = None
     if baseline is not None:

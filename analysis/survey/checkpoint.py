@@ -18,7 +18,7 @@ from analysis.data.batches import Images
 from analysis.stats import GroupedStats
 
 FORMAT = "ghostmaps-survey-checkpoint"
-VERSION = 2  # 2: streaming accumulators (analysis.stats._live) instead of packed group vectors
+VERSION = 3  # 2: streaming accumulators (analysis.stats._live); 3: files by size and mtime, tensors whole
 
 __all__ = ["load_checkpoint", "model_fingerprint", "save_checkpoint", "source_fingerprint"]
 
@@ -31,14 +31,28 @@ def one_shot(images: Any) -> bool:
     return isinstance(images, Iterator)
 
 
+def _stamp(origin: str) -> Any:
+    """A file's size and modification time (a file rewritten since the checkpoint is another source); other
+    origins (samples, arrays) as they are."""
+    try:
+        st = os.stat(origin)
+    except (OSError, ValueError):
+        return origin
+    return (origin, st.st_size, st.st_mtime_ns)
+
+
 def source_fingerprint(images: Images, raw: Any) -> str:
-    """A hash saying which image source this is: the file names of image files; otherwise its kind, its length
-    and the values of its first image."""
+    """A hash saying which image source this is: image files by name, size and modification time; a tensor by
+    all its values; a Dataset or DataLoader (which would have to be read in full) by its kind, its length and
+    the values of its first image."""
     if one_shot(raw):
         raise GhostmapsError("checkpoint/resume needs an image source that can be read again from the start (files, "
                              "a tensor, a Dataset or DataLoader), not a one-shot iterator.")
     if images.kind == "source":
-        return digest("files", images.length, tuple(images.source.names))
+        return digest("files", images.length, tuple(images.source.names),
+                      tuple(_stamp(o) for o in images.source.origins))
+    if images.kind == "tensor":
+        return digest("tensor", images.length, images.source[0])
     _, first = images.first()
     return digest(images.kind, images.length, first)
 
@@ -64,6 +78,9 @@ def load_checkpoint(path: str | os.PathLike, identity: dict[str, Any]) -> dict[s
     settings; otherwise a ``GhostmapsError`` naming what differs."""
     path = Path(path)
     payload = read_payload(path, FORMAT, "survey checkpoint")
+    if payload.get("version") != VERSION:
+        raise GhostmapsError(f"the checkpoint {path} was written by another version of ghostmaps (format "
+                             f"{payload.get('version')!r}, this one reads {VERSION}); delete it and survey afresh.")
     saved = payload["identity"]
     for key in ("model", "layers", "source", "settings"):
         if saved.get(key) != identity.get(key):

@@ -202,7 +202,18 @@ class Survey(Result):
                 f"{int(round(100 * m.get('level', 0.95)))}% jackknife over {k} image groups"
                 + (f"; moments estimated from {m['positions']} positions per image" if m.get("positions") else "")
                 + "; ghost fraction: value (split halves), not an interval")
+        raw = [layer.name for layer in self if layer.redundancy.interval_groups < 2]
+        if raw:
+            head += (f"\nNOT corrected for sample size (no image groups: groups=1, a compact file or too few "
+                     f"images): mean S², the participation ratio and their baselines of {len(raw)} layer(s), e.g. "
+                     f"{raw[0]}; no intervals")
         base = any(layer.redundancy.scores["mean_sq_similarity"].untrained is not None for layer in self)
+        if base:
+            every, bpos = m.get("baseline_every", 1), m.get("baseline_positions")
+            nth = {1: "", 2: " 2nd", 3: " 3rd"}.get(every, f" {every}th")
+            head += (f"\nuntrained baseline: every{nth} image pair"
+                     + (f", moments estimated from {bpos} positions per image" if bpos else ", all positions")
+                     + f", BatchNorm re-estimated on {m.get('baseline_bn_images', '?')} images")
         cols = f"{'layer':<26} {'C':>5} {'dead':>4} {'sparse':>6}  {'mean S² [CI]':<24} {'Δ null [CI]':<26}"
         cols += f" {'Δ untrained [CI]':<26}" if base else ""
         lines = [head, cols + f" {'ghost frac (halves)':<22} {'s':>2}"]

@@ -101,10 +101,12 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
 def test_survey_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["survey", "--images", "samples:chelsea,china", "--layers", "features.1.conv.0.0",
-                 "features.2.conv.0.0", "--out", str(out), "--baseline", "untrained", "--no-progress"])
+                 "features.2.conv.0.0", "--out", str(out), "--baseline", "untrained", "--baseline-every", "1",
+                 "--baseline-positions", "0", "--baseline-bn-images", "2", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "features.2.conv.0.0" in printed and "written to" in printed
+    assert "untrained baseline: every image pair, all positions, BatchNorm re-estimated on 2 images" in printed
     rows = list(csv.DictReader((out / "survey.csv").open()))
     assert [r["layer"] for r in rows] == ["features.1.conv.0.0", "features.2.conv.0.0"]
     assert all(r["images"] == "2" for r in rows)
@@ -112,6 +114,7 @@ def test_survey_command_end_to_end(tmp_path, capsys):
     assert loaded.names == ["features.1.conv.0.0", "features.2.conv.0.0"] and loaded.meta["images"] == 2
     meta = json.loads((out / "survey.json").read_text())["meta"]
     assert meta["model"] == "mobilenet_v2" and meta["metric"] == "pearson" and meta["baseline"] == "untrained"
+    assert meta["baseline_every"] == 1 and meta["baseline_positions"] is None and meta["baseline_bn_images"] == 2
     assert all(r["metric"] == "pearson" and r["mean_sq_similarity_untrained"] != "" for r in rows)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "profile.png" in pngs and any(p.startswith("heatmap-") for p in pngs)

@@ -115,6 +115,12 @@ def test_results_are_plain_data_and_round_trip_through_a_file(tiny, tmp_path):
     np.testing.assert_allclose(compact["conv2"].similarity.matrix, result["conv2"].similarity.matrix)
     rescored = compact.rescore()["conv2"].redundancy
     assert rescored.scores["mean_sq_similarity"].low is None and any("no intervals" in n for n in rescored.notes)
+    # without groups the jackknife bias correction is gone too: the raw mean S² (noise floor included), said so
+    assert rescored.scores["mean_sq_similarity"].observed > result["conv2"].redundancy.scores[
+        "mean_sq_similarity"].observed
+    assert any("no sample-size correction" in n for n in rescored.notes) and "note: no intervals" in str(rescored)
+    assert "NOT corrected for sample size" in str(compact.rescore())
+    assert "NOT corrected" not in str(result)
     assert rescored.scores["groups"].baseline == result["conv2"].redundancy.scores["groups"].baseline
     light = Survey.load(result.save(tmp_path / "light.pt", stats=False))
     assert light.to_dict() == result.to_dict()

@@ -41,6 +41,25 @@ def test_untrained_copy_is_seeded_and_leaves_the_model_and_the_rng_alone():
     assert torch.equal(a.bn1.running_mean, torch.zeros(6)) and torch.equal(a.bn1.running_var, torch.ones(6))
 
 
+def test_untrained_copy_names_the_parameters_it_cannot_reset():
+    import warnings
+
+    from analysis.survey.baseline import PartlyTrainedWarning
+
+    class Scaled(Small):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.full((6,), 0.5))  # owned by a module without reset_parameters
+
+    model = Scaled().eval()
+    with pytest.warns(PartlyTrainedWarning, match="1 parameter.*: scale;"):
+        net = untrained_copy(model, seed=1)
+    assert torch.equal(net.scale, model.scale) and not torch.equal(net.conv1.weight, model.conv1.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every parameter of a plain network is re-initialised: no warning
+        untrained_copy(Small(), seed=1)
+
+
 def test_batchnorm_re_estimation_equals_a_hand_run_train_mode_pass():
     torch.manual_seed(0)
     net = untrained_copy(Small().eval(), seed=3)
@@ -95,6 +114,9 @@ def test_survey_folds_the_untrained_network_on_its_stated_subset():
         u = layer.redundancy.scores["mean_sq_similarity"].untrained
         assert u is not None and u.low <= u.excess <= u.high
     assert result.meta["baseline"] == "untrained" and result.meta["baseline_every"] == 2
+    # the printed table states the subset the baseline stands on
+    assert "untrained baseline: every 2nd image pair, all positions, BatchNorm re-estimated on 4 images" \
+        in str(result)
 
 
 def test_baseline_needs_a_source_it_can_read_twice():

@@ -90,5 +90,33 @@ def test_a_checkpoint_for_something_else_is_refused_naming_what(tmp_path):
         call = {**fast, "model": net, "images": images()[:8], **kwargs}
         with pytest.raises(GhostmapsError, match=f"another {what}"):
             survey(call.pop("model"), call.pop("images"), checkpoint=path, resume=True, **call)
+    changed = images()[:8].clone()
+    changed[7, 0, 0, 0] += 1.0  # a tensor that differs only in its last image is another source
+    with pytest.raises(GhostmapsError, match="another image source"):
+        survey(net, changed, checkpoint=path, resume=True, **fast)
     with pytest.raises(GhostmapsError, match="checkpoint=PATH"):
         survey(net, images()[:8], resume=True, **fast)
+    old = torch.load(path, weights_only=True)
+    old["version"] = 2
+    torch.save(old, path)
+    with pytest.raises(GhostmapsError, match="another version of ghostmaps"):
+        survey(net, images()[:8], checkpoint=path, resume=True, **fast)
+
+
+def test_image_files_rewritten_since_the_checkpoint_are_another_source(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = torch.Generator().manual_seed(4)
+    for k in range(4):
+        pixels = (torch.rand(12, 12, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"p{k}.png")
+    fast = {**SETTINGS, "baseline": None}
+    net, path = TinyNet().eval(), tmp_path / "run.ckpt"
+    survey(net, str(folder), checkpoint=path, **fast)
+    assert survey(net, str(folder), checkpoint=path, resume=True, **fast).meta["resumed_from"] == 4
+    pixels = (torch.rand(16, 16, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(folder / "p2.png")  # same name, new content
+    with pytest.raises(GhostmapsError, match="another image source"):
+        survey(net, str(folder), checkpoint=path, resume=True, **fast)
