@@ -57,7 +57,8 @@ class Population:
     def random(cls, channels: int, seed: int = 0, independent: bool = False, layout: bool = False,
                paired: bool = False, size: int = 8) -> Population:
         """A population of ``channels`` channels: correlated through 3 shared factors (half the channels
-        weakly), or ``independent`` ones; with a shared spatial layout and a paired second population."""
+        weakly), or ``independent`` ones; with a shared spatial layout and a paired second population
+        (independent channels too when ``independent``)."""
         rng = np.random.default_rng(seed)
         c = channels
         if independent:
@@ -68,9 +69,10 @@ class Population:
             within[c // 2:] *= 0.15
         lay = rng.normal(size=(c, 2)) * 0.4 if layout else None
         second = None
-        if paired:  # the same per-image factors seen through other, weaker loadings
-            second = cls(image=rng.normal(size=image.shape) * 0.3, within=np.diag(rng.uniform(0.6, 1.0, c)),
-                         noise=0.5, size=size)
+        if paired:  # the same per-image factors seen through other, weaker loadings (one per channel when
+            # the channels are independent: then the untrained stand-in's are too, and the true excess is 0)
+            loads = np.diag(rng.uniform(0.2, 0.5, c)) if independent else rng.normal(size=image.shape) * 0.3
+            second = cls(image=loads, within=np.diag(rng.uniform(0.6, 1.0, c)), noise=0.5, size=size)
         return cls(image=image, within=within, noise=0.5, layout=lay, size=size, paired=second)
 
     def _phi(self) -> np.ndarray:
