@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     table = reconstruction_table(fmap, args.pairs, ds=args.d, n_random=args.random, seed=args.seed, heldout=held,
                                  split=args.split, groups=None if held is not None else source.photo_names,
                                  metric=args.metric)
-    pairs = [(r["src"], r["dst"]) for r in table.records if r["kind"] == "pair" and r["d"] == table.ds[0]]
+    pairs = [(r["src"], r["dst"], r["sparse"]) for r in table.records if r["kind"] == "pair" and r["d"] == table.ds[0]]
     print(f"{info.name} ({info.weights}) · {layer} · {tuple(fmap.shape)} maps of {x.shape[0]} images")
     print(f"Table 1 protocol, held out: relative error of making map j from map i with a d x d depthwise op; "
           f"pairs = the {len(pairs)} most {args.metric}-similar exclusive pairs on the fit images")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         doc = {"model": info.to_dict(), "layer": layer, "shape": list(fmap.shape), "images": int(x.shape[0]),
                "heldout_images": None if held is None else int(held.shape[0]), "metric": args.metric,
-               "pairs": [{"i": i, "j": j} for i, j in pairs], "table": table.to_dict()}
+               "pairs": [{"i": i, "j": j, "sparse": sparse} for i, j, sparse in pairs], "table": table.to_dict()}
         print(f"wrote {atomic_write(out / 'table1.json', json.dumps(doc, indent=2) + chr(10))}")
         table.to_csv(out / "table1.csv")
         print(f"wrote {out / 'table1.csv'}")

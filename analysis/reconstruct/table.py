@@ -15,11 +15,12 @@ from analysis._core.errors import GhostmapsError
 from analysis._core.results import Result, number, plain
 from analysis._core.validation import check_count, check_odd_size
 from analysis.measure.pairs import ghost_pairs
-from analysis.measure.similarity import channel_similarity
+from analysis.measure.similarity import SPARSE_APOZ, channel_similarity
 from analysis.reconstruct.cheap_ops import CheapOpFits, fit_cheap_op
 from analysis.reconstruct.heldout import DEFAULT_SPLIT, Split, split_maps
 from analysis.reconstruct.lstsq import DEFAULT_RIDGE, _check_ridge, _layer_maps
 from analysis.reconstruct.similarity import reconstructability
+from analysis.stats import DEFAULT_TOL
 from analysis.stats.intervals import mean_interval, ratio_interval
 
 if TYPE_CHECKING:
@@ -63,8 +64,10 @@ class ReconstructionTable(Result):
     (pair, d): ``kind`` ('pair' or 'random'), ``src``, ``dst``, ``d``, ``rel_error`` (held out: SSE / centred
     SS of dst, the primary number) with ``rel_error_low``/``rel_error_high`` (jackknife over held-out images for
     a pair, t over the random pairs for the baseline), ``rel_error_fit`` (in-sample, optimistic), ``r2``
-    (1 - rel_error), ``mse_raw`` (held out, in the layer's units: see ``MSE_NOTE``) and ``n`` (pairs averaged).
-    ``split``: the images' split; ``pairs_from``: how the pairs were chosen."""
+    (1 - rel_error), ``mse_raw`` (held out, in the layer's units: see ``MSE_NOTE``), ``n`` (pairs averaged) and
+    ``sparse`` (a channel of the pair is zero on ≥ 80 % of the fit images' positions, APoZ: its similarity and
+    fit rest on few positions; None for the random row). ``split``: the images' split; ``pairs_from``: how the
+    pairs were chosen."""
 
     records: list[dict[str, Any]]
     ds: tuple[int, ...]
@@ -74,11 +77,11 @@ class ReconstructionTable(Result):
     pairs_from: str
 
     _COLUMNS = ("kind", "src", "dst", "d", "rel_error", "rel_error_low", "rel_error_high", "rel_error_fit", "r2",
-                "mse_raw", "n")
+                "mse_raw", "n", "sparse")
     _FLOATS = ("rel_error", "rel_error_low", "rel_error_high", "rel_error_fit", "r2", "mse_raw")
 
     def rows(self) -> list[dict[str, Any]]:
-        return [plain({k: r[k] for k in self._COLUMNS}) for r in self.records]
+        return [plain({k: r.get(k) for k in self._COLUMNS}) for r in self.records]
 
     def to_dict(self) -> dict[str, Any]:
         return {"ds": list(self.ds), "n_random": self.n_random, "seed": self.seed, "split": self.split.to_dict(),
@@ -102,11 +105,16 @@ class ReconstructionTable(Result):
         lines = [f"relative error, {self.split}; pairs {self.pairs_from}", " ".join(head)]
         for key in keys:
             name = f"{key[1]} -> {key[2]}" if key[0] == "pair" else f"random (n={self.n_random})"
+            if (cell.get(key + (self.ds[0],)) or {}).get("sparse"):
+                name += " *"
             vals = []
             for d in self.ds:
                 r = cell.get(key + (d,))
                 vals.append((f"{r['rel_error']:.3f} ({r['rel_error_fit']:.3f})" if r else "-").rjust(26))
             lines.append(" ".join([name.ljust(16)] + vals))
+        if any(r.get("sparse") for r in self.records):
+            lines.append(f"* sparse: a channel zero on >= {SPARSE_APOZ:.0%} of the fit positions (APoZ); its "
+                         "similarity and fit rest on the few positions where it is not")
         lines.append(f"({MSE_NOTE})")
         return "\n".join(lines)
 
@@ -187,13 +195,15 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
         for _ in range(int(n_random)):
             i, j = rng.choice(pool, size=2, replace=False)
             rand.append((int(i), int(j)))
+    apoz = (fit_x.abs() <= DEFAULT_TOL).double().mean(dim=(0, 2, 3)).cpu().numpy()
     rows: list[dict[str, Any]] = []
     for d in ds_t:
         if not plist and not rand:
             continue
         res = _heldout_rows(fit_x, eval_x, plist + rand, d, ridge)
         for (i, j), r in zip(plist, res, strict=False):
-            rows.append({"kind": "pair", "src": i, "dst": j, "d": d, **r, "n": 1})
+            rows.append({"kind": "pair", "src": i, "dst": j, "d": d, **r, "n": 1,
+                         "sparse": bool(max(apoz[i], apoz[j]) >= SPARSE_APOZ)})
         if rand:
             rest = res[len(plist):]
             est = mean_interval([r["rel_error"] for r in rest])

@@ -29,6 +29,7 @@ def test_fit_end_to_end(tmp_path, capsys):
     assert len(rows) == 2 * 3  # (2 pairs + baseline) x 2 kernel sizes
     pairs = {(r["src"], r["dst"]) for r in rows if r["kind"] == "pair"}
     assert pairs == {(p["i"], p["j"]) for p in doc["pairs"]}
+    assert all(isinstance(p["sparse"], bool) for p in doc["pairs"])
     for p in pairs:  # a 3x3 kernel contains the 1x1 one: in-sample the error can only drop
         e = {r["d"]: r["rel_error_fit"] for r in rows if (r["src"], r["dst"]) == p}
         assert e[3] <= e[1] + 1e-9

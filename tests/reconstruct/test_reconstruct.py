@@ -315,6 +315,23 @@ def test_held_out_d_curve_prefers_d3_on_small_noisy_maps():
     assert r7["rel_error"] > r3["rel_error"]
 
 
+def test_reconstruction_table_flags_sparse_pairs():
+    """A pair with a channel zero on most positions (APoZ ≥ 0.8, counted by hand on the fit images) is flagged
+    in the rows and marked in the printed table; a dense pair is not."""
+    x = smooth_maps((12, 4, 8, 8), seed=5).float()
+    x[:, 2] = torch.where(x[:, 2] > x[:, 2].quantile(0.9), x[:, 2], torch.zeros(()))  # ~90 % zeros
+    t = reconstruction_table(x, [(0, 1), (2, 3)], ds=(3,), n_random=2, seed=0)
+    rows = {(r["src"], r["dst"]): r for r in t.rows() if r["kind"] == "pair"}
+    fit = x[[i for i in range(12) if i not in t.split.eval_index]]
+    apoz = (fit.abs() <= 1e-6).double().mean(dim=(0, 2, 3))
+    assert apoz[2] >= 0.8 > max(apoz[0], apoz[1], apoz[3])
+    assert rows[(2, 3)]["sparse"] is True and rows[(0, 1)]["sparse"] is False
+    assert [r["sparse"] for r in t.rows() if r["kind"] == "random"] == [None]
+    text = str(t)
+    assert "2 -> 3 *" in text and "0 -> 1 *" not in text and "* sparse" in text
+    assert type(t).from_dict(t.to_dict()).rows() == t.rows()
+
+
 def test_reconstruction_table_bad_input():
     x = torch.randn(2, 4, 6, 6)
     with pytest.raises(ValueError, match="maps a channel to itself"):
