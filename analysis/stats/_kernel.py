@@ -50,8 +50,9 @@ def _reshift_gram(gram: torch.Tensor, sums: torch.Tensor, count: float, delta: t
     with δ = k − k′: G + δ sᵀ + s δᵀ + n δ δᵀ (exact in float64; k′ = 0 gives the raw Σ x xᵀ)."""
     # δ sᵀ + s δᵀ + n δ δᵀ = δ wᵀ + w δᵀ with w = s + (n/2) δ: two rank-one updates, no C×C temporaries
     w = sums + (count / 2) * delta
-    # (G + δwᵀ) + wδᵀ rounds entry (i, j) and (j, i) in different orders: mirror to keep it exactly symmetric
-    return _upper_to_lower_(torch.addr(gram, delta, w).addr_(w, delta))
+    # (i, j) and (j, i) are rounded in different orders: symmetric to rounding, not bit for bit (``_mirror``
+    # and ``_upper_to_lower_`` make the matrices that are read exactly symmetric)
+    return torch.addr(gram, delta, w).addr_(w, delta)
 
 
 def _upper_to_lower_(m: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ from analysis.stats._kernel import (
     DEFAULT_TOL,
     _reshift_gram,
     _symmetrise_,
+    _upper_to_lower_,
     add_moments,
     as_batch,
     prepare_batch,
@@ -116,7 +117,7 @@ class LayerStats:
         shift = shift.to(device=self.device, dtype=torch.float64)
         delta = self.shift - shift
         s = self.sums
-        gram = _reshift_gram(self.gram, s, self.count, delta)
+        gram = _upper_to_lower_(_reshift_gram(self.gram, s, self.count, delta))  # exactly symmetric
         return LayerStats(self.tol, self.channels, self.count, self.images, shift.clone(), gram,
                           s + self.count * delta, self.nonzero.clone(), self.min.clone(), self.max.clone(),
                           self.device)

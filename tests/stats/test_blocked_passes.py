@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analysis import GhostmapsError
-from analysis.stats import GroupedStats
+from analysis.stats import GroupedStats, LayerStats
 from analysis.stats import _kernel as kernel
 from analysis.stats._fold import StreamFold
 
@@ -88,17 +88,22 @@ def test_blocking_does_not_change_the_statistics(monkeypatch):
 @pytest.mark.parametrize("channels", [5, 300, 600])
 def test_moved_and_mirrored_grams_are_exactly_symmetric(channels):
     """A shifted Gram matrix rounds (i, j) and (j, i) in different orders and a BLAS product x xᵀ may too: the
-    kernels mirror the upper triangle, so the matrices the scores read are symmetric bit for bit, and equal to
-    the float64 numpy values."""
+    kernels mirror the upper triangle (``_mirror`` for what the scores read, ``LayerStats`` on every update and
+    shift), so those matrices are symmetric bit for bit, and equal to the float64 numpy values."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(channels, 37, generator=g, dtype=torch.float64)
     gram = x @ x.T
-    gram = gram + torch.randn(channels, channels, generator=g, dtype=torch.float64) * 1e-9  # not symmetric
+    gram = (gram + gram.T) / 2  # exactly symmetric, as the kernels keep it
     sums, delta = torch.randn(channels, generator=g, dtype=torch.float64), torch.randn(channels, generator=g,
                                                                                       dtype=torch.float64)
-    moved = kernel._reshift_gram(gram, sums, 37.0, delta)
+    moved = kernel._mirror(kernel._reshift_gram(gram, sums, 37.0, delta))
     assert torch.equal(moved, moved.T)
     up = np.triu(gram.numpy() + np.outer(delta, sums) + np.outer(sums, delta) + 37.0 * np.outer(delta, delta))
     np.testing.assert_allclose(np.triu(moved.numpy()), up, rtol=1e-12, atol=1e-9)
-    full = kernel._mirror(gram)
-    assert torch.equal(full, full.T) and torch.equal(full.triu(), gram.triu())
+    rough = gram + torch.randn(channels, channels, generator=g, dtype=torch.float64) * 1e-9  # not symmetric
+    full = kernel._mirror(rough)
+    assert torch.equal(full, full.T) and torch.equal(full.triu(), rough.triu())
+    layer = LayerStats().update(torch.randn(3, channels, 4, 5, generator=g, dtype=torch.float64))
+    layer.update(torch.randn(2, channels, 4, 5, generator=g, dtype=torch.float64) + 3.0)
+    for m in (layer.gram, layer.with_shift(torch.randn(channels, generator=g, dtype=torch.float64)).gram):
+        assert torch.equal(m, m.T)
