@@ -166,6 +166,10 @@ def headline(survey: Any) -> tuple[str, str]:
             return layer.name, (f"{layer.name}: mean squared similarity {value:+.4f} above {what}, its "
                                 f"{int(100 * layer.redundancy.level)}% interval above 0 (largest such excess)")
     top = ranked[0]
+    if excess(top)[1] is None:
+        return top.name, (f"no interval to judge by (no image groups: groups=1, a compact file or too few "
+                          f"images); the largest excess of the mean squared similarity over {what} is {top.name} "
+                          f"({excess(top)[0]:+.4f}), not shown to be significant")
     return top.name, (f"no layer's mean squared similarity is significantly above {what}; the largest excess is "
                       f"{top.name} ({excess(top)[0]:+.4f}), its interval includes 0")
 

@@ -6,8 +6,8 @@ One batch of N images, X of shape N×C×P (P = H·W positions per image, raw val
 
 * refuse it (``GhostmapsError``) if any value is NaN or ±inf, *before* anything is computed from it, so a
   refused batch leaves the caller's statistics exactly as they were;
-* per channel: min and max (float64), #{|x| > tol} (``nonzero``), and, when asked, Σ_n X[n] (C×P, the
-  per-position sums of the cross-image baseline);
+* per channel: min and max (float64) and #{|x| > tol} (``nonzero``) (the noise-matched null's pair products
+  are the fold's own, ``analysis.stats._fold``);
 * the shift k: the one given (the statistics' own), or for the first batch its channel means rounded to the
   working precision (``_representable_shift``);
 * Y = X − k in the working precision (float32, or float64 for float64 maps; in place for an owned copy), then

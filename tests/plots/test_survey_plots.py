@@ -251,3 +251,6 @@ def test_headline_is_the_largest_excess_over_the_untrained_network_with_its_inte
     s.layers.pop("a")
     name, sentence = headline(s)
     assert name == "b" and "includes 0" in sentence
+    s = Survey({"d": layer("d", 0.04, None, 0.3)})  # no interval at all (groups=1): said so, not "includes 0"
+    name, sentence = headline(s)
+    assert name == "d" and "no interval to judge by" in sentence and "includes 0" not in sentence
