@@ -30,11 +30,20 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_views is not None and args.verify_images is None:
         raise GhostmapsError("--eval-views draws views of the --eval photos; add --eval IMAGES (e.g. --eval "
                              "samples:evaluation) or leave --eval-views out")
+    same = args.verify_images is None
+    if same and not args.eval_on_calibration and not args.plan:
+        raise GhostmapsError("the report needs evaluation images the replacement was not fitted on: add --eval "
+                             "IMAGES (e.g. --eval samples:evaluation beside --images samples:calibration), or "
+                             "--eval-on-calibration to verify on the calibration images themselves (optimistic, "
+                             "and said so in the report)")
+    if not same and args.eval_on_calibration:
+        raise GhostmapsError("--eval-on-calibration verifies on the calibration images: leave out --eval, or it")
     model, preprocess, info = load_for_cli(args)
     source = _calib_source(args, preprocess)  # an ImageSource: whole photos held out, intervals over photos
-    same = args.verify_images is None
     check = source if same else _eval_images(args, preprocess, source)
-    plan = _plan(args, model, preprocess, None if same else check, source)
+    # the plan's sensitivities come from a seeded half of the calibration photos, never from --eval: the
+    # evaluation images then choose nothing, and the report on them is not biased by the choice
+    plan = _plan(args, model, preprocess, source)
     if plan is not None and args.plan:
         return 0
     new, result = ghostify(model, layers=args.layers if plan is None else None,
@@ -46,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
     new, recovered = _recover(args, model, new, source)
-    note = ("verified on the calibration images (pass --eval for held-out ones)" if same
-            else "verified on held-out images")
+    note = ("verified on the calibration images, as asked (--eval-on-calibration): optimistic; pass --eval for "
+            "held-out ones" if same else "verified on held-out images (they chose nothing: neither the fits nor "
+            "the plan saw them)")
     report = verify_replacement(model, new, check, calibration=source,
                                 allow_calibration=same, transform=preprocess, latency_repeats=args.latency_runs,
                                 note=note)
@@ -173,8 +183,10 @@ def _eval_images(args: argparse.Namespace, preprocess: Any, calib: Any) -> Any:
     return images
 
 
-def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any, calib: Any) -> Any:
-    """The plan under ``--budget-macs``/``--budget-params`` (None without a budget), printed and written."""
+def _plan(args: argparse.Namespace, model: Any, preprocess: Any, calib: Any) -> Any:
+    """The plan under ``--budget-macs``/``--budget-params`` (None without a budget), printed and written; its
+    sensitivities are measured on a seeded half of the calibration photos (``plan_replacement`` without
+    ``eval_images``), so the evaluation images choose nothing."""
     from analysis.convert.plan import choose_plan, plan_replacement
     from analysis.plots import plan_tradeoff, save_figure
 
@@ -182,21 +194,18 @@ def _plan(args: argparse.Namespace, model: Any, preprocess: Any, held: Any, cali
         if args.plan:
             raise GhostmapsError("--plan needs a budget: add --budget-macs 0.7 (or --budget-params)")
         return None
-    if isinstance(held, str):  # a labelled folder: the plan needs only its images
-        from analysis.data.images import load_images
-
-        held = load_images(held, transform=preprocess, limit=args.limit)
     plan = plan_replacement(model, calib, macs=args.budget_macs,
-                            params=args.budget_params, ratios=args.plan_ratios, layers=args.layers, eval_images=held,
+                            params=args.budget_params, ratios=args.plan_ratios, layers=args.layers, eval_images=None,
                             dw_size=args.d, preprocess=preprocess, min_channels=args.min_channels)
     print(plan)
     if not plan.ratios and not args.plan:
         raise GhostmapsError("the budget is met without replacing any conv; lower --budget-macs/--budget-params")
     out = Path(args.out)
     frontier = []
+    key = "macs" if args.budget_macs is not None else "params"  # the frontier along the budget that was set
     for b in (0.95, 0.9, 0.8, 0.7, 0.6, 0.5):
         try:
-            frontier.append(choose_plan(plan, macs=b))
+            frontier.append(choose_plan(plan, **{key: b}))
         except GhostmapsError:
             break
     written = [atomic_write(out / "plan.json", plan.to_json() + "\n")]
@@ -240,8 +249,11 @@ def register(sub: Any) -> None:
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
     add_image_args(p, "calibration images")
     p.add_argument("--eval", "--verify-images", dest="verify_images", nargs="+",
-                   help="held-out evaluation images for the plan and the report; a folder of class folders (named "
-                        "by class index) gives labelled accuracy too (default: the calibration images)")
+                   help="held-out evaluation images for the report (the plan never sees them); a folder of class "
+                        "folders (named by class index) gives labelled accuracy too. Required unless "
+                        "--eval-on-calibration")
+    p.add_argument("--eval-on-calibration", action="store_true",
+                   help="verify on the calibration images themselves (optimistic; refused unless asked for)")
     p.add_argument("--views", type=positive_int, metavar="N",
                    help="calibrate on N seeded random views in all (random resized crops and flips, seed 0), "
                         "spread over the calibration photos in turn, instead of each photo once; whole photos are "

@@ -166,4 +166,5 @@ def evaluation_set(images: Any, transform: Callable | None = None, labels: Any =
         has = all(b.labels is not None for b in parts)
         y = torch.cat([b.labels for b in parts]) if has else None
         return EvaluationSet(as_images(x, labels=y), x, f"{type(images).__name__} ({x.shape[0]} images)", has)
-    return EvaluationSet(adapted, images, type(images).__name__, False)
+    first = next(iter(adapted.batches(1)), None)  # a Dataset or DataLoader: labelled when its first item is
+    return EvaluationSet(adapted, images, type(images).__name__, first is not None and first.labels is not None)

@@ -85,7 +85,7 @@ def test_figure1_random_and_with_a_weights_file(tmp_path, small_weights):
 def test_ghostify_a_timm_model(tmp_path, capsys):
     out = tmp_path / "ghostified"
     assert main(["ghostify", "-m", "timm:resnet18", "-w", "none", "--image-size", "64", "--limit", "2",
-                 "--layers", "layer1.0.conv1", "--latency-runs", "0", "-o", str(out)]) == 0
+                 "--layers", "layer1.0.conv1", "--latency-runs", "0", "--eval-on-calibration", "-o", str(out)]) == 0
     meta = json.loads((out / "ghostify.json").read_text())
     assert meta["model"]["name"] == "timm:resnet18" and list(meta["result"]["spec"]["layers"]) == ["layer1.0.conv1"]
     from analysis import load_ghostified

@@ -58,7 +58,8 @@ def test_fit_default_layer_prints_table(capsys):
     (["ghostify", "--images", "/no/such/folder"], ["/no/such/folder"]),
 ])
 def test_bad_input_exits_2(argv, words, tmp_path, capsys):
-    assert main([*argv, *SMALL, *(["--out", str(tmp_path)] if argv[0] == "ghostify" else [])]) == 2
+    extra = ["--out", str(tmp_path), "--eval-on-calibration"] if argv[0] == "ghostify" else []
+    assert main([*argv, *SMALL, *extra]) == 2
     err = capsys.readouterr().err
     for w in words:
         assert w in err
@@ -67,7 +68,7 @@ def test_bad_input_exits_2(argv, words, tmp_path, capsys):
 def test_ghostify_end_to_end(tmp_path, capsys):
     out = tmp_path / "g"
     rc = main(["ghostify", "--layers", "features.1[67].conv.2", "--ratio", "2", "--latency-runs", "1",
-               *SMALL, "--out", str(out)])
+               *SMALL, "--eval-on-calibration", "--out", str(out)])
     assert rc == 0
     assert "top-1 agreement" in capsys.readouterr().out
     for name in ("model_state.pt", "ghostify.json", "verification.json", "verification.csv", "verification.png"):
@@ -128,7 +129,19 @@ def test_zero_counts_are_accepted():
 def test_a_ghostify_error_is_a_clean_exit_2(capsys, tmp_path):
     """GhostifyError is a GhostmapsError: main reports it (exit 2, no traceback) without a re-wrap."""
     code = main(["ghostify", "--weights", "none", "--images", "samples:chelsea", "--image-size", "32",
-                 "--layers", "nothing*", "--out", str(tmp_path / "out")])
+                 "--layers", "nothing*", "--eval-on-calibration", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "ghostmaps ghostify: error: layer pattern 'nothing*' matches no module" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_verifying_on_the_calibration_images_is_refused_unless_asked(capsys, tmp_path):
+    argv = ["ghostify", "--weights", "none", "--images", "samples:chelsea", "--image-size", "32", "--layers",
+            "features.1[67].conv.2", "--latency-runs", "0"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "add --eval IMAGES" in err and "--eval-on-calibration" in err and not (tmp_path / "a").exists()
+    assert main([*argv, "--eval", "samples:china", "--eval-on-calibration", "--out", str(tmp_path / "b")]) == 2
+    assert main([*argv, "--eval-on-calibration", "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "verification.json").read_text())
+    assert "as asked (--eval-on-calibration): optimistic" in report["note"]

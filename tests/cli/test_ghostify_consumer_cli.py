@@ -43,13 +43,13 @@ def test_consumer_refit_is_written_and_the_saved_model_has_it(tmp_path, capsys):
 
 def test_consumer_refit_with_the_independent_mode_exits_2(tmp_path, capsys):
     assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent",
-                 "--consumer-refit", "--out", str(tmp_path / "x")]) == 2
+                 "--consumer-refit", "--eval-on-calibration", "--out", str(tmp_path / "x")]) == 2
     assert "consumer_refit=True needs init='fit' and mode='sequential'" in capsys.readouterr().err
 
 
 def test_views_without_eval_are_verified_over_their_photos_and_eval_views_need_eval(tmp_path, capsys):
-    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "12", "--out",
-                 str(tmp_path / "v")]) == 0
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "12", "--eval-on-calibration",
+                 "--out", str(tmp_path / "v")]) == 0
     printed = capsys.readouterr().out
     assert "verification on 12 images (6 photos)" in printed  # not 12 "photos": views of one photo share it
     assert "verified on the calibration images" in printed

@@ -206,3 +206,13 @@ def test_labels_come_along_where_the_source_has_them():
         as_images(x, labels=y[:3])
     with pytest.raises(GhostmapsError, match="labels= goes with an image tensor"):
         as_images([x[0]], labels=y[:1])
+
+
+def test_evaluation_set_says_whether_a_dataset_or_loader_is_labelled():
+    from analysis.data.labelled import evaluation_set
+
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    pairs = torch.utils.data.TensorDataset(x, y)
+    plain = [x[i] for i in range(4)]  # a list of image tensors: no labels
+    assert evaluation_set(pairs).labelled and evaluation_set(torch.utils.data.DataLoader(pairs, batch_size=2)).labelled
+    assert not evaluation_set(plain).labelled
