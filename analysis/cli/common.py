@@ -83,8 +83,8 @@ def images_batch(source: list[str], preprocess: Any, limit: int | None, name: st
     return as_images(source, preprocess, limit=limit, name=name).tensor()
 
 
-def add_image_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--images", "-i", nargs="+", default=["samples"],
+def add_image_args(p: argparse.ArgumentParser, what: str, default: str = "samples") -> None:
+    p.add_argument("--images", "-i", nargs="+", default=[default],
                    help=f"{what}: files, folders, globs or 'samples' (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="use at most this many images (the first ones; with views, "
                                                        "this many photos, before the views are drawn)")

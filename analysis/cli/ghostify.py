@@ -247,7 +247,7 @@ def register(sub: Any) -> None:
     _add_recover_args(p)
     p.add_argument("--min-channels", type=non_negative_int, default=16,
                    help="default layer choice: convs with at least this many outputs (default: %(default)s)")
-    add_image_args(p, "calibration images")
+    add_image_args(p, "calibration images", default="samples:calibration")  # disjoint from samples:evaluation
     p.add_argument("--eval", "--verify-images", dest="verify_images", nargs="+",
                    help="held-out evaluation images for the report (the plan never sees them); a folder of class "
                         "folders (named by class index) gives labelled accuracy too. Required unless "

@@ -85,7 +85,7 @@ def test_ghostify_end_to_end(tmp_path, capsys):
 
     rebuilt = load_ghostified(out)
     model = load_model("mobilenet_v2").model
-    src = load_images("samples", transform=default_preprocess(73, 64), limit=3)
+    src = load_images("samples:calibration", transform=default_preprocess(73, 64), limit=3)  # the default
     x = torch.cat([b for _, b in src.batches()])
     # the CLI passes the photos on (whole photos held out), as an ImageSource does in Python
     direct, res = ghostify(model, layers="features.1[67].conv.2", init="fit", calibration_images=src)
