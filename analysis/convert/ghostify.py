@@ -179,6 +179,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             entry = ReplacedLayer.blank(n, modules[n], rep.module, per[n], dw_size)
             entry.intrinsic, entry.fit_error = rep.intrinsic, rep.heldout_error
             entry.ghost_error, entry.start_error = rep.ghost_error, rep.start_error
+            entry.ghost_error_max = rep.ghost_error_max
             result.replaced.append(entry)
             result.configs[n] = rep.module.config()
     if reestimate_bn and images.shape[0] >= 2:

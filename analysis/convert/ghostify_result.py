@@ -35,7 +35,8 @@ class ReplacedLayer(Record):
     ``fit_error``: with the sequential fit (the default), the pooled relative error of *all* channels on the
     held-out calibration images, in post-BN units where a BN follows, with the layer's inputs taken from the
     network converted up to it (sum_j w_j SSE_j / sum_j w_j SS_j); ``ghost_error``: the same over the ghost
-    channels only; ``start_error``: ``fit_error`` before the refit (original intrinsic filters, cheap ops fitted
+    channels only (``ghost_error_max``: the worst ghost channel's own SSE_j / SS_j); ``start_error``:
+    ``fit_error`` before the refit (original intrinsic filters, cheap ops fitted
     on the original maps). With ``mode="independent"``: the ghost channels' relative error of the closed-form
     fit on the calibration images (the intrinsic channels are exact); ``calibrated_error``: all channels after
     calibration (None when not calibrated). In ``rows()`` the kernel size is ``"3×3"`` and ``intrinsic`` the
@@ -55,10 +56,11 @@ class ReplacedLayer(Record):
     calibrated_error: float | None = None
     ghost_error: float | None = None
     start_error: float | None = None
+    ghost_error_max: float | None = None
 
     _COLUMNS = ("name", "in_channels", "out_channels", "kernel_size", "ratio", "dw_size", "init_channels",
                 "params_before", "params_after", "intrinsic", "fit_error", "calibrated_error", "ghost_error",
-                "start_error")
+                "start_error", "ghost_error_max")
 
     @classmethod
     def blank(cls, name: str, conv: Any, ghost: Any, ratio: int, dw_size: int) -> ReplacedLayer:
@@ -214,7 +216,7 @@ class GhostifyResult(Result):
             err = "" if r.fit_error is None else f"  fit error {r.fit_error:.4f}"
             if r.start_error is not None:
                 err = (f"  held-out error {r.start_error:.4f} -> {_num(r.fit_error)} refitted (ghosts "
-                       f"{_num(r.ghost_error)})")
+                       f"{_num(r.ghost_error)}, worst ghost {_num(r.ghost_error_max)})")
             if r.calibrated_error is not None:
                 err += f" -> {r.calibrated_error:.4f} calibrated"
             lines.append(f"  {r.name}: {r.in_channels}->{r.out_channels}, s {r.ratio}, intrinsic {r.init_channels}, "

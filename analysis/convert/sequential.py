@@ -91,8 +91,9 @@ class SequentialSettings:
 class LayerReport:
     """One layer's sequential fit: its module and, on the held-out calibration images (post-BN units where a
     BN follows, inputs from the converted network), the pooled relative error of all channels
-    (``heldout_error``), of the ghosts (``ghost_error``) and, before the refit, of the original intrinsic
-    filters with the cheap ops fitted on the original maps (``start_error``)."""
+    (``heldout_error``), of the ghosts (``ghost_error``; ``ghost_error_max`` the worst ghost channel's) and,
+    before the refit, of the original intrinsic filters with the cheap ops fitted on the original maps
+    (``start_error``)."""
 
     module: GhostConv
     intrinsic: list[int]
@@ -101,6 +102,7 @@ class LayerReport:
     start_error: float | None
     n_fit: int
     n_heldout: int
+    ghost_error_max: float | None = None
 
 
 class _Targets:
@@ -173,14 +175,19 @@ def _pooled(err: torch.Tensor, ss: torch.Tensor, idx: Sequence[int], w: torch.Te
     return float((w[i] * err[i]).sum()) / den if den > 0 else None
 
 
-def _errors(fit: GhostFit, v: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[float | None, float | None]:
-    """Pooled post-BN relative error of all channels and of the ghosts on positions ``v``/``y``."""
+def _errors(fit: GhostFit, v: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+            ) -> tuple[float | None, float | None, float | None]:
+    """Pooled post-BN relative error of all channels and of the ghosts on positions ``v``/``y``, and the worst
+    ghost channel's own relative error (SSE_j / SS_j: the post-BN weight cancels)."""
     if v.shape[0] < 2:
-        return None, None
+        return None, None, None
     y = y.double()
     err = ((fit.predict(v, y.shape[1]) - y) ** 2).sum(0)
     ss = ((y - y.mean(0)) ** 2).sum(0)
-    return _pooled(err, ss, range(y.shape[1]), w), _pooled(err, ss, fit.ghosts, w)
+    ghosts = torch.as_tensor(list(fit.ghosts), dtype=torch.long)
+    live = ghosts[ss[ghosts] > 0]
+    worst = float((err[live] / ss[live]).max()) if len(live) else None
+    return _pooled(err, ss, range(y.shape[1]), w), _pooled(err, ss, fit.ghosts, w), worst
 
 
 def _start(conv: nn.Conv2d, maps: torch.Tensor, bn: nn.Module | None, ratio: int, d: int,
@@ -321,10 +328,10 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
                 start += b
             vh, yh = torch.cat(v_ho), torch.cat(y_ho)
             vf, yf = (torch.cat(v_fit), torch.cat(y_fit)) if mo is None else (None, None)
-            start_err, _ = _errors(fit, vh, yh, weights)
+            start_err, _, _ = _errors(fit, vh, yh, weights)
             begin = copy.deepcopy(fit) if st.refit_all and n_ho else None
             _alternate(fit, mo, vf, yf, weights, st)
-            err, ghost_err = _errors(fit, vh, yh, weights)
+            err, ghost_err, ghost_max = _errors(fit, vh, yh, weights)
             if begin is not None:  # measured: now the same fit from the same start on every calibration image
                 fit = begin
                 if mo is None:
@@ -345,6 +352,7 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
             ghost = _module(conv, fit, module_order, s_layer, d)
             ghost.train(conv.training)
             stepper.replace(name, ghost)
-            reports[name] = LayerReport(ghost, fit.intrinsic, err, ghost_err, start_err, int(n - n_ho), int(n_ho))
+            reports[name] = LayerReport(ghost, fit.intrinsic, err, ghost_err, start_err, int(n - n_ho), int(n_ho),
+                                        ghost_max)
             del mo, v_ho, y_ho, vh, yh, vf, yf
     return reports, refitted

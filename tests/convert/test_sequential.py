@@ -172,6 +172,27 @@ def test_planted_ghosts_are_recovered_sequentially():
         torch.testing.assert_close(new(x), net(x), rtol=1e-4, atol=1e-4)
 
 
+def test_ghost_errors_are_the_held_out_channel_errors_measured_directly():
+    """The reported ghost errors (pooled and the worst ghost channel's) equal a direct measurement: the kept
+    module against the original conv on the held-out images, every position, no BN (weights 1)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 1)).eval()
+    x = torch.randn(9, 3, 8, 8)
+    st = SequentialSettings(positions=10**6, holdout=0.34, refit_all=False, seed=2)
+    new, res = ghostify(net, layers="2", dw_size=3, init="fit", calibration_images=x, settings=st)
+    held = heldout_split(9, 0.34, 2)[0]
+    with torch.no_grad():
+        h = torch.relu(net[0](x[held]))
+        want, got = net[2](h).double(), new[2](h).double()  # N×C×H×W
+    sse = ((got - want) ** 2).sum((0, 2, 3))
+    ss = ((want - want.mean((0, 2, 3), keepdim=True)) ** 2).sum((0, 2, 3))
+    r = res.replaced[0]
+    ghosts = [j for j in range(10) if j not in r.intrinsic]
+    assert r.ghost_error == pytest.approx(float(sse[ghosts].sum() / ss[ghosts].sum()), rel=1e-4)
+    assert r.ghost_error_max == pytest.approx(float((sse[ghosts] / ss[ghosts]).max()), rel=1e-4)
+    assert r.ghost_error <= r.ghost_error_max and "worst ghost" in str(res)
+
+
 def _hand_bn(net: nn.Sequential, batches: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Running mean/var after a train-mode pass with momentum=None, by hand in float64."""
     stats = {1: ([], []), 4: ([], [])}
