@@ -101,7 +101,10 @@ def _recover(args: argparse.Namespace, model: Any, new: Any, source: Any) -> tup
     calib = as_images(source, name="--images").tensor()  # decoded only when recover runs
 
     new, rec = recover(new, model, calib, steps=args.recover_steps, lr=args.recover_lr,
-                       batch_size=args.recover_batch, device=args.device)
+                       batch_size=args.recover_batch, loss=args.recover_loss, bn=args.recover_bn,
+                       seed=args.recover_seed, checkpoint=args.recover_checkpoint,
+                       checkpoint_every=args.recover_checkpoint_every, resume=args.recover_resume,
+                       device=args.device)
     print(rec)
     return new, rec
 
@@ -114,6 +117,17 @@ def _add_recover_args(p: argparse.ArgumentParser) -> None:
                                                                           "recovery (default: %(default)s)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="images per recovery step "
                                                                           "(default: %(default)s)")
+    p.add_argument("--recover-loss", choices=("kl", "features", "both"), default="kl",
+                   help="logits KL, features before pooling, or both (default: %(default)s)")
+    p.add_argument("--recover-bn", choices=("train", "freeze"), default="train",
+                   help="BatchNorm in train mode (statistics re-estimated) or frozen (default: %(default)s)")
+    p.add_argument("--recover-seed", type=int, default=0, help="seed of the batches and crops (default: %(default)s)")
+    p.add_argument("--recover-checkpoint", metavar="PATH",
+                   help="write the recovery's state to PATH atomically as it goes (resume with --recover-resume)")
+    p.add_argument("--recover-checkpoint-every", type=positive_int, default=50,
+                   help="steps between recovery checkpoints (default: %(default)s)")
+    p.add_argument("--recover-resume", action="store_true",
+                   help="continue the recovery from --recover-checkpoint (bit-identical to an uninterrupted run)")
 
 
 def positive_float(text: str) -> float:
