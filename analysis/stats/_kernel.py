@@ -175,7 +175,6 @@ class Batch:
     low: torch.Tensor  #: per-channel min of the raw values, float64 C
     high: torch.Tensor  #: per-channel max, float64 C
     nonzero: torch.Tensor  #: per-channel #{|x| > tol}, int64 C
-    position_sums: torch.Tensor | None  #: C×P Σ over the images of the raw values (when asked), working precision
 
     @property
     def images(self) -> int:
@@ -266,8 +265,8 @@ def scan_batch(x3: torch.Tensor, tol: float, shift: torch.Tensor | None = None) 
     return Scan(shift, low, high, nonzero)
 
 
-def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = None, *, owned: bool = False,
-                  position_sums: bool = False) -> Batch:
+def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = None, *, owned: bool = False
+                  ) -> Batch:
     """The shared first half of the batch fold (module docstring) for N×C×H×W or N×C ``maps`` with N·P > 0.
 
     Refuses NaN/inf before computing anything else, and changes nothing outside the returned ``Batch``
@@ -279,10 +278,9 @@ def prepare_batch(maps: torch.Tensor, tol: float, shift: torch.Tensor | None = N
     owned = owned or x is not maps  # a converted or compacted copy is ours to change
     x3 = x.view(n, c, -1)  # image k's channels are the contiguous C×P matrix x3[k]
     scan = scan_batch(x3, tol, shift)  # refuses NaN/inf first
-    sums = x3.sum(dim=0) if position_sums else None  # before an owned batch is shifted in place
     k = scan.shift.to(device=x.device, dtype=x.dtype).view(1, c, 1)
     y = x3.sub_(k) if owned else x3 - k
-    return Batch(y, scan.shift, scan.low, scan.high, scan.nonzero, sums)
+    return Batch(y, scan.shift, scan.low, scan.high, scan.nonzero)
 
 
 def add_moments(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
