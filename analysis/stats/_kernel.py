@@ -145,13 +145,7 @@ def _add_gram(y: torch.Tensor, gram: torch.Tensor, group: torch.Tensor | None) -
 
 def _mirror(gram: torch.Tensor) -> torch.Tensor:
     """A full symmetric copy of an accumulator filled by ``_add_gram`` (upper row blocks valid)."""
-    out = gram.clone()
-    edges = _row_blocks(gram.shape[-1])
-    for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
-        out[..., hi:, lo:hi] = gram[..., lo:hi, hi:].transpose(-1, -2)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        _upper_to_lower_(out, lo, hi)
-    return out
+    return _symmetrise_(gram.clone())
 
 
 def _symmetrise_(gram: torch.Tensor) -> torch.Tensor:
