@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
                              "--eval-on-calibration to verify on the calibration images themselves (optimistic, "
                              "and said so in the report)")
     if not same and args.eval_on_calibration:
-        raise GhostmapsError("--eval-on-calibration verifies on the calibration images: leave out --eval, or it")
+        raise GhostmapsError("--eval-on-calibration verifies on the calibration images, --eval on other ones: "
+                             "pass one of them, not both")
     model, preprocess, info = load_for_cli(args)
     source = _calib_source(args, preprocess)  # an ImageSource: whole photos held out, intervals over photos
     check = source if same else _eval_images(args, preprocess, source)
