@@ -8,7 +8,7 @@
 * evaluation: ``--eval-views`` seeded views of ``samples:evaluation`` (8 other photos), seed 1, never seen
   by the fits nor by recover (``verify_replacement`` checks the two sets are disjoint by content);
 * agreement, logits cosine and KL with intervals over photos, training-free and after recover, and the time
-  of each stage. ``--bn``, ``--loss``, ``--lr`` set recover's options; ``--cache DIR`` keeps
+  of each stage. ``--bn``, ``--loss``, ``--lr``, ``--mix`` set recover's options; ``--cache DIR`` keeps
   the ghostified network (keyed by the fit's settings and a hash of the fit's code) so that several recover settings start from one fit.
 * ``--diagnose-data`` (a diagnostic, never a result): recover on *other* seeded views (seed 2) of the 8
   evaluation photos instead of the calibration views, then verify on the evaluation views as before (the
@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--loss", default="kl", choices=("kl", "features", "both"))
     p.add_argument("--bn", default="train", choices=("freeze", "train"))
+    p.add_argument("--mix", default=None, choices=("mixup", "cutmix"), help="mix each view with a partner")
     p.add_argument("--cache", type=Path, default=None, help="a folder to keep the ghostified network in")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diagnose-data", action="store_true",
@@ -110,7 +111,7 @@ def main() -> None:
         print(f"DIAGNOSTIC: recover on {len(train_set)} other views (seed 2) of the 8 evaluation photos")
     t = time.perf_counter()
     recovered, rec = recover(ghost, model, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
-                             loss=args.loss, bn=args.bn, progress=False)
+                             loss=args.loss, bn=args.bn, mix=args.mix, progress=False)
     t_rec = time.perf_counter() - t
     print(rec)
     after = verify_replacement(model, recovered, evals, calibration=train_set, latency_repeats=0, layer_images=0,

@@ -103,7 +103,7 @@ def _recover(args: argparse.Namespace, model: Any, new: Any, source: Any) -> tup
 
     new, rec = recover(new, model, calib, steps=args.recover_steps, lr=args.recover_lr,
                        batch_size=args.recover_batch, loss=args.recover_loss, bn=args.recover_bn,
-                       seed=args.recover_seed, checkpoint=args.recover_checkpoint,
+                       mix=args.recover_mix, seed=args.recover_seed, checkpoint=args.recover_checkpoint,
                        checkpoint_every=args.recover_checkpoint_every, resume=args.recover_resume,
                        device=args.device)
     print(rec)
@@ -122,6 +122,9 @@ def _add_recover_args(p: argparse.ArgumentParser) -> None:
                    help="logits KL, features before pooling, or both (default: %(default)s)")
     p.add_argument("--recover-bn", choices=("train", "freeze"), default="train",
                    help="BatchNorm in train mode (statistics re-estimated) or frozen (default: %(default)s)")
+    p.add_argument("--recover-mix", choices=("mixup", "cutmix"), default=None,
+                   help="mix each calibration view with another of its batch, teacher and student seeing the same "
+                        "mixed image (default: no mixing)")
     p.add_argument("--recover-seed", type=int, default=0, help="seed of the batches and crops (default: %(default)s)")
     p.add_argument("--recover-checkpoint", metavar="PATH",
                    help="write the recovery's state to PATH atomically as it goes (resume with --recover-resume)")

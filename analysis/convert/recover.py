@@ -3,7 +3,9 @@ original (the teacher) on unlabelled images.
 
 ``recover(student, teacher, images, steps)`` runs ``steps`` Adam steps. Each step draws a batch of the images
 (``batch_size``, without replacement within a step), augments it with seeded random resized crops and flips
-(:mod:`analysis.convert.augment`), and minimises
+(:mod:`analysis.convert.augment`), optionally mixes each image with another of the batch (``mix="mixup"`` or
+``"cutmix"``: teacher and student see the same mixed image, so a few photos give many more distinct inputs),
+and minimises
 
 * ``loss="kl"``: ``T² · KL(softmax(teacher / T) ‖ softmax(student / T))`` per image (Hinton's distillation);
 * ``loss="features"``: the squared error of the features before global pooling (the output of
@@ -56,7 +58,7 @@ from analysis._core.errors import GhostmapsError
 from analysis._core.modes import model_device, model_dtype
 from analysis._core.results import Record, plain
 from analysis._core.validation import check_count, check_positive_int
-from analysis.convert.augment import apply_crops, draw_crops
+from analysis.convert.augment import MIXES, apply_crops, apply_mix, draw_crops, draw_mix
 from analysis.convert.recover_checkpoint import digest, fingerprint, load_state, save_state
 from analysis.data.batches import as_images
 from analysis.data.models import default_preprocess
@@ -117,7 +119,7 @@ class RecoverResult(Record):
         what = f"loss {s.get('loss')}" + (f", T {s.get('temperature')}" if s.get("loss") != "features" else "")
         resumed = "" if self.resumed_from is None else f", resumed at step {self.resumed_from}"
         return (f"recover: {self.steps} steps ({what}, lr {s.get('lr')}, batch {s.get('batch_size')}, BN "
-                f"{s.get('bn')}, augment {s.get('augment')}, seed {s.get('seed')}, {self.world_size} process(es)"
+                f"{s.get('bn')}, augment {s.get('augment')}, mix {s.get('mix')}, seed {s.get('seed')}, {self.world_size} process(es)"
                 f"{resumed}) in {self.seconds:.1f} s; loss {self.first_loss:.4g} -> {self.final_loss:.4g} "
                 "(mean of the last tenth)")
 
@@ -188,7 +190,7 @@ def _check_outputs(student: nn.Module, teacher: nn.Module, x: torch.Tensor, t_de
 def recover(student: nn.Module, teacher: nn.Module, images: Any, steps: int = 200, *, lr: float = 1e-3,
             batch_size: int = 32, loss: str = "kl", temperature: float = 1.0, feature_weight: float = 1.0,
             features: str | None = None, bn: str = "train", augment: bool = True,
-            scale: tuple[float, float] = (0.25, 1.0), seed: int = 0, checkpoint: str | os.PathLike | None = None,
+            scale: tuple[float, float] = (0.25, 1.0), mix: str | None = None, seed: int = 0, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 50, resume: bool = False, progress: bool = True, distributed: bool = False,
             device: str | torch.device | None = None,
             preprocess: Callable[[Any], torch.Tensor] | None = None) -> tuple[nn.Module, RecoverResult]:
@@ -204,7 +206,8 @@ def recover(student: nn.Module, teacher: nn.Module, images: Any, steps: int = 20
         feature_weight: weight of the feature term in ``"both"``; features: the module whose output is the
             feature map (default: ``model.features``, else the input of the last ``nn.Linear``).
         bn: ``"train"`` (batch statistics, running ones re-estimated) or ``"freeze"`` (eval mode);
-            augment: random resized crops (area in ``scale``) and flips.
+            augment: random resized crops (area in ``scale``) and flips; mix: None, ``"mixup"`` or
+            ``"cutmix"`` (each image blended with a seeded partner of the batch, see ``analysis.convert.augment``).
         seed: seeds every random choice; checkpoint, checkpoint_every, resume: see the module docstring.
         progress: a tqdm bar (rank 0); distributed: under torchrun, DistributedDataParallel.
         device: where the student trains (default: the student's device); the teacher stays where it is.
@@ -229,6 +232,8 @@ def recover(student: nn.Module, teacher: nn.Module, images: Any, steps: int = 20
         raise RecoverError(f"bn must be 'freeze' (running statistics kept) or 'train' (batch statistics), got {bn!r}.")
     if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
         raise RecoverError(f"scale must be (low, high) area fractions with 0 < low <= high <= 1, got {scale!r}.")
+    if mix is not None and mix not in MIXES:
+        raise RecoverError(f"mix must be None, {' or '.join(repr(m) for m in MIXES)}, got {mix!r}.")
     if resume and checkpoint is None:
         raise RecoverError("resume=True needs checkpoint=PATH, the file to resume from.")
     x_all = as_images(images, preprocess or default_preprocess(), name="images", error=RecoverError).tensor()
@@ -245,7 +250,7 @@ def recover(student: nn.Module, teacher: nn.Module, images: Any, steps: int = 20
         settings = {"steps": steps, "lr": float(lr), "batch_size": batch_size, "loss": loss,
                     "temperature": float(temperature), "feature_weight": float(feature_weight),
                     "features": None if loss == "kl" else _feature_module(model, features)[2], "bn": bn,
-                    "augment": bool(augment), "scale": [float(scale[0]), float(scale[1])], "seed": int(seed),
+                    "augment": bool(augment), "scale": [float(scale[0]), float(scale[1])], "mix": mix, "seed": int(seed),
                     "images": int(x_all.shape[0])}
         if steps == 0:
             model.eval()
@@ -310,10 +315,12 @@ def _train(model: nn.Module, teacher: nn.Module, x_all: torch.Tensor, s: dict[st
             for step in range(start, steps):
                 idx = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-batch // n))])[:batch]
                 crops = draw_crops(batch, gen, tuple(s["scale"])) if s["augment"] else None
+                mixing = draw_mix(batch, gen) if s.get("mix") else None
                 mine = torch.arange(rank, batch, world)
-                xb = x_all[idx[mine]]
-                if crops is not None:
-                    xb = apply_crops(xb, crops[mine])
+                xb = _augmented(x_all, idx, mine, crops)
+                if mixing is not None:
+                    partner = mixing[:, 0].long()
+                    xb = apply_mix(xb, _augmented(x_all, idx, partner[mine], crops), mixing[mine], s["mix"])
                 with torch.no_grad():
                     t_out = teacher(xb.to(device=t_dev, dtype=t_dtype)).to(device=dev, dtype=torch.float32)
                     t_feat = tf["f"].to(device=dev, dtype=torch.float32) if want_features else None
@@ -347,6 +354,12 @@ def _train(model: nn.Module, teacher: nn.Module, x_all: torch.Tensor, s: dict[st
             dist.destroy_process_group()
     model.eval()
     return model, RecoverResult(steps, losses, seconds, s, resumed_from, world)
+
+
+def _augmented(x_all: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, crops: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``rows`` of the global batch (``x_all[idx]``), cropped as ``crops`` say when given."""
+    xb = x_all[idx[rows]]
+    return xb if crops is None else apply_crops(xb, crops[rows])
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:

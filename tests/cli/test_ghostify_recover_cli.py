@@ -42,11 +42,11 @@ def test_recovery_options_reach_recover_and_a_run_resumes(tmp_path, capsys):
     ckpt = tmp_path / "rec.ckpt"
     argv = ["ghostify", "--layers", "features.16.conv.2", "--images", "samples:calibration", "--eval",
             "samples:evaluation", *SMALL, "--latency-runs", "0", "--recover-steps", "2", "--recover-batch", "2",
-            "--recover-loss", "both", "--recover-bn", "freeze", "--recover-seed", "3", "--recover-checkpoint",
+            "--recover-loss", "both", "--recover-bn", "freeze", "--recover-mix", "cutmix", "--recover-seed", "3", "--recover-checkpoint",
             str(ckpt), "--recover-checkpoint-every", "1"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0 and ckpt.is_file()
     settings = json.loads((tmp_path / "a" / "recover.json").read_text())["settings"]
-    assert (settings["loss"], settings["bn"], settings["seed"]) == ("both", "freeze", 3)
+    assert (settings["loss"], settings["bn"], settings["mix"], settings["seed"]) == ("both", "freeze", "cutmix", 3)
     assert main([*argv, "--recover-resume", "--out", str(tmp_path / "b")]) == 0  # finished: nothing left to do
     a, b = (torch.load(tmp_path / d / "model_state.pt", weights_only=True) for d in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis._core.errors import GhostmapsError
-from analysis.convert.augment import apply_crops, draw_crops
+from analysis.convert.augment import apply_crops, apply_mix, draw_crops, draw_mix
 from analysis.convert.ghostify import ghostify
 from analysis.convert.recover import RecoverResult, recover
 from tests.helpers import TinyNet, free_port, randomize_
@@ -69,6 +69,39 @@ def test_drawn_crops_are_seeded_and_inside_the_image():
     assert ((cx.abs() <= 1 - w + 1e-12) & (cy.abs() <= 1 - h + 1e-12)).all()
     assert 0.4 < float((sign < 0).double().mean()) < 0.6  # about half flipped
     assert float((w * h).min()) >= 0.25 - 1e-9  # clipping a side to the image never shrinks below the drawn area
+
+
+def test_mixup_and_cutmix_against_direct_pixels():
+    x, y = torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
+    mix = draw_mix(3, torch.Generator().manual_seed(0))
+    assert sorted(mix[:, 0].long().tolist()) == [0, 1, 2] and torch.equal(mix, draw_mix(3, torch.Generator().manual_seed(0)))
+    lam = mix[:, 1].float()
+    torch.testing.assert_close(apply_mix(x, y, mix, "mixup"), lam.view(3, 1, 1, 1) * x + (1 - lam.view(3, 1, 1, 1)) * y)
+    box = torch.tensor([[0.0, 0.75, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.0, 0.75, 0.0, 0.0]], dtype=torch.float64)
+    out = apply_mix(x, y, box, "cutmix")
+    # image 0: a centred box of half the width and height (area 1 - 0.75) from the partner, by direct indexing
+    want = x[0].clone()
+    want[:, 3:8, 2:6] = y[0][:, 3:8, 2:6]
+    assert torch.equal(out[0], want)
+    assert torch.equal(out[1], y[1])  # lam = 0: all partner
+    want = x[2].clone()  # a box centred on the corner: clipped to its quarter inside the image
+    want[:, 0:3, 0:2] = y[2][:, 0:3, 0:2]
+    assert torch.equal(out[2], want)
+    with pytest.raises(ValueError, match="kind"):
+        apply_mix(x, y, box, "blend")
+
+
+def test_mixed_recover_is_seeded_learns_and_differs_from_unmixed():
+    teacher, student = _pair()
+    held = _images(16, seed=9)
+    a, ra = recover(student, teacher, _images(), steps=40, mix="cutmix", **FAST)
+    b, rb = recover(student, teacher, _images(), steps=40, mix="cutmix", **FAST)
+    plain_run, _ = recover(student, teacher, _images(), steps=40, **FAST)
+    assert _same(_state(a), _state(b)) and ra.losses == rb.losses and ra.settings["mix"] == "cutmix"
+    assert not _same(_state(a), _state(plain_run))
+    assert _kl(teacher, a, held) < 0.5 * _kl(teacher, student, held)
+    m, _ = recover(student, teacher, _images(), steps=40, mix="mixup", **FAST)
+    assert _kl(teacher, m, held) < 0.5 * _kl(teacher, student, held)
 
 
 # -- training -----------------------------------------------------------------------------------------------
@@ -174,6 +207,7 @@ def test_result_round_trip_and_print():
     ({"images": torch.zeros(0, 3, 16, 16)}, ["images", "at least one image"]),
     ({"loss": "mse"}, ["loss", "kl"]),
     ({"bn": "sync"}, ["bn", "freeze"]),
+    ({"mix": "blend"}, ["mix", "cutmix"]),
     ({"lr": 0}, ["lr", "positive"]),
     ({"resume": True}, ["resume", "checkpoint"]),
     ({"teacher": "wrong head"}, ["shape", "same classes"]),
