@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 import analysis
+from analysis.convert.augment import MIXES
 from analysis.convert.ghostify import ghostify
-from analysis.convert.recover import recover
+from analysis.convert.recover import BN_MODES, LOSSES, recover
 from analysis.convert.verify import verify_replacement
 from analysis.data.batches import as_images
 from analysis.data.models import default_preprocess
@@ -67,9 +68,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--loss", default="kl", choices=("kl", "features", "both"))
-    p.add_argument("--bn", default="train", choices=("freeze", "train"))
-    p.add_argument("--mix", default=None, choices=("mixup", "cutmix"), help="mix each view with a partner")
+    p.add_argument("--loss", default="kl", choices=LOSSES)
+    p.add_argument("--bn", default="train", choices=BN_MODES)
+    p.add_argument("--mix", default=None, choices=MIXES, help="mix each view with a partner")
     p.add_argument("--cache", type=Path, default=None, help="a folder to keep the ghostified network in")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diagnose-data", action="store_true",

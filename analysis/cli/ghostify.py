@@ -19,7 +19,9 @@ from analysis.cli.common import (
     non_negative_int,
     positive_int,
 )
+from analysis.convert.augment import MIXES
 from analysis.convert.rebuild import GHOSTIFY_JSON, STATE_FILE
+from analysis.convert.recover import BN_MODES, LOSSES
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,11 +120,11 @@ def _add_recover_args(p: argparse.ArgumentParser) -> None:
                                                                           "recovery (default: %(default)s)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="images per recovery step "
                                                                           "(default: %(default)s)")
-    p.add_argument("--recover-loss", choices=("kl", "features", "both"), default="kl",
+    p.add_argument("--recover-loss", choices=LOSSES, default="kl",
                    help="logits KL, features before pooling, or both (default: %(default)s)")
-    p.add_argument("--recover-bn", choices=("train", "freeze"), default="train",
+    p.add_argument("--recover-bn", choices=BN_MODES, default="train",
                    help="BatchNorm in train mode (statistics re-estimated) or frozen (default: %(default)s)")
-    p.add_argument("--recover-mix", choices=("mixup", "cutmix"), default=None,
+    p.add_argument("--recover-mix", choices=MIXES, default=None,
                    help="mix each calibration view with another of its batch, teacher and student seeing the same "
                         "mixed image (default: no mixing)")
     p.add_argument("--recover-seed", type=int, default=0, help="seed of the batches and crops (default: %(default)s)")

@@ -67,7 +67,7 @@ from analysis.stats.distributed import _distributed_context
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["LOSSES", "RecoverError", "RecoverResult", "recover"]
+__all__ = ["BN_MODES", "LOSSES", "RecoverError", "RecoverResult", "recover"]
 
 LOSSES = ("kl", "features", "both")
 BN_MODES = ("freeze", "train")
@@ -315,12 +315,13 @@ def _train(model: nn.Module, teacher: nn.Module, x_all: torch.Tensor, s: dict[st
             for step in range(start, steps):
                 idx = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-batch // n))])[:batch]
                 crops = draw_crops(batch, gen, tuple(s["scale"])) if s["augment"] else None
-                mixing = draw_mix(batch, gen) if s.get("mix") else None
+                mixing = draw_mix(batch, gen) if s["mix"] else None
                 mine = torch.arange(rank, batch, world)
-                xb = _augmented(x_all, idx, mine, crops)
-                if mixing is not None:
-                    partner = mixing[:, 0].long()
-                    xb = apply_mix(xb, _augmented(x_all, idx, partner[mine], crops), mixing[mine], s["mix"])
+                if mixing is None:
+                    xb = _augmented(x_all, idx, mine, crops)
+                else:  # partners may be any row of the global batch: augment it once, then pick
+                    full = _augmented(x_all, idx, torch.arange(batch), crops)
+                    xb = apply_mix(full[mine], full[mixing[mine, 0].long()], mixing[mine], s["mix"])
                 with torch.no_grad():
                     t_out = teacher(xb.to(device=t_dev, dtype=t_dtype)).to(device=dev, dtype=torch.float32)
                     t_feat = tf["f"].to(device=dev, dtype=torch.float32) if want_features else None
