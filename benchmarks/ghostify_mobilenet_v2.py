@@ -20,7 +20,7 @@ import torch
 from analysis import load_images, load_model
 from analysis.convert import ghostify, verify_replacement
 from analysis.convert.bn import reestimate_bn
-from analysis.convert.sequential import SequentialSettings
+from analysis.convert.sequential import PRIORS, SequentialSettings
 from analysis.data.models import default_preprocess
 
 
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--positions", type=int, default=8192, help="fit positions per layer (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=2, help="refit alternations (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge (default: %(default)s)")
+    p.add_argument("--prior", choices=PRIORS, default="zero",
+                   help="what the ridge pulls the refit toward (default: %(default)s)")
     p.add_argument("--track-bn", action="store_true",
                    help="set each refitted conv's BN to its refitted output's statistics during the fit")
     p.add_argument("--only", choices=("all", "mid", "both"), default="both", help="which layer sets")
@@ -62,7 +64,7 @@ def main() -> None:
           f"(samples:calibration), {args.eval} evaluation views (samples:evaluation); threads "
           f"{torch.get_num_threads()}")
     st = SequentialSettings(positions=args.positions, iterations=args.iterations, ridge=args.ridge,
-                            track_bn=args.track_bn)
+                            track_bn=args.track_bn, prior=args.prior)
     print(f"sequential settings: {st}")
     sets = {"mid": ["features.1[0-4].*"], "all": None}
     chosen = ["mid", "all"] if args.only == "both" else [args.only]

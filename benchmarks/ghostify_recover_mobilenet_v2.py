@@ -31,6 +31,7 @@ import analysis
 from analysis.convert.augment import MIXES
 from analysis.convert.ghostify import ghostify
 from analysis.convert.recover import BN_MODES, LOSSES, recover
+from analysis.convert.sequential import PRIORS, SequentialSettings
 from analysis.convert.verify import verify_replacement
 from analysis.data.batches import as_images
 from analysis.data.models import default_preprocess
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--loss", default="kl", choices=LOSSES)
     p.add_argument("--bn", default="train", choices=BN_MODES)
     p.add_argument("--mix", default=None, choices=MIXES, help="mix each view with a partner")
+    p.add_argument("--ridge", type=float, default=SequentialSettings.ridge, help="the sequential fit's relative ridge")
+    p.add_argument("--prior", default="zero", choices=PRIORS, help="what the fit's ridge pulls toward")
     p.add_argument("--cache", type=Path, default=None, help="a folder to keep the ghostified network in")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diagnose-data", action="store_true",
@@ -88,15 +91,18 @@ def main() -> None:
     print(f"mobilenet_v2 at {args.image_size}px: {len(calib)} calibration views (6 photos), {len(evals)} evaluation "
           f"views (8 photos), {torch.get_num_threads()} threads")
 
+    st = SequentialSettings(ridge=args.ridge, prior=args.prior)
+    default = st == SequentialSettings()
+    fit_tag = "" if default else f"ridge{args.ridge:g}_{args.prior}_"  # the default fit keeps its old name
     cached = None if args.cache is None else args.cache / (f"ghost_{args.image_size}px_{args.fit_views}views_"
-                                                          f"{_fit_code_hash()}.pt")
+                                                          f"{fit_tag}{_fit_code_hash()}.pt")
     t = time.perf_counter()
     if cached is not None and cached.is_file():
         ghost = torch.load(cached, weights_only=False)  # written by this script (a pickled module)
         print(f"ghostify: the network fitted before, from {cached}")
     else:
         fit = analysis.load_images("samples:calibration", transform=pre, views=args.fit_views, seed=0)
-        ghost, result = ghostify(model, ratio=2, dw_size=3, init="fit", calibration_images=fit)
+        ghost, result = ghostify(model, ratio=2, dw_size=3, init="fit", calibration_images=fit, settings=st)
         print(f"ghostify: {len(result.replaced)} dense convs replaced in {time.perf_counter() - t:.0f} s "
               f"(sequential fit on {args.fit_views} views; {result.heldout})")
         if cached is not None:

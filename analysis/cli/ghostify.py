@@ -22,6 +22,7 @@ from analysis.cli.common import (
 from analysis.convert.augment import MIXES
 from analysis.convert.rebuild import GHOSTIFY_JSON, STATE_FILE
 from analysis.convert.recover import BN_MODES, LOSSES
+from analysis.convert.sequential import PRIORS, SequentialSettings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if not same and args.eval_on_calibration:
         raise GhostmapsError("--eval-on-calibration verifies on the calibration images, --eval on other ones: "
                              "pass one of them, not both")
+    settings = _fit_settings(args)  # before anything is loaded: a bad combination fails at once
     model, preprocess, info = load_for_cli(args)
     source = _calib_source(args, preprocess)  # an ImageSource: whole photos held out, intervals over photos
     check = source if same else _eval_images(args, preprocess, source)
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                            ratio=args.ratio if plan is None else plan.ratios, dw_size=args.d,
                            init=None if args.init == "none" else "fit", calibration_images=source,
                            min_channels=args.min_channels, calibrate_steps=args.calibrate_steps,
-                           mode=args.mode, reestimate_bn=args.bn_reestimate, consumer_refit=args.consumer_refit)
+                           mode=args.mode, reestimate_bn=args.bn_reestimate, consumer_refit=args.consumer_refit,
+                           settings=settings)
     print(result)
     if not result.replaced:
         raise GhostmapsError("no conv was replaced (see the skipped list above); choose other --layers")
@@ -91,6 +94,17 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _fit_settings(args: argparse.Namespace) -> SequentialSettings | None:
+    """``--fit-ridge``/``--fit-prior`` as the sequential fit's settings (None: the defaults, or no such fit)."""
+    st = SequentialSettings(ridge=args.fit_ridge, prior=args.fit_prior)
+    if st == SequentialSettings():
+        return None
+    if args.mode != "sequential" or args.init == "none":
+        raise GhostmapsError("--fit-ridge and --fit-prior set the sequential fit: use them with --mode sequential "
+                             "and --init fit (the defaults), or leave them out")
+    return st
 
 
 def _recover(args: argparse.Namespace, model: Any, new: Any, source: Any) -> tuple[Any, Any]:
@@ -134,6 +148,17 @@ def _add_recover_args(p: argparse.ArgumentParser) -> None:
                    help="steps between recovery checkpoints (default: %(default)s)")
     p.add_argument("--recover-resume", action="store_true",
                    help="continue the recovery from --recover-checkpoint (bit-identical to an uninterrupted run)")
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -261,6 +286,11 @@ def register(sub: Any) -> None:
     p.add_argument("--consumer-refit", action="store_true",
                    help="with --mode sequential: also re-solve by least squares each dense conv that consumes a "
                         "replaced conv and stays dense, so its output matches the original's (default: off)")
+    p.add_argument("--fit-ridge", type=non_negative_number, default=SequentialSettings.ridge, metavar="R",
+                   help="with --mode sequential: the refit's relative ridge (default: %(default)s)")
+    p.add_argument("--fit-prior", choices=PRIORS, default=SequentialSettings.prior,
+                   help="with --mode sequential: what the ridge pulls the refit toward, 'zero' or 'start' (the "
+                        "pretrained filters and closed-form cheap ops; default: %(default)s)")
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
                         "independent (default: off)")

@@ -123,11 +123,13 @@ class DenseMoments:
         self.m += int(v.shape[0])
 
 
-def refit_dense(mo: DenseMoments, ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def refit_dense(mo: DenseMoments, ridge: float, start: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ridge least squares ``y ~ W v (+ c)`` from the moments: ``W`` (C, D) and, when ``mo.centre``, the
     intercept ``c`` (C; else None). The ridge is relative, ``lam = ridge * trace(A) / D`` of the (centred, with
-    an intercept) normal matrix ``A``; the intercept is not penalised. With ``ridge=0`` the minimum-norm
-    solution (a dead or constant input channel gets weight 0, not an arbitrary one)."""
+    an intercept) normal matrix ``A``; the intercept is not penalised. It pulls ``W`` toward ``start`` (C, D;
+    zero when omitted). With ``ridge=0`` the solution nearest ``start`` (a dead or constant input channel keeps
+    its ``start`` weight, 0 without one, not an arbitrary one)."""
     if mo.m == 0:
         raise ValueError("refit_dense needs at least one fit position")
     if mo.centre:
@@ -135,7 +137,12 @@ def refit_dense(mo: DenseMoments, ridge: float) -> tuple[torch.Tensor, torch.Ten
         b = mo.cross - torch.outer(mo.sv, mo.sy) / mo.m
     else:
         a, b = mo.gram, mo.cross
-    w = (torch.linalg.pinv(a, hermitian=True) @ b if ridge == 0 else _ridge_solve(a, b, ridge)).T
+    w0 = None if start is None else start.double().T  # D x C, like b
+    if ridge == 0:
+        w = (torch.linalg.pinv(a, hermitian=True) @ (b if w0 is None else b - a @ w0)).T
+        w = w if w0 is None else w + w0.T
+    else:
+        w = _ridge_solve(a, b, ridge, w0).T
     c = (mo.sy / mo.m + mo.y0) - w @ (mo.sv / mo.m + mo.v0) if mo.centre else None
     return w, c
 
@@ -158,7 +165,7 @@ def _error(pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float | None
 def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Module | None,
                    inputs: Sequence[torch.Tensor], pos: torch.Tensor, y: torch.Tensor, held: torch.Tensor,
                    weights: torch.Tensor, ridge: float, decide: torch.Tensor | None = None, *,
-                   check: bool = True, validation: str | None = None) -> RefittedConsumer:
+                   check: bool = True, validation: str | None = None, anchored: bool = False) -> RefittedConsumer:
     """Re-solve the dense ``conv`` (a module of the converted network, changed in place, and ``bn``, the BN of
     the converted network that follows it, whose running mean takes the intercept of a bias-free conv) on its
     ``inputs`` (one tensor per batch, from the converted network) against the original network's outputs ``y``
@@ -172,7 +179,7 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     on the held-out images. Without ``decide`` images (or an error they can measure: fewer than two positions)
     the refit is not applied when ``check`` (an unchecked refit is what overfits small data), and applied
     otherwise (``holdout=0``: the user turned the checks off). ``validation``: how the ``decide`` images were
-    chosen, in words, for the record."""
+    chosen, in words, for the record. ``anchored``: the ridge pulls toward the conv's own weights, not zero."""
     dim, channels = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
     intercept = conv.bias is not None or bn is not None
     mo = DenseMoments(dim, channels, centre=intercept)
@@ -193,6 +200,7 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
         start += b
     (vh, yh), (vd, yd) = ((torch.cat(rows[key][0]), torch.cat(rows[key][1])) for key in ("held", "decide"))
     old_w = conv.weight.detach().double().cpu().reshape(channels, dim)
+    anchor = old_w if anchored else None
     old_c = conv.bias.detach().double().cpu() if conv.bias is not None else torch.zeros(channels, dtype=torch.float64)
 
     def errors(w: torch.Tensor, c: torch.Tensor | None, v: torch.Tensor, t: torch.Tensor) -> float | None:
@@ -201,13 +209,13 @@ def refit_consumer(name: str, producers: list[str], conv: nn.Conv2d, bn: nn.Modu
     val_before = val_after = None
     if vd.shape[0]:
         val_before = errors(old_w, old_c, vd, yd)
-        val_after = errors(*refit_dense(mo, ridge), vd, yd) if mo.m else None
+        val_after = errors(*refit_dense(mo, ridge, anchor), vd, yd) if mo.m else None
         mo.add(vd, yd)
     if val_before is not None and val_after is not None:
         applied = val_after < val_before
     else:  # no validation image, or too few positions to measure an error: unchecked
         applied = not check
-    w, c = refit_dense(mo, ridge)
+    w, c = refit_dense(mo, ridge, anchor)
     before, after = errors(old_w, old_c, vh, yh), errors(w, c, vh, yh)
     if applied:
         with torch.no_grad():

@@ -173,6 +173,7 @@ def ghostify(model: nn.Module, layers: str | Sequence[str] | None = None, ratio:
             reports, result.consumers = sequential_fit(model, new, chosen, images, per, dw_size, settings, photos)
             st = settings or SequentialSettings()
             result.heldout = heldout_split(images.shape[0], st.holdout, st.seed, photos)[1]
+            result.settings = dataclasses.asdict(st)
         except RuntimeError as exc:
             raise GhostifyError(f"{exc}; leave such layers out of layers") from exc
         for n, rep in reports.items():

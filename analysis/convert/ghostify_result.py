@@ -157,7 +157,9 @@ class GhostifyResult(Result):
     was made (``"sequential"``, ``"independent"``, None without a fit); ``bn_images``: images the BN statistics
     after the first replaced conv were re-estimated on (0: not re-estimated); ``consumers``: the dense convs
     re-solved by the consumer refit (empty unless ``consumer_refit=True``), not in ``rows()``; ``heldout``: which
-    calibration images the sequential fit held out for its reported errors (whole photos where known)."""
+    calibration images the sequential fit held out for its reported errors (whole photos where known);
+    ``settings``: the sequential fit's :class:`~analysis.convert.sequential.SequentialSettings` as a plain dict
+    (None for other fits and for records written before 2026-12-03)."""
 
     replaced: list[ReplacedLayer] = field(default_factory=list)
     skipped: list[SkippedLayer] = field(default_factory=list)
@@ -170,6 +172,7 @@ class GhostifyResult(Result):
     bn_images: int = 0
     consumers: list[RefittedConsumer] = field(default_factory=list)
     heldout: str | None = None
+    settings: dict[str, Any] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -192,7 +195,7 @@ class GhostifyResult(Result):
                 "calibrate_steps": self.calibrate_steps, "mode": self.mode, "bn_images": self.bn_images,
                 "replaced": [r.to_dict() for r in self.replaced], "skipped": [s.to_dict() for s in self.skipped],
                 "consumers": [c.to_dict() for c in self.consumers], "heldout": self.heldout,
-                "spec": plain(self.spec())}
+                "settings": plain(self.settings), "spec": plain(self.spec())}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -200,7 +203,8 @@ class GhostifyResult(Result):
                    [SkippedLayer.from_dict(s) for s in data["skipped"]], int(data["ratio"]), int(data["dw_size"]),
                    data.get("init"), int(data.get("calibrate_steps", 0)), dict(data["spec"]["layers"]),
                    data.get("mode"), int(data.get("bn_images", 0)),
-                   [RefittedConsumer.from_dict(c) for c in data.get("consumers", [])], data.get("heldout"))
+                   [RefittedConsumer.from_dict(c) for c in data.get("consumers", [])], data.get("heldout"),
+                   None if data.get("settings") is None else dict(data["settings"]))
 
     def to_frame(self) -> pd.DataFrame:
         """``rows()`` as a DataFrame, the integer columns as nullable ``Int64`` (skipped convs have none)."""
@@ -210,6 +214,11 @@ class GhostifyResult(Result):
         lines = [f"ghostify: {len(self.replaced)} convs replaced (ratio {self.ratio}, d {self.dw_size}, "
                  f"init {self.init}{'' if self.mode is None else ', ' + self.mode}), {len(self.skipped)} skipped"
                  + (f"; BN statistics re-estimated on {self.bn_images} images" if self.bn_images else "")]
+        if self.settings is not None:
+            st = self.settings
+            lines.append(f"  sequential fit: {st.get('positions')} positions per layer, {st.get('iterations')} "
+                         f"alternations, ridge {st.get('ridge')} toward {st.get('prior', 'zero')}, holdout "
+                         f"{st.get('holdout')}, seed {st.get('seed')}")
         if self.heldout is not None:
             lines.append(f"  fit errors on calibration images held out of the fit: {self.heldout}")
         for r in self.replaced:

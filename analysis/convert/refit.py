@@ -16,7 +16,9 @@ network's output ``y``:
   channel, ``v_0`` the centre block; the intrinsic map has no intercept beyond the conv's own bias).
 
 Errors are in post-BN units (channel weights ``w = gamma^2 / (var + eps)`` of the following BN, else 1). The
-ridge is relative: ``lam = ridge * trace(A) / dim`` for each normal matrix ``A``. Positions: a seeded subset
+ridge is relative: ``lam = ridge * trace(A) / dim`` for each normal matrix ``A``. It pulls toward zero, or,
+once :meth:`GhostFit.anchor` has been called, toward the anchored values (``min |t - X w|^2 + lam |w - w0|^2``):
+input directions the calibration data do not cover then keep the starting (pretrained) response. Positions: a seeded subset
 of the output grid per image (the same for every layer's input and target). The Gram is accumulated over
 batches in float32 blocks into float64.
 """
@@ -112,14 +114,17 @@ class Moments:
         return self._perm
 
 
-def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Solve ``(A + lam I) x = b`` for batches of SPD ``A`` (..., n, n), ``lam = ridge * trace(A) / n``."""
+def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float, x0: torch.Tensor | None = None) -> torch.Tensor:
+    """Solve ``(A + lam I) x = b + lam x0`` for batches of SPD ``A`` (..., n, n), ``lam = ridge * trace(A) / n``:
+    the ridge pulls ``x`` toward ``x0`` (shaped like ``b``; zero when omitted)."""
     n = a.shape[-1]
     tr = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1).clamp_min(0)
     lam = ridge * tr / n
     lam = torch.where(lam > 0, lam, torch.full_like(lam, 1e-12))
     eye = torch.eye(n, dtype=a.dtype)
     reg = a + lam[..., None, None] * eye
+    if x0 is not None:
+        b = b + lam[..., None, None] * x0
     chol, info = torch.linalg.cholesky_ex(reg)
     if bool((info == 0).all()):
         return torch.cholesky_solve(b, chol)
@@ -138,6 +143,13 @@ class GhostFit:
     weight: torch.Tensor
     kernel: torch.Tensor
     bias: torch.Tensor
+    weight0: torch.Tensor | None = None
+    kernel0: torch.Tensor | None = None
+
+    def anchor(self) -> None:
+        """From now on, every refit's ridge pulls the filters and kernels toward their current values (the
+        start: the pretrained intrinsic filters and the closed-form cheap kernels) instead of toward zero."""
+        self.weight0, self.kernel0 = self.weight.clone(), self.kernel.clone()
 
     def cheap_step(self, mo: Moments, ridge: float) -> None:
         """Refit every cheap kernel and bias with the primary filters fixed (exact LS from the moments)."""
@@ -152,7 +164,7 @@ class GhostFit:
         sy = mo.sy[self.ghosts]
         cov = gram_u - su[:, :, None] * su[:, None, :] / m
         cvec = cross_u - su * sy[:, None] / m
-        k = _ridge_solve(cov, cvec[..., None], ridge)[..., 0]
+        k = _ridge_solve(cov, cvec[..., None], ridge, self._k0())[..., 0]
         self.kernel = k
         self.bias = (sy - (su * k).sum(1)) / m
 
@@ -186,7 +198,7 @@ class GhostFit:
                 rows = src[gi] - k0
                 lhs.index_add_(0, rows, wj[:, None, None] * cov)
                 rhs.index_add_(0, rows, wj[:, None] * c)
-            new[ks] = _ridge_solve(lhs, rhs[..., None], ridge)[..., 0]
+            new[ks] = _ridge_solve(lhs, rhs[..., None], ridge, self._w0(ks))[..., 0]
         self.weight = new
         fs = torch.einsum("gt,tA->gA", self.kernel, sv)
         self.bias = (mo.sy[self.ghosts] - (fs * self.weight[src]).sum(1)) / m
@@ -200,7 +212,7 @@ class GhostFit:
         yg = y[:, self.ghosts].T  # G x M
         uc, yc = u - u.mean(1, keepdim=True), yg - yg.mean(1, keepdim=True)
         cov = uc.transpose(1, 2) @ uc
-        k = _ridge_solve(cov, (uc.transpose(1, 2) @ yc[..., None]), ridge)[..., 0]
+        k = _ridge_solve(cov, (uc.transpose(1, 2) @ yc[..., None]), ridge, self._k0())[..., 0]
         self.kernel = k
         self.bias = (yg.sum(1) - (u.sum(1) * k).sum(1)) / m
 
@@ -220,15 +232,25 @@ class GhostFit:
                 rows.append(weights[j].sqrt() * (f - f.mean(0)))
                 targets.append(weights[j].sqrt() * (y[:, j] - y[:, j].mean()))
             x, t = torch.cat(rows), torch.cat(targets)
+            w0 = None if self.weight0 is None else self.weight0[k]
             if x.shape[0] >= dim:  # more rows than unknowns: the normal equations
-                new[k] = _ridge_solve(x.T @ x, (x.T @ t)[:, None], ridge)[:, 0]
+                new[k] = _ridge_solve(x.T @ x, (x.T @ t)[:, None], ridge, None if w0 is None else w0[:, None])[:, 0]
                 continue
             lam = ridge * float((x * x).sum()) / dim
             gram = x @ x.T + max(lam, 1e-12) * torch.eye(x.shape[0], dtype=x.dtype)
-            new[k] = x.T @ torch.linalg.solve(gram, t)
+            if w0 is None:
+                new[k] = x.T @ torch.linalg.solve(gram, t)
+            else:  # the step from the anchor, fitted to what the anchor leaves unexplained
+                new[k] = w0 + x.T @ torch.linalg.solve(gram, t - x @ w0)
         self.weight = new
         fs = torch.einsum("gt,ntA->gA", self.kernel, v)
         self.bias = (y[:, self.ghosts].sum(0) - (fs * self.weight[src]).sum(1)) / m
+
+    def _k0(self) -> torch.Tensor | None:
+        return None if self.kernel0 is None else self.kernel0[..., None]
+
+    def _w0(self, ks: torch.Tensor) -> torch.Tensor | None:
+        return None if self.weight0 is None else self.weight0[ks][..., None]
 
     def output_moments(self, mo: Moments, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and (population) variance of every output channel over the fit positions, from the moments."""

@@ -34,11 +34,14 @@ from analysis.convert.stepper import LayerStepper
 from analysis.reconstruct import channel_weights, ghostability
 from ghostnet.layers import GhostConv, ghost_conv_like
 
-__all__ = ["LayerReport", "SequentialSettings", "heldout_split", "sequential_fit"]
+__all__ = ["PRIORS", "LayerReport", "SequentialSettings", "heldout_split", "sequential_fit"]
 
 #: Below q D fit positions (and up to this many stored values) the refit works on the positions themselves
 #: (dual form) instead of the (q D)^2 Gram matrix: the same least squares, far cheaper on small data.
 _DIRECT_MAX = 2 * 10**7
+
+#: What the refit's ridge can pull toward (:attr:`SequentialSettings.prior`).
+PRIORS = ("zero", "start")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,11 @@ class SequentialSettings:
     (:mod:`analysis.convert.consumer`); ``refit_all``: once a layer's held-out errors are measured, fit it
     again, from the same start, on every calibration image, held-out ones included, and keep that module (so
     holding out whole photos costs the conversion no photo; the reported errors are then those of the fit
-    without them, a slightly pessimistic estimate for the module kept)."""
+    without them, a slightly pessimistic estimate for the module kept);
+    ``prior``: what the ridge pulls the refit toward, ``"zero"`` or ``"start"`` (the starting point: the
+    original filters of the intrinsic channels and the closed-form cheap kernels, and a refitted consumer's
+    own original filters; with few calibration images, input directions they do not cover then keep the
+    pretrained response instead of being zeroed)."""
 
     positions: int = 8192
     holdout: float = 0.125
@@ -69,6 +76,7 @@ class SequentialSettings:
     track_bn: bool = False
     consumer_refit: bool = False
     refit_all: bool = True
+    prior: str = "zero"
 
     def __post_init__(self) -> None:
         ints = {"positions": 1, "choice_images": 1, "iterations": 0, "batch_size": 1, "seed": 0}
@@ -79,6 +87,8 @@ class SequentialSettings:
         for name in ("track_bn", "consumer_refit", "refit_all"):
             if not isinstance(getattr(self, name), bool):
                 raise GhostifyError(f"settings.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.prior not in PRIORS:
+            raise GhostifyError(f"settings.prior must be one of {', '.join(map(repr, PRIORS))}, got {self.prior!r}")
         if not isinstance(self.holdout, (int, float)) or not 0 <= self.holdout < 1:
             raise GhostifyError(f"settings.holdout must be a fraction in [0, 1) (0: no held-out errors), got "
                                 f"{self.holdout!r}")
@@ -304,10 +314,12 @@ def sequential_fit(model: nn.Module, new: nn.Module, names: Sequence[str], image
                                                None if bn is None else new.get_submodule(bn_names[id(bn)]),
                                                inputs, pos_all, y_all, torch.as_tensor(held), weights, st.ridge,
                                                torch.as_tensor(decide), check=st.holdout > 0,
-                                               validation=decided_by))
+                                               validation=decided_by, anchored=st.prior == "start"))
                 continue
             s_layer = ratios[name]
             fit, module_order = _start(conv, torch.cat(targets.maps[name]), bn, s_layer, d, st.choice)
+            if st.prior == "start":
+                fit.anchor()
             qd, n_fit_pos = d * d * fit.weight.shape[1], int((~held).sum()) * pos_all.shape[1]
             direct = n_fit_pos < qd and n_fit_pos * qd <= _DIRECT_MAX  # few positions: skip the Gram
             mo = None if direct else Moments(d * d, fit.weight.shape[1], conv.out_channels)

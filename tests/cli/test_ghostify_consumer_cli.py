@@ -1,9 +1,10 @@
-"""`ghostmaps ghostify --consumer-refit` end to end on a tiny model (tests.helpers:PlanNet)."""
+"""`ghostmaps ghostify --consumer-refit` and the sequential fit's options end to end on a tiny model (tests.helpers:PlanNet)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from analysis.cli.main import main
@@ -57,3 +58,26 @@ def test_views_without_eval_are_verified_over_their_photos_and_eval_views_need_e
                  str(tmp_path / "w")]) == 2
     assert "--eval-views draws views of the --eval photos; add --eval IMAGES" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_fit_ridge_and_prior_reach_the_fit_and_the_report(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "12", "--eval",
+                 "samples:evaluation", "--eval-views", "8", "--fit-ridge", "0.5", "--fit-prior", "start",
+                 "--out", str(out)]) == 0
+    assert "ridge 0.5 toward start" in capsys.readouterr().out
+    st = json.loads((out / "ghostify.json").read_text())["result"]["settings"]
+    assert (st["ridge"], st["prior"]) == (0.5, "start")
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--views", "12", "--eval",
+                 "samples:evaluation", "--out", str(out / "d")]) == 0
+    st = json.loads((out / "d" / "ghostify.json").read_text())["result"]["settings"]
+    assert (st["ridge"], st["prior"]) == (1e-3, "zero")  # the defaults, recorded too
+
+
+def test_fit_prior_needs_the_sequential_fit(tmp_path, capsys):
+    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent", "--fit-prior",
+                 "start", "--eval", "samples:evaluation", "--out", str(tmp_path / "x")]) == 2
+    assert "--fit-ridge and --fit-prior set the sequential fit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ghostify", *TINY, "--fit-ridge", "-1"])
+    assert "expected a number >= 0, got '-1'" in capsys.readouterr().err

@@ -50,31 +50,35 @@ def _io(net: nn.Module, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     return got["x"], got["y"]
 
 
-def _brute(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """min |y - W P - c|^2 + lam |W|^2 over the unfolded patches (lam relative to the centred design's trace)."""
+def _brute(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, ridge: float,
+           w0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """min |y - W P - c|^2 + lam |W - W0|^2 over the unfolded patches (lam relative to the centred design's
+    trace; W0 = 0 unless given)."""
     cols = F.unfold(x.double(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # N x D x L
     p = cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()
     t = y.double().permute(0, 2, 3, 1).reshape(-1, y.shape[1]).numpy()
     pc, tc = p - p.mean(0), t - t.mean(0)
     lam = ridge * float((pc * pc).sum()) / p.shape[1]
     a = np.vstack([pc, np.sqrt(lam) * np.eye(p.shape[1])])
-    b = np.vstack([tc, np.zeros((p.shape[1], t.shape[1]))])
+    b = np.vstack([tc, np.sqrt(lam) * (np.zeros((p.shape[1], t.shape[1])) if w0 is None else w0.T)])
     w = np.linalg.lstsq(a, b, rcond=None)[0].T
     return w, t.mean(0) - w @ p.mean(0)
 
 
-@pytest.mark.parametrize("bias,kernel,ridge", [(False, 1, 0.0), (True, 3, 0.0), (False, 1, 0.05)])
-def test_the_refit_is_the_least_squares_on_converted_inputs_against_original_outputs(bias, kernel, ridge):
+@pytest.mark.parametrize("bias,kernel,ridge,prior", [(False, 1, 0.0, "zero"), (True, 3, 0.0, "zero"),
+                                                     (False, 1, 0.05, "zero"), (True, 3, 0.5, "start")])
+def test_the_refit_is_the_least_squares_on_converted_inputs_against_original_outputs(bias, kernel, ridge, prior):
     net = _net(bias, kernel)
     x = torch.randn(12, 3, 10, 10)
-    st = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=ridge)
+    st = SequentialSettings(positions=10**6, holdout=0.0, iterations=1, ridge=ridge, prior=prior)
     new, res = ghostify(net, layers=["3"], init="fit", calibration_images=x, settings=st, consumer_refit=True)
     assert [(c.name, c.producers) for c in res.consumers] == [("9", ["3"])]
     assert res.consumers[0].n_fit == 12 * 100 and res.consumers[0].heldout_error_after is None  # nothing held out
     # brute force on the *converted* network's inputs (upstream of the consumer nothing changes after its refit)
     xin, _ = _io(new, new[9], x)
     _, yorig = _io(net, net[9], x)
-    w, c = _brute(net[9], xin, yorig, ridge)
+    w0 = net[9].weight.detach().double().reshape(12, -1).numpy() if prior == "start" else None
+    w, c = _brute(net[9], xin, yorig, ridge, w0)
     np.testing.assert_allclose(new[9].weight.detach().double().reshape(12, -1).numpy(), w, atol=1e-4, rtol=1e-4)
     if bias:
         np.testing.assert_allclose(new[9].bias.detach().double().numpy(), c, atol=1e-4)

@@ -80,16 +80,19 @@ def _dense_data(seed: int = 0, n: int = 200, dim: int = 6, c: int = 3):
 
 
 @pytest.mark.parametrize("ridge", [0.0, 0.2])
-def test_refit_dense_is_the_least_squares_with_a_free_intercept(ridge):
+@pytest.mark.parametrize("anchored", [False, True], ids=["to-zero", "to-start"])
+def test_refit_dense_is_the_least_squares_with_a_free_intercept(ridge, anchored):
     v, y = _dense_data()
     mo = DenseMoments(v.shape[1], y.shape[1])
     for part in np.array_split(np.arange(len(v)), 3):  # streamed in batches
         mo.add(torch.as_tensor(v[part]), torch.as_tensor(y[part]))
-    w, c = refit_dense(mo, ridge)
+    start = np.random.default_rng(9).normal(size=(y.shape[1], v.shape[1])) if anchored else None
+    w, c = refit_dense(mo, ridge, None if start is None else torch.as_tensor(start))
     vc, yc = v - v.mean(0), y - y.mean(0)  # the intercept is not penalised: centre, then ridge
     lam = ridge * float((vc * vc).sum()) / v.shape[1]
     aug = np.vstack([vc, np.sqrt(lam) * np.eye(v.shape[1])])
-    want = np.linalg.lstsq(aug, np.vstack([yc, np.zeros((v.shape[1], y.shape[1]))]), rcond=None)[0]
+    prior = np.zeros((v.shape[1], y.shape[1])) if start is None else start.T
+    want = np.linalg.lstsq(aug, np.vstack([yc, np.sqrt(lam) * prior]), rcond=None)[0]
     np.testing.assert_allclose(w.numpy(), want.T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(c.numpy(), y.mean(0) - v.mean(0) @ want, rtol=1e-8, atol=1e-10)
 
@@ -103,6 +106,10 @@ def test_refit_dense_without_intercept_and_with_a_dead_input():
     assert c is None
     np.testing.assert_allclose(w.numpy(), np.linalg.lstsq(v, y, rcond=None)[0].T, rtol=1e-8, atol=1e-10)
     assert float(w[:, 2].abs().max()) < 1e-12  # minimum norm: the dead channel gets no weight
+    start = torch.full_like(w, 0.5)
+    w_start, _ = refit_dense(mo, 0.0, start)  # nearest the start: the dead channel keeps its start weight
+    torch.testing.assert_close(w_start[:, 2], start[:, 2])
+    torch.testing.assert_close(w_start[:, [0, 1, 3, 4, 5]], w[:, [0, 1, 3, 4, 5]])
     with pytest.raises(ValueError, match="at least one"):
         refit_dense(DenseMoments(2, 1), 0.0)
 
