@@ -18,9 +18,9 @@ network's output ``y``:
 Errors are in post-BN units (channel weights ``w = gamma^2 / (var + eps)`` of the following BN, else 1). The
 ridge is relative: ``lam = ridge * trace(A) / dim`` for each normal matrix ``A``. It pulls toward zero, or,
 once :meth:`GhostFit.anchor` has been called, toward the anchored values (``min |t - X w|^2 + lam |w - w0|^2``):
-input directions the calibration data do not cover then keep the starting (pretrained) response. Positions: a seeded subset
-of the output grid per image (the same for every layer's input and target). The Gram is accumulated over
-batches in float32 blocks into float64.
+input directions the calibration data do not cover then keep the starting (pretrained) response.
+Positions: a seeded subset of the output grid per image (the same for every layer's input and target). The
+Gram is accumulated over batches in float32 blocks into float64.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float, x0: torch.Tenso
 class GhostFit:
     """Fitted halves of one Ghost conv in original-channel terms: ``intrinsic`` (m channels, primary order),
     ``source`` (the primary index each ghost is made from, for ghosts ``ghosts``), ``weight`` (m x D incl. a
-    bias column when the conv has one), ``kernel`` (G x q), ``bias`` (G)."""
+    bias column when the conv has one), ``kernel`` (G x q), ``bias`` (G); ``weight0``/``kernel0``: what the ridge
+    pulls them toward (None: zero; set by :meth:`anchor`)."""
 
     intrinsic: list[int]
     ghosts: list[int]
