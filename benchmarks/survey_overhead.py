@@ -29,13 +29,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
 from analysis import survey
+from analysis.cli.main import thp_mode
 from analysis.hooks import eval_mode
 from analysis.survey.stream import Stream
 
@@ -99,12 +99,6 @@ def row(label: str, seconds: float, forward: float, target: float | None) -> str
     return f"  {label:<34} {seconds:7.2f} s  {ratio:5.2f}×  {verdict}"
 
 
-def _thp_mode() -> str:
-    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    text = path.read_text() if path.exists() else ""
-    return text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
-
-
 def _huge_pages(want: str) -> None:
     """Re-execute this script with ``THP_MEM_ALLOC_ENABLE`` set as asked (torch reads it once, at its first
     allocation, so it cannot be changed in a running process)."""
@@ -141,7 +135,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.images} images of 224×224, "
           f"batch {args.batch_size}, fastest of {args.repeats}, {'CPU' if args.cpu else 'wall-clock'} seconds, "
           f"huge pages {'on' if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' else 'off'} "
-          f"(kernel THP mode: {_thp_mode()})")
+          f"(kernel THP mode: {thp_mode()})")
     for name in args.models:
         torch.manual_seed(0)
         model = getattr(torchvision.models, name)(weights=None).eval()

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from analysis import __version__
 from analysis._core.errors import GhostmapsError
@@ -39,6 +40,24 @@ def _huge_pages() -> None:
     out."""
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def thp_mode(root: str | os.PathLike[str] = "/") -> str:
+    """The kernel's transparent-huge-page mode (``"always"``, ``"madvise"``, ``"never"``), ``"off"`` where the
+    2 MiB size or this process has THP switched off, ``"unknown"`` where the kernel does not say (not Linux).
+    ``root``: where ``sys`` and ``proc`` are (a test points it at a fake tree). Benchmarks print it, tests skip
+    on it: whether :func:`_huge_pages` can have any effect here."""
+    base = Path(root)
+    enabled = base / "sys/kernel/mm/transparent_hugepage/enabled"
+    text = enabled.read_text() if enabled.exists() else ""
+    mode = text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
+    size = base / "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled"
+    if size.exists() and "[never]" in size.read_text():
+        return "off"
+    status = base / "proc/self/status"
+    if status.exists() and "THP_enabled:\t0" in status.read_text():
+        return "off"
+    return mode
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.cli.main import thp_mode
+
 SCRIPT = """
 import os, sys
 from analysis.cli.main import _huge_pages
@@ -31,20 +33,6 @@ def _run(before: str = "", env: dict[str, str] | None = None) -> tuple[str, int]
     return out[0], int(out[1])
 
 
-def _thp_mode() -> str:
-    """The kernel's THP mode, or "off" where this process or the 2 MiB size has THP switched off."""
-    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    text = path.read_text() if path.exists() else ""
-    mode = text[text.find("[") + 1:text.find("]")] if "[" in text else "unknown"
-    size = Path("/sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled")
-    if size.exists() and "[never]" in size.read_text():
-        return "off"
-    status = Path("/proc/self/status")
-    if status.exists() and "THP_enabled:\t0" in status.read_text():
-        return "off"
-    return mode
-
-
 ENTRY = """
 import os, sys
 from analysis.cli import main  # what the console script imports
@@ -57,7 +45,7 @@ print(os.environ.get("THP_MEM_ALLOC_ENABLE"), int(huge[0].split()[1]) if huge el
 """
 
 
-@pytest.mark.skipif(_thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
+@pytest.mark.skipif(thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
 def test_the_command_itself_gets_huge_pages():
     # main() must set the variable before its subcommand modules import torch
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
@@ -69,13 +57,30 @@ def test_the_command_itself_gets_huge_pages():
 def test_set_before_torch_and_kept_when_the_user_set_it():
     value, huge = _run()
     assert value == "1"
-    if _thp_mode() in ("madvise", "always"):
+    if thp_mode() in ("madvise", "always"):
         assert huge >= 2048  # at least one 2 MiB page backs the 64 MiB tensor
     assert _run(env={"THP_MEM_ALLOC_ENABLE": "0"})[0] == "0"
     assert _run(before="import torch")[0] == "None"  # too late to matter: left alone
 
 
-@pytest.mark.skipif(_thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
+@pytest.mark.skipif(thp_mode() != "madvise", reason="needs transparent huge pages in madvise mode")
 def test_without_it_torch_gets_no_huge_pages_in_madvise_mode():
     # the control: the same tensor without the variable is backed by 4 KiB pages only
     assert _run(before="import torch")[1] == 0
+
+
+@pytest.mark.parametrize("files,want", [
+    ({"sys/kernel/mm/transparent_hugepage/enabled": "always [madvise] never\n"}, "madvise"),
+    ({"sys/kernel/mm/transparent_hugepage/enabled": "[always] madvise never\n"}, "always"),
+    ({"sys/kernel/mm/transparent_hugepage/enabled": "always madvise [never]\n"}, "never"),
+    ({"sys/kernel/mm/transparent_hugepage/enabled": "always [madvise] never\n",
+      "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled": "always inherit madvise [never]\n"}, "off"),
+    ({"sys/kernel/mm/transparent_hugepage/enabled": "[always] madvise never\n",
+      "proc/self/status": "Name:\tpython\nTHP_enabled:\t0\n"}, "off"),
+    ({"proc/self/status": "THP_enabled:\t1\n"}, "unknown"),
+])
+def test_thp_mode_reads_the_kernel_files(tmp_path, files, want):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert thp_mode(tmp_path) == want
