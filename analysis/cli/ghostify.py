@@ -97,14 +97,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_settings(args: argparse.Namespace) -> SequentialSettings | None:
-    """``--fit-ridge``/``--fit-prior`` as the sequential fit's settings (None: the defaults, or no such fit)."""
-    st = SequentialSettings(ridge=args.fit_ridge, prior=args.fit_prior)
-    if st == SequentialSettings():
+    """``--fit-ridge``/``--fit-prior`` as the sequential fit's settings (None: neither given)."""
+    if args.fit_ridge is None and args.fit_prior is None:
         return None
     if args.mode != "sequential" or args.init == "none":
         raise GhostmapsError("--fit-ridge and --fit-prior set the sequential fit: use them with --mode sequential "
                              "and --init fit (the defaults), or leave them out")
-    return st
+    default = SequentialSettings()
+    return SequentialSettings(ridge=default.ridge if args.fit_ridge is None else args.fit_ridge,
+                              prior=default.prior if args.fit_prior is None else args.fit_prior)
 
 
 def _recover(args: argparse.Namespace, model: Any, new: Any, source: Any) -> tuple[Any, Any]:
@@ -286,11 +287,11 @@ def register(sub: Any) -> None:
     p.add_argument("--consumer-refit", action="store_true",
                    help="with --mode sequential: also re-solve by least squares each dense conv that consumes a "
                         "replaced conv and stays dense, so its output matches the original's (default: off)")
-    p.add_argument("--fit-ridge", type=non_negative_number, default=SequentialSettings.ridge, metavar="R",
-                   help="with --mode sequential: the refit's relative ridge (default: %(default)s)")
-    p.add_argument("--fit-prior", choices=PRIORS, default=SequentialSettings.prior,
+    p.add_argument("--fit-ridge", type=non_negative_number, default=None, metavar="R",
+                   help=f"with --mode sequential: the refit's relative ridge (default: {SequentialSettings.ridge})")
+    p.add_argument("--fit-prior", choices=PRIORS, default=None,
                    help="with --mode sequential: what the ridge pulls the refit toward, 'zero' or 'start' (the "
-                        "pretrained filters and closed-form cheap ops; default: %(default)s)")
+                        f"pretrained filters and closed-form cheap ops; default: {SequentialSettings.prior})")
     p.add_argument("--calibrate-steps", type=non_negative_int, default=0,
                    help="Adam steps of layer-wise MSE calibration per layer after the fit; needs --mode "
                         "independent (default: off)")

@@ -220,7 +220,8 @@ class GhostFit:
     def primary_step_direct(self, v: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, ridge: float) -> None:
         """:meth:`primary_step` from the fit positions themselves: the stacked design ``X`` of each filter is
         built explicitly; with fewer rows than unknowns the dual form ``W = X^T (X X^T + lam I)^-1 t`` (the same
-        ridge solution, cheap when M is small against D)."""
+        ridge solution, cheap when M is small against D), or, anchored, ``W = W0 + X^T (X X^T + lam I)^-1
+        (t - X W0)``."""
         v, y = v.double(), y.double()
         m, q, dim = v.shape
         src = torch.as_tensor(self.source)

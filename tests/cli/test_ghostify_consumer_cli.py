@@ -75,9 +75,10 @@ def test_fit_ridge_and_prior_reach_the_fit_and_the_report(tmp_path, capsys):
 
 
 def test_fit_prior_needs_the_sequential_fit(tmp_path, capsys):
-    assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent", "--fit-prior",
-                 "start", "--eval", "samples:evaluation", "--out", str(tmp_path / "x")]) == 2
-    assert "--fit-ridge and --fit-prior set the sequential fit" in capsys.readouterr().err
+    for flag in (["--fit-prior", "start"], ["--fit-ridge", "0.001"]):  # even the default value, given explicitly
+        assert main(["ghostify", *TINY, "--images", "samples:calibration", "--mode", "independent", *flag,
+                     "--eval", "samples:evaluation", "--out", str(tmp_path / "x")]) == 2
+        assert "--fit-ridge and --fit-prior set the sequential fit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ghostify", *TINY, "--fit-ridge", "-1"])
     assert "expected a number >= 0, got '-1'" in capsys.readouterr().err

@@ -72,9 +72,11 @@ def test_choose_layers_needs_a_conv():
         choose_layers(nn.Sequential(nn.Linear(2, 2)), None, ratio=2, min_channels=0)
 
 
-def _dense_data(seed: int = 0, n: int = 200, dim: int = 6, c: int = 3):
+def _dense_data(seed: int = 0, n: int = 200, dim: int = 6, c: int = 3, constant: int | None = None):
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, dim)) + 3.0  # far from 0: the intercept matters
+    if constant is not None:
+        v[:, constant] = 2.0  # centred, a zero column: the solution depends on the start at ridge 0
     y = v @ rng.normal(size=(dim, c)) + 1.5 + 0.1 * rng.normal(size=(n, c))
     return v, y
 
@@ -82,7 +84,7 @@ def _dense_data(seed: int = 0, n: int = 200, dim: int = 6, c: int = 3):
 @pytest.mark.parametrize("ridge", [0.0, 0.2])
 @pytest.mark.parametrize("anchored", [False, True], ids=["to-zero", "to-start"])
 def test_refit_dense_is_the_least_squares_with_a_free_intercept(ridge, anchored):
-    v, y = _dense_data()
+    v, y = _dense_data(constant=4)
     mo = DenseMoments(v.shape[1], y.shape[1])
     for part in np.array_split(np.arange(len(v)), 3):  # streamed in batches
         mo.add(torch.as_tensor(v[part]), torch.as_tensor(y[part]))
@@ -92,7 +94,12 @@ def test_refit_dense_is_the_least_squares_with_a_free_intercept(ridge, anchored)
     lam = ridge * float((vc * vc).sum()) / v.shape[1]
     aug = np.vstack([vc, np.sqrt(lam) * np.eye(v.shape[1])])
     prior = np.zeros((v.shape[1], y.shape[1])) if start is None else start.T
-    want = np.linalg.lstsq(aug, np.vstack([yc, np.sqrt(lam) * prior]), rcond=None)[0]
+    if ridge == 0:  # lstsq's minimum-norm answer, shifted to the one nearest the start
+        want = prior + np.linalg.lstsq(vc, yc - vc @ prior, rcond=None)[0]
+    else:
+        want = np.linalg.lstsq(aug, np.vstack([yc, np.sqrt(lam) * prior]), rcond=None)[0]
+    if anchored:
+        np.testing.assert_allclose(w[:, 4].numpy(), start[:, 4], rtol=1e-8, atol=1e-10)  # the constant input
     np.testing.assert_allclose(w.numpy(), want.T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(c.numpy(), y.mean(0) - v.mean(0) @ want, rtol=1e-8, atol=1e-10)
 
