@@ -137,12 +137,8 @@ def refit_dense(mo: DenseMoments, ridge: float, start: torch.Tensor | None = Non
         b = mo.cross - torch.outer(mo.sv, mo.sy) / mo.m
     else:
         a, b = mo.gram, mo.cross
-    w0 = None if start is None else start.double().T  # D x C, like b
-    if ridge == 0:
-        w = (torch.linalg.pinv(a, hermitian=True) @ (b if w0 is None else b - a @ w0)).T
-        w = w if w0 is None else w + w0.T
-    else:
-        w = _ridge_solve(a, b, ridge, w0).T
+    # the start as D x C, like b; the moments are summed in float64, so pinv keeps torch's float64 cut-off
+    w = _ridge_solve(a, b, ridge, None if start is None else start.double().T, pinv_rtol=None).T
     c = (mo.sy / mo.m + mo.y0) - w @ (mo.sv / mo.m + mo.v0) if mo.centre else None
     return w, c
 

@@ -114,9 +114,22 @@ class Moments:
         return self._perm
 
 
-def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float, x0: torch.Tensor | None = None) -> torch.Tensor:
+#: With ``ridge=0``, eigenvalues of a Gram below this fraction of its largest are taken as 0: the Gram blocks are
+#: accumulated in float32 (relative rounding about 1e-7 per product), so smaller ones are rounding, not data.
+_PINV_RTOL = 1e-6
+
+
+def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float, x0: torch.Tensor | None = None,
+                 pinv_rtol: float | None = _PINV_RTOL) -> torch.Tensor:
     """Solve ``(A + lam I) x = b + lam x0`` for batches of SPD ``A`` (..., n, n), ``lam = ridge * trace(A) / n``:
-    the ridge pulls ``x`` toward ``x0`` (shaped like ``b``; zero when omitted)."""
+    the ridge pulls ``x`` toward ``x0`` (shaped like ``b``; zero when omitted). ``ridge=0``: the least-squares
+    solution nearest ``x0``, ``x0 + pinv(A) (b - A x0)`` (what the dual form gives on rank-deficient data), with
+    eigenvalues below ``pinv_rtol`` of the largest taken as 0 (None: torch's float64 default, for a Gram summed in
+    float64)."""
+    if ridge == 0:
+        step = b if x0 is None else b - a @ x0
+        x = torch.linalg.pinv(a, rtol=pinv_rtol, hermitian=True) @ step
+        return x if x0 is None else x + x0
     n = a.shape[-1]
     tr = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1).clamp_min(0)
     lam = ridge * tr / n
@@ -128,7 +141,7 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float, x0: torch.Tenso
     chol, info = torch.linalg.cholesky_ex(reg)
     if bool((info == 0).all()):
         return torch.cholesky_solve(b, chol)
-    return torch.linalg.solve(reg, b)  # numerically singular (ridge 0): LU with pivoting
+    return torch.linalg.solve(reg, b)  # numerically singular (a tiny ridge): LU with pivoting
 
 
 @dataclass

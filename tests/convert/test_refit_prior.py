@@ -126,3 +126,27 @@ def test_prior_setting_reaches_the_fit_is_recorded_and_is_validated():
     assert near["start"] < 0.5 * near["zero"]
     with pytest.raises(GhostifyError, match="prior.*'zero', 'start'"):
         SequentialSettings(prior="pretrained")
+
+
+@pytest.mark.parametrize("anchored", [False, True], ids=["to-zero", "to-start"])
+def test_ridge_zero_is_the_least_squares_nearest_the_prior_in_the_gram_form(anchored):
+    """A rank-deficient Gram (fewer positions than unknowns, and a dead input channel): ridge 0 gives lstsq's
+    minimum-norm answer, shifted to the start when anchored, as the dual form does, not an arbitrary one of the
+    many least-squares solutions (a tiny absolute ridge on a Gram with rounding noise in its null space)."""
+    v, y = _data(1, positions=2)
+    v[:, :, 9:18] = 0  # input channel 1's taps
+    rng = np.random.default_rng(2)
+    fit = _fit(v, rng)
+    if anchored:
+        fit.anchor()
+    w0 = fit.weight.clone() if anchored else torch.zeros_like(fit.weight)
+    start = GhostFit(fit.intrinsic, fit.ghosts, fit.source, fit.weight.clone(), fit.kernel.clone(), fit.bias)
+    weights = torch.ones(6, dtype=torch.float64)
+    mo = Moments(9, v.shape[2], 6)
+    mo.add(v, y)
+    fit.primary_step(mo, weights, 0.0)
+    for k in range(3):
+        x, t = _primary_design(v, y, start, k, weights)
+        want = w0[k].numpy() + np.linalg.lstsq(x, t - x @ w0[k].numpy(), rcond=None)[0]
+        np.testing.assert_allclose(fit.weight[k].numpy(), want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fit.weight[:, 9:18], w0[:, 9:18], rtol=0, atol=1e-9)
