@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--positions", type=int, default=8192, help="fit positions per layer (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=2, help="refit alternations (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge (default: %(default)s)")
-    p.add_argument("--prior", choices=PRIORS, default="zero",
+    p.add_argument("--prior", choices=PRIORS, default=SequentialSettings.prior,
                    help="what the ridge pulls the refit toward (default: %(default)s)")
     p.add_argument("--track-bn", action="store_true",
                    help="set each refitted conv's BN to its refitted output's statistics during the fit")

@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--bn", default="train", choices=BN_MODES)
     p.add_argument("--mix", default=None, choices=MIXES, help="mix each view with a partner")
     p.add_argument("--ridge", type=float, default=SequentialSettings.ridge, help="the sequential fit's relative ridge")
-    p.add_argument("--prior", default="zero", choices=PRIORS, help="what the fit's ridge pulls toward")
+    p.add_argument("--prior", default=SequentialSettings.prior, choices=PRIORS, help="what the fit's ridge pulls toward")
     p.add_argument("--cache", type=Path, default=None, help="a folder to keep the ghostified network in")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diagnose-data", action="store_true",
