@@ -11,7 +11,7 @@ offline in a couple of minutes on a CPU):
   dw_size=3, relu=True)`` (its own BN and ReLU inside, the drop-in for conv+BN+ReLU).
 
 Both are trained with the same recipe (Adam, cosine schedule, fixed seeds) on the same stratified 70/30
-split, for several seeds. Params are those the forward pass uses and MACs come from ``analysis.macs.count_macs``
+split, for several seeds. Params are those the forward pass uses and MACs come from ``analysis.convert.macs.count_macs``
 (multiply-adds, conv/linear only) at 1x1x8x8.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/paper_table4_digits.py [--seeds 5] [--epochs 40]
