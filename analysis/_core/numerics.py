@@ -44,7 +44,7 @@ def relative_from_sums(sse: np.ndarray | float, ss: np.ndarray | float, sumsq: n
         floor = np.zeros_like(tol)
     else:
         raise ValueError(f"constant_target must be 'inf' or 'floor', got {constant_target!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rel = sse / np.where(const, floor, ss)
     return np.where(const & (sse <= tol), 0.0, rel)  # "inf": an inexact constant fit is SSE / 0 = inf
 

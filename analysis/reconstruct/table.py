@@ -4,6 +4,7 @@ other."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from analysis._core.errors import GhostmapsError
+from analysis._core.numerics import REL_TOL, relative_from_sums
 from analysis._core.results import Result, number, plain
 from analysis._core.validation import check_count, check_odd_size
 from analysis.measure.pairs import ghost_pairs
@@ -128,7 +130,10 @@ def _choose_pairs(fit_x: torch.Tensor, k: int, metric: str, seed: int) -> list[t
 
 
 def _heldout_rows(fit_x: torch.Tensor, eval_x: torch.Tensor, pairs: list[tuple[int, int]], d: int,
-                  ridge: float) -> list[dict[str, float]]:
+                  ridge: float, eval_groups: Sequence[Any] | None = None) -> list[dict[str, float]]:
+    """Each pair's op fitted on ``fit_x``, scored on ``eval_x``: relative error with the package's rule for a
+    constant target (a finite floor, never a perfect 0 for an inexact fit) and a jackknife interval over
+    ``eval_groups`` (the photos of the held-out images) when given, else over images."""
     si = torch.as_tensor([p[0] for p in pairs], device=fit_x.device)
     dj = torch.as_tensor([p[1] for p in pairs], device=fit_x.device)
     fit = fit_cheap_op(fit_x[:, si].transpose(0, 1), fit_x[:, dj].transpose(0, 1), d=d, ridge=ridge)
@@ -138,12 +143,17 @@ def _heldout_rows(fit_x: torch.Tensor, eval_x: torch.Tensor, pairs: list[tuple[i
     pred = fit.predict(src)
     err = ((pred - dst) ** 2).sum((2, 3))  # P x N
     ss = ((dst - dst.mean((1, 2, 3), keepdim=True)) ** 2).sum((2, 3))
+    sumsq = (dst ** 2).sum((1, 2, 3)).cpu().numpy()
     m = dst.shape[1] * dst.shape[2] * dst.shape[3]
     out = []
     for p in range(len(pairs)):
-        est = ratio_interval(err[p].cpu().numpy(), ss[p].cpu().numpy())
-        rel = est.value if np.isfinite(est.value) else 0.0
-        out.append({"rel_error": rel, "rel_error_low": est.low, "rel_error_high": est.high,
+        e, v = err[p].cpu().numpy(), ss[p].cpu().numpy()
+        est = ratio_interval(e, v, groups=eval_groups)
+        rel = float(relative_from_sums(e.sum(), v.sum(), sumsq[p], constant_target="floor"))
+        low, high = est.low, est.high
+        if v.sum() <= REL_TOL * sumsq[p]:  # a constant held-out target: the floored ratio is a lower bound
+            low, high = rel, (rel if rel == 0.0 else math.inf)
+        out.append({"rel_error": rel, "rel_error_low": low, "rel_error_high": high,
                     "rel_error_fit": float(fit.rel_error[p]), "r2": 1.0 - rel, "mse_raw": float(err[p].sum()) / m})
     return out
 
@@ -187,6 +197,7 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
     else:
         plist = _pair_list(pairs, c)
         pairs_from = "given"
+    eval_groups = None if groups is None or sp.eval_index is None else [groups[i] for i in sp.eval_index]
     rng = np.random.default_rng(seed)
     live = np.flatnonzero(fit_x.abs().amax(dim=(0, 2, 3)).cpu().numpy() > 0)
     pool = live if len(live) >= 2 else np.arange(c)
@@ -200,7 +211,7 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
     for d in ds_t:
         if not plist and not rand:
             continue
-        res = _heldout_rows(fit_x, eval_x, plist + rand, d, ridge)
+        res = _heldout_rows(fit_x, eval_x, plist + rand, d, ridge, eval_groups)
         for (i, j), r in zip(plist, res, strict=False):
             rows.append({"kind": "pair", "src": i, "dst": j, "d": d, **r, "n": 1,
                          "sparse": bool(max(apoz[i], apoz[j]) >= SPARSE_APOZ)})
