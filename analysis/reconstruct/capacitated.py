@@ -37,9 +37,18 @@ def _greedy_intrinsic(cost: np.ndarray, m: int, baseline: np.ndarray | None) -> 
     return chosen
 
 
+#: Up to this many intrinsic channels the assignment tries every group as the short one (exact).
+EXACT_ASSIGN_MAX = 64
+#: Above it, the short groups of the unconstrained optimum tried (the least loaded first).
+_SHORT_CANDIDATES = 8
+
+
 def _assign(cost: np.ndarray, intrinsic: list[int], ghosts: list[int], r1: int) -> list[list[int]]:
-    """Exact minimum-cost assignment of ghosts to intrinsic channels, each feeding <= r1 ghosts and only one
-    fewer (Hungarian on replicated columns; the short one is the least-loaded of the unconstrained optimum)."""
+    """Minimum-cost assignment of ghosts to intrinsic channels, each feeding <= r1 ghosts and only one fewer
+    (Hungarian on replicated columns). The unconstrained optimum (every group <= r1) is a lower bound; when at
+    most one of its groups is short it is the answer. Otherwise one group is made the short one and the rest
+    full, each choice solved exactly: every group up to ``EXACT_ASSIGN_MAX`` intrinsic channels (exact), above
+    that the ``_SHORT_CANDIDATES`` least-loaded short groups of the unconstrained optimum (a heuristic)."""
     from scipy.optimize import linear_sum_assignment
 
     m = len(intrinsic)
@@ -48,22 +57,31 @@ def _assign(cost: np.ndarray, intrinsic: list[int], ghosts: list[int], r1: int) 
     spare = m * r1 - len(ghosts)
     sub = cost[np.ix_(intrinsic, ghosts)].T  # (G, m)
 
-    def solve(caps: list[int]) -> list[list[int]]:
+    def solve(caps: list[int]) -> tuple[float, list[list[int]]]:
         cols = [p for p in range(m) for _ in range(caps[p])]
         rows, picked = linear_sum_assignment(sub[:, cols])
         slots: list[list[int]] = [[] for _ in range(m)]
         for r, col in zip(rows, picked, strict=True):
             slots[cols[col]].append(ghosts[r])
-        return slots
+        return float(sub[rows, [cols[k] for k in picked]].sum()), slots
 
-    slots = solve([r1] * m)
+    _, slots = solve([r1] * m)
     short = [p for p in range(m) if len(slots[p]) < r1]
-    if len(short) > 1:
-        p_short = min(short, key=lambda p: (len(slots[p]), p))
+    if len(short) <= 1:
+        return slots
+    if m <= EXACT_ASSIGN_MAX:
+        candidates = list(range(m))
+    else:
+        candidates = sorted(short, key=lambda p: (len(slots[p]), p))[:_SHORT_CANDIDATES]
+    best: tuple[float, list[list[int]]] | None = None
+    for p_short in candidates:
         caps = [r1] * m
         caps[p_short] = r1 - spare
-        slots = solve(caps)
-    return slots
+        got = solve(caps)
+        if best is None or got[0] < best[0]:
+            best = got
+    assert best is not None
+    return best[1]
 
 
 def _role_swaps(cost: np.ndarray, intrinsic: list[int], slots: list[list[int]],
