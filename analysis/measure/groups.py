@@ -137,7 +137,7 @@ def ghost_groups(
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise GhostmapsError(f"similarity must be a square C×C matrix, got shape {tuple(matrix.shape)}.")
     if valid is not None:
-        mask = torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid).bool().cpu()
+        mask = _channel_mask(valid, matrix.shape[0])
     m = np.nan_to_num(matrix.detach().cpu().to(torch.float64).numpy(), nan=0.0)
     idx = np.flatnonzero(mask.numpy())
     sub = np.abs(m[np.ix_(idx, idx)])
@@ -147,6 +147,17 @@ def ghost_groups(
     linked = sub.max(axis=1) >= float(threshold) - 1e-12 if idx.size > 1 else np.zeros(idx.size, dtype=bool)
     part = sub[np.ix_(linked, linked)] if linked.any() else np.zeros((0, 0))
     return grouped(part, linked, idx, m.shape[0], float(threshold), linkage, metric, layer)
+
+
+def _channel_mask(valid: Any, channels: int) -> torch.Tensor:
+    """``valid`` as a CPU boolean tensor of length ``channels``, or a clear error (an index list or a mask of
+    another length would silently cluster the wrong channels)."""
+    v = valid.detach().cpu().numpy() if isinstance(valid, torch.Tensor) else np.asarray(valid)
+    if v.dtype != np.bool_ or v.shape != (channels,):
+        raise GhostmapsError(f"valid must be a boolean mask with one entry per channel ({channels}), got "
+                             f"{v.dtype} of shape {v.shape}; for channel indices use a mask, e.g. "
+                             f"np.isin(np.arange({channels}), indices).")
+    return torch.from_numpy(v.copy())
 
 
 def grouped(part: np.ndarray, linked: np.ndarray, idx: np.ndarray, channels: int, threshold: float,

@@ -27,7 +27,9 @@ alone gives on these images. Every smooth score's excess over each baseline gets
 (the same image groups left out of both).
 
 **Intervals** (``analysis.stats.jackknife``): delete-one-group jackknife over the K image groups, t_{K−1}
-quantiles, centred on the printed estimate; coverage checked by simulation.
+quantiles, centred on the printed estimate; coverage checked by simulation. The mean square, its interval and
+its baseline values are shown clipped to [0, 1]; an excess is the difference of the unclipped estimates (so it
+stays unbiased near 0, where the printed values are clipped).
 """
 
 from __future__ import annotations
@@ -160,8 +162,25 @@ def redundancy(
     check_linkage(linkage)
     level = check_level(level)
     grouped = _as_grouped(source, groups, tol)
+    _check_baseline(baseline, grouped)
     return score_layer(grouped, metric, threshold, level, linkage, layer, observed_groups, baseline, rank99,
                        similarity)[0]
+
+
+def _check_baseline(baseline: Any, grouped: GroupedStats) -> None:
+    """The untrained baseline must be the same layer's statistics with the same image groups and chunk, or
+    its replicates would be paired with the wrong ones (its ``positions`` may differ)."""
+    if baseline is None:
+        return
+    if not isinstance(baseline, GroupedStats):
+        raise GhostmapsError(f"baseline must be the layer's GroupedStats in the untrained network (what survey "
+                             f"accumulates), got {type(baseline).__name__}.")
+    for name in ("channels", "groups", "chunk"):
+        mine, theirs = getattr(grouped, name), getattr(baseline, name)
+        if mine != theirs:
+            raise GhostmapsError(f"baseline has {name}={theirs} but the observed statistics have {name}={mine}: "
+                                 "the baseline must be the same layer, accumulated with the same groups and "
+                                 "chunk (survey(..., baseline='untrained') does this).")
 
 
 def score_layer(grouped: GroupedStats, metric: str, threshold: float, level: float, linkage: str,

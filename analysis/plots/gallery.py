@@ -66,6 +66,9 @@ def pair_gallery(
         if not (0 <= i < c and 0 <= j < c):
             raise GhostmapsError(f"pair ({i}, {j}) is outside the layer's {c} channels.")
     names = list(image_names or [f"image {t}" for t in range(n)])[:n]
+    if len(names) < n:
+        raise GhostmapsError(f"image_names has {len(names)} names for the {n} images shown: pass one per image "
+                             f"(or n_images={len(names)}).")
     fig = Figure(figsize=(tile_inches * 2 * n + 0.6 * (n - 1) + 1.2, tile_inches * len(chosen) + 1.0))
     axes = fig.subplots(len(chosen), 2 * n, squeeze=False)
     for row, (i, j) in enumerate(chosen):

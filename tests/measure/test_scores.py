@@ -293,3 +293,28 @@ def test_bad_input_is_an_error():
         ghost_groups(torch.eye(3), linkage="ward")
     with pytest.raises(GhostmapsError, match="square"):
         ghost_groups(torch.zeros(2, 3))
+
+
+def test_ghost_groups_valid_must_be_a_full_boolean_mask():
+    sim = torch.tensor([[1.0, 0.95, 0.1, 0.0], [0.95, 1.0, 0.1, 0.0], [0.1, 0.1, 1.0, 0.97], [0.0, 0.0, 0.97, 1.0]])
+    ok = ghost_groups(sim, valid=np.array([True, True, True, False]))
+    assert sorted(map(sorted, ok.groups)) == [[0, 1], [2]]  # channel 3 left out, as asked
+    with pytest.raises(GhostmapsError, match="one entry per channel"):
+        ghost_groups(sim, valid=np.array([True, True, True]))  # one short: used to drop channel 3 silently
+    with pytest.raises(GhostmapsError, match="boolean mask"):
+        ghost_groups(sim, valid=[0, 2])  # indices: used to be read as a (wrong) mask
+
+
+def test_a_baseline_of_another_layout_is_refused():
+    g = torch.Generator().manual_seed(0)
+    stats = GroupedStats(groups=4, chunk=2).update(torch.randn(16, 6, 6, 6, generator=g)).finish()
+    for other, what in ((torch.randn(16, 4, 6, 6, generator=g), "channels=4"),):
+        base = GroupedStats(groups=4, chunk=2).update(other).finish()
+        with pytest.raises(GhostmapsError, match=what):
+            redundancy(stats, baseline=base)
+    for groups, chunk, what in ((8, 2, "groups=8"), (4, 4, "chunk=4")):
+        base = GroupedStats(groups=groups, chunk=chunk).update(torch.randn(16, 6, 6, 6, generator=g)).finish()
+        with pytest.raises(GhostmapsError, match=what):
+            redundancy(stats, baseline=base)
+    with pytest.raises(GhostmapsError, match="GroupedStats"):
+        redundancy(stats, baseline=torch.randn(16, 6, 6, 6))

@@ -96,6 +96,8 @@ def test_pair_gallery_shows_each_pair_on_each_image(tiny_survey):
         plots.pair_gallery()
     with pytest.raises(GhostmapsError, match="needs the layer's maps"):
         plots.pair_gallery(pairs=[(0, 1)])
+    with pytest.raises(GhostmapsError, match="image_names has 2 names for the 3 images"):
+        plots.pair_gallery(maps=maps, pairs=[(0, 1)], image_names=["a", "b"])
 
 
 def test_survey_command_end_to_end(tmp_path, capsys):
