@@ -98,15 +98,29 @@ def test_layer_errors(pair):
     conv, head = rep.layers
     # the first replaced layer sees the original input: in-network == isolated == the fit's own error
     assert conv.rel_error == pytest.approx(conv.isolated_rel_error, rel=1e-9)
-    outs = {}
+    outs, ins = {}, {}
+
+    def record(key):
+        def hook(m, i, o):
+            ins[key], outs[key] = i[0].detach(), o.detach().double()
+        return hook
+
     for model, key in ((net, "o"), (new, "r")):
-        h = model.head.register_forward_hook(lambda m, i, o, key=key: outs.__setitem__(key, o.detach().double()))
+        h = model.head.register_forward_hook(record(key))
         with torch.no_grad():
             model(cal)
         h.remove()
     o, r = outs["o"], outs["r"]
-    want = float(((r - o) ** 2).sum() / ((o - o.mean((0, 2, 3), keepdim=True)) ** 2).sum())
-    assert head.rel_error == pytest.approx(want, rel=1e-9)
+
+    def rel(a, b):
+        return float(((a - b) ** 2).sum() / ((b - b.mean((0, 2, 3), keepdim=True)) ** 2).sum())
+
+    assert head.rel_error == pytest.approx(rel(r, o), rel=1e-9)
+    # isolated: the replaced head run by hand on the *original* network's input to the head
+    with torch.no_grad():
+        iso = new.head(ins["o"]).double()
+    assert head.isolated_rel_error == pytest.approx(rel(iso, o), rel=1e-9)
+    assert head.isolated_rel_error < head.rel_error  # the conv's error reaches the head in the network only
     assert head.cosine == pytest.approx(float(F.cosine_similarity(o.flatten(), r.flatten(), dim=0)), rel=1e-9)
     assert (conv.params_before, conv.params_after) == (8 * 16 * 9, 8 * 8 * 9 + 8 * 10)
 
