@@ -102,7 +102,7 @@ def main() -> None:
     t = reconstruction_table(fit_maps["features.16.conv.0.2"], 8, ds=(1, 3, 5, 7), n_random=64,
                              heldout=eval_maps["features.16.conv.0.2"])
     for kind in ("pair", "random"):
-        rows = [r for r in t.rows if r["kind"] == kind]
+        rows = [r for r in t.records if r["kind"] == kind]
         for d in t.ds:
             rd = [r for r in rows if r["d"] == d]
             held = np.mean([r["rel_error"] for r in rd])

@@ -67,7 +67,7 @@ def redundancy_profile(
     unknown = [s for s in scores if s not in PANELS]
     if unknown or not scores:
         raise GhostmapsError(f"unknown scores {unknown}; choose from {', '.join(PANELS)}.")
-    absent = [s for s in scores if s not in next(iter(survey)).redundancy.scores]
+    absent = [s for s in scores if any(s not in layer.redundancy.scores for layer in survey)]
     if absent:
         raise GhostmapsError(f"the survey has no {', '.join(absent)}; survey (or rescore) with rank99=True.")
     names = survey.names

@@ -121,9 +121,14 @@ class ReconstructionTable(Result):
         return "\n".join(lines)
 
 
-def _choose_pairs(fit_x: torch.Tensor, k: int, metric: str, seed: int) -> list[tuple[int, int]]:
+def _choose_pairs(fit_x: torch.Tensor, k: int, metric: str, seed: int,
+                  fit_groups: Sequence[Any] | None = None) -> list[tuple[int, int]]:
+    """The k best exclusive pairs on the fit images; for ``"r2"`` its own held-out split inside them (by photo
+    when the fit images' photos are known and at least two)."""
     if metric == "r2":
-        sim = reconstructability(fit_x, d=3, split=DEFAULT_SPLIT if fit_x.shape[0] >= 2 else None, seed=seed)
+        by_photo = fit_groups is not None and len(set(fit_groups)) >= 2
+        sim = reconstructability(fit_x, d=3, split=DEFAULT_SPLIT if fit_x.shape[0] >= 2 else None, seed=seed,
+                                 groups=fit_groups if by_photo else None)
     else:
         sim = channel_similarity(fit_x, metric=metric)
     return [(p.i, p.j) for p in ghost_pairs(sim, k=k)]  # map j made from map i, i < j
@@ -190,7 +195,10 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
     if isinstance(pairs, (int, np.integer)) and not isinstance(pairs, bool):
         if pairs < 1:
             raise GhostmapsError(f"pairs must be >= 1 (how many pairs to choose) or a list of pairs; got {pairs}")
-        plist = _choose_pairs(fit_x, int(pairs), metric, seed)
+        held = set(sp.eval_index or ())
+        fit_groups = None if groups is None or sp.eval_index is None else \
+            [g for i, g in enumerate(groups) if i not in held]
+        plist = _choose_pairs(fit_x, int(pairs), metric, seed, fit_groups)
         pairs_from = f"chosen by {metric} on the fit images"
         if not plist:
             raise GhostmapsError("the layer has fewer than two live channels on the fit images: no pair to fit.")

@@ -57,3 +57,25 @@ def test_interval_over_photos_when_groups_are_given():
     # over 4 photos the interval is much wider than over the 16 views (which would be too narrow)
     per_view = _jackknife_ratio(err, ss, [str(i) for i in range(len(err))])
     assert (high - low) > 2 * (per_view[1] - per_view[0])
+
+
+def test_r2_pair_choice_splits_the_fit_images_by_photo(monkeypatch):
+    """metric="r2" chooses pairs by a held-out R² inside the fit images: with groups, by photo there too."""
+    import analysis.reconstruct.table as table
+
+    seen = {}
+    real = table.reconstructability
+
+    def spy(maps, *args, **kwargs):
+        seen["groups"] = kwargs.get("groups")
+        return real(maps, *args, **kwargs)
+
+    monkeypatch.setattr(table, "reconstructability", spy)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 4, 6, 6, generator=g, dtype=torch.float64)
+    groups = [f"p{i // 3}" for i in range(24)]  # 8 photos, 3 views each
+    t = reconstruction_table(x, pairs=1, ds=(3,), n_random=0, split=0.5, seed=0, groups=groups, metric="r2")
+    held = set(t.split.eval_index)
+    assert seen["groups"] == [p for i, p in enumerate(groups) if i not in held]
+    reconstruction_table(x, pairs=1, ds=(3,), n_random=0, split=0.5, seed=0, metric="r2")
+    assert seen["groups"] is None
