@@ -4,6 +4,7 @@ into a model and an image batch. No library functions live in ``analysis.cli``."
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,34 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"device {text!r} asked for, but CUDA is not available here; use cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing non-folder among ``path`` and its parents, or None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def out_folder(text: str) -> str:
+    """An output folder: refused before any work when it, or a folder above it, is an existing file."""
+    block = _blocking_file(Path(text).expanduser())
+    if block is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be an output folder: {str(block)!r} is a file; "
+                                         "choose another path")
+    return text
+
+
+def out_file(text: str) -> str:
+    """An output file: refused before any work when it is a folder or a folder above it is a file."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name, e.g. {str(path / 'figure1.png')!r}")
+    block = _blocking_file(path.parent)
+    if block is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {str(block)!r} is a file, not a folder")
     return text
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from analysis.cli.common import positive_int
+from analysis.cli.common import out_folder, positive_int
 
 DEMO_OUT = Path("ghostmaps-out") / "demo"
 
@@ -49,6 +49,6 @@ def register(sub: Any) -> None:
                                    "ghost pairs into an output folder; then survey every conv over the photos "
                                    "against the noise-matched null and the untrained architecture, and write the "
                                    "per-layer scores (CSV, JSON) and the redundancy plots beside it.")
-    p.add_argument("--out", "-o", default=str(DEMO_OUT), help="output folder (default: %(default)s)")
+    p.add_argument("--out", "-o", type=out_folder, default=str(DEMO_OUT), help="output folder (default: %(default)s)")
     p.add_argument("--pairs", "-k", type=positive_int, default=3, help="ghost pairs to mark (default: %(default)s)")
     p.set_defaults(func=run)

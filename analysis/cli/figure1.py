@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from analysis._core.validation import DEFAULT_METRIC, METRICS
-from analysis.cli.common import add_model_args, positive_int
+from analysis.cli.common import add_model_args, out_file, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +39,6 @@ def register(sub: Any) -> None:
                    help="channel similarity: pearson is invariant to the per-channel scale and offset a following "
                         "BN removes; cosine is biased upwards for non-negative maps (default: %(default)s)")
     p.add_argument("--max-channels", type=positive_int, default=64, help="tiles to show (default: %(default)s)")
-    p.add_argument("--out", "-o", default="figure1.png", help="output PNG (default: %(default)s)")
+    p.add_argument("--out", "-o", type=out_file, default="figure1.png", help="output PNG (default: %(default)s)")
     p.add_argument("--svg", action="store_true", help="also write an SVG beside the PNG")
     p.set_defaults(func=run)

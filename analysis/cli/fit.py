@@ -16,6 +16,7 @@ from analysis.cli.common import (
     images_batch,
     load_for_cli,
     non_negative_int,
+    out_folder,
     positive_int,
 )
 
@@ -93,6 +94,6 @@ def register(sub: Any) -> None:
                    help="fraction of the photos held out when no --heldout is given (default: %(default)s)")
     p.add_argument("--heldout", nargs="+", help="images to report on instead of a split (e.g. samples:evaluation)")
     add_image_args(p, "images to fit on")
-    p.add_argument("--out", "-o", help="folder for table1.json and table1.csv (default: print only)")
+    p.add_argument("--out", "-o", type=out_folder, help="folder for table1.json and table1.csv (default: print only)")
     p.set_defaults(func=run)
 

@@ -17,6 +17,7 @@ from analysis.cli.common import (
     add_model_args,
     load_for_cli,
     non_negative_int,
+    out_folder,
     positive_int,
 )
 from analysis.convert.augment import MIXES
@@ -314,5 +315,5 @@ def register(sub: Any) -> None:
     _add_plan_args(p)
     p.add_argument("--latency-runs", type=non_negative_int, default=5, help="timed forwards per model, 0 = skip "
                                                                "(default: %(default)s)")
-    p.add_argument("--out", "-o", default="ghostify-out", help="output folder (default: %(default)s)")
+    p.add_argument("--out", "-o", type=out_folder, default="ghostify-out", help="output folder (default: %(default)s)")
     p.set_defaults(func=run)

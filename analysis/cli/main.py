@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GhostmapsError as exc:
         print(f"ghostmaps {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written (permissions, a file where a folder goes)
+        where = f" ({exc.filename!r})" if getattr(exc, "filename", None) else ""
+        print(f"ghostmaps {args.command}: error: {exc.strerror or exc}{where}; check the path and its folders",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from analysis._core.validation import DEFAULT_METRIC, DEFAULT_THRESHOLD, METRICS
-from analysis.cli.common import add_model_args, positive_int
+from analysis.cli.common import add_model_args, out_folder, positive_int
 from analysis.pipeline import write_survey_outputs
 from analysis.stats import DEFAULT_GROUPS
 
@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
                    help="image files, folders, globs, or samples[:NAME,...] (default: %(default)s)", nargs="+")
     p.add_argument("--layers", "-l", default=["Conv2d"], nargs="+",
                    help="layer names, globs or a module type (default: Conv2d)")
-    p.add_argument("--out", "-o", default="ghostmaps-out/survey", help="output folder (default: %(default)s)")
+    p.add_argument("--out", "-o", type=out_folder, default="ghostmaps-out/survey", help="output folder (default: %(default)s)")
     p.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
                    help="channel similarity: pearson is invariant to the per-channel scale and offset a following "
                         "BN removes; cosine is biased upwards for non-negative maps (default: %(default)s)")

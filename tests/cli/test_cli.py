@@ -96,3 +96,37 @@ def test_bad_sizes_and_devices_exit_2(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["info", "--device", "cuda"])
         assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["fit", "--pairs", "1"], ["survey", "--limit", "2"], ["demo"],
+                                     ["ghostify", "--plan"]])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "is a file" in err and str(blocker) in err
+    assert blocker.read_text() == "mine"  # nothing of the user's is touched
+
+
+def test_figure1_output_file_checks(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    for out, what in ((tmp_path / "afile" / "fig.png", "is a file, not a folder"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit):
+            main(["figure1", "--out", str(out)])
+        assert what in capsys.readouterr().err
+
+
+def test_os_errors_are_reported_without_a_traceback(monkeypatch, capsys):
+    import analysis.cli.layers as layers_cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/root/x.json")
+
+    monkeypatch.setattr(layers_cli, "run", denied)
+    assert main(["layers", "mobilenet_v2"]) == 1
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "/root/x.json" in err and "Traceback" not in err
