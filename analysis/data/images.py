@@ -262,12 +262,16 @@ def load_images(
         items.extend(_expand(source))
     if limit is not None:
         items = items[:limit]
-    seen: dict[str, int] = {}
+    taken = {item.name for item in items}  # a later file's own stem (cat-2) is never given to an earlier one
+    seen: set[str] = set()
     unique = []
     for item in items:
-        count = seen.get(item.name, 0) + 1
-        seen[item.name] = count
-        unique.append(item if count == 1 else _Item(f"{item.name}-{count}", item.source, item.opener))
+        name, count = item.name, 1
+        while name in seen or (count > 1 and name in taken):
+            count += 1
+            name = f"{item.name}-{count}"
+        seen.add(name)
+        unique.append(item if name == item.name else _Item(name, item.source, item.opener))
     description = ", ".join(os.fspath(s) for s in sources)
     if not unique:
         raise NoImagesError(

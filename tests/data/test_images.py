@@ -114,3 +114,16 @@ def test_to_rgb_float_image():
     img = Image.fromarray(np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4), mode="F")
     arr = np.asarray(to_rgb(img))
     assert arr.shape == (4, 4, 3) and arr.min() == 0 and arr.max() == 255
+
+
+def test_renamed_duplicates_never_take_another_files_name(tmp_path):
+    """0/cat.png, 1/cat.png, 2/cat-2.png: the second cat must not become 'cat-2' (the third file's name), or
+    labels and positions keyed by name would point at the wrong image."""
+    for cls, name, value in (("0", "cat.png", 10), ("1", "cat.png", 120), ("2", "cat-2.png", 240)):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / cls / name)
+    src = load_images(tmp_path)
+    assert len(set(src.names)) == 3
+    by_origin = dict(zip([o.split(str(tmp_path))[1] for o in src.origins], src.names, strict=True))
+    assert by_origin["/0/cat.png"] == "cat" and by_origin["/2/cat-2.png"] == "cat-2"
+    assert by_origin["/1/cat.png"] not in ("cat", "cat-2")
