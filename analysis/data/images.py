@@ -67,7 +67,7 @@ class ImageSource:
         self.description = description
 
     def __len__(self) -> int:
-        """Number of candidate images (unreadable files are skipped while iterating)."""
+        """Number of images: the candidates until iterating meets an unreadable file, which is then dropped."""
         return len(self._items)
 
     def __repr__(self) -> str:
@@ -108,12 +108,15 @@ class ImageSource:
 
     def __iter__(self) -> Iterator[NamedImage]:
         yielded = 0
-        for item in self._items:
+        for item in list(self._items):
             try:
                 img = item.opener()
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 warnings.warn(f"skipping {item.source}: not a readable image ({exc})", ImageSkippedWarning,
                               stacklevel=2)
+                # dropped from the source, so that names, photo_names, len and take describe the images
+                # iterating yields (callers pair them with a stacked tensor of those images)
+                self._items = [it for it in self._items if it is not item]
                 continue
             yielded += 1
             yield NamedImage(item.name, self.transform(img), item.source)

@@ -127,3 +127,15 @@ def test_renamed_duplicates_never_take_another_files_name(tmp_path):
     by_origin = dict(zip([o.split(str(tmp_path))[1] for o in src.origins], src.names, strict=True))
     assert by_origin["/0/cat.png"] == "cat" and by_origin["/2/cat-2.png"] == "cat-2"
     assert by_origin["/1/cat.png"] not in ("cat", "cat-2")
+
+
+def test_an_unreadable_file_leaves_names_aligned_with_the_images_read(tmp_path):
+    for k, value in enumerate((10, 120, 240)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / f"p{k}.png")
+    (tmp_path / "p1b_broken.jpg").write_text("not a jpeg")  # sorts between p1 and p2
+    src = load_images(tmp_path, transform=lambda im: torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float())
+    assert len(src) == 4  # candidates, before anything is decoded
+    with pytest.warns(ImageSkippedWarning, match="p1b_broken"):
+        images = list(src)
+    assert [im.name for im in images] == src.names == src.photo_names == ["p0", "p1", "p2"]
+    assert len(src) == 3 and [float(im.tensor[0, 0, 0]) for im in images] == [10.0, 120.0, 240.0]
