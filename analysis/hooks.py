@@ -292,9 +292,10 @@ def capture_maps(
     inputs: torch.Tensor,
     device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One forward of ``inputs`` (in eval mode, no grad) and the captured maps of ``layers``, on the CPU."""
+    """One forward of ``inputs`` (in eval mode, no grad) and the captured maps of ``layers``, on the CPU: plain
+    tensors (``torch.no_grad``, not inference mode), so a caller may edit them in place or use them in autograd."""
     device = model_device(model) if device is None else device
-    with eval_mode(model), torch.inference_mode(), capture(model, layers, to="cpu") as maps:
+    with eval_mode(model), torch.no_grad(), capture(model, layers, to="cpu") as maps:
         model(inputs.to(device=device, dtype=model_dtype(model)))
     return dict(maps)
 

@@ -90,6 +90,9 @@ def test_captured_values_match_a_manual_forward(tiny):
     torch.testing.assert_close(maps["relu"], r0)
     torch.testing.assert_close(maps["relu#1"], r1)
     torch.testing.assert_close(maps["fc"], out)
+    assert not any(t.is_inference() for t in maps.values())  # plain tensors: a caller may edit them
+    maps["conv1"].mul_(2)
+    (maps["fc"].requires_grad_() ** 2).sum().backward()
 
 
 def test_tuple_outputs_callback_and_store():
