@@ -25,7 +25,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, svg: bool = False, dpi: in
     complete or not at all. Returns the written paths."""
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        path = path.with_suffix(".png")
+        path = path.with_name(path.name + ".png")  # appended: "fig_features.3.conv.0" keeps its ".0"
     targets = [path] + ([path.with_suffix(".svg")] if svg and path.suffix.lower() != ".svg" else [])
     for target in targets:
         with atomic_path(target) as tmp:

@@ -54,6 +54,11 @@ def test_figure1_is_deterministic_and_saves_png_and_svg(tmp_path):
     assert [p.name for p in written] == ["f.png", "f.svg"]
     assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in written[1].read_bytes()[:500]
     assert not list(tmp_path.glob(".*tmp"))
+    # a layer name with dots keeps them: two layers' figures never land on one file
+    fig = plots.figure1(maps, pairs)
+    a = plots.save_figure(fig, tmp_path / "fig_features.3.conv.0")[0]
+    b = plots.save_figure(fig, tmp_path / "fig_features.3.conv.1")[0]
+    assert (a.name, b.name) == ("fig_features.3.conv.0.png", "fig_features.3.conv.1.png") and a.exists()
 
 
 def test_figure1_bad_input():
