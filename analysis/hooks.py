@@ -305,6 +305,11 @@ def single_entry(maps: dict[str, torch.Tensor], layer: str, ndim: int | None = N
     ``(entry name, tensor)``. Raises ``GhostmapsError`` when the layer gave no tensor or several (a reused
     module, a tuple output), or, with ``ndim``, a tensor of another rank (``ndim=4``: N x C x H x W maps)."""
     entries = [name for name in maps if name == layer or name.startswith((f"{layer}#", f"{layer}["))]
+    if not entries and maps:  # a glob or a type name captured several layers, none called ``layer`` itself
+        found = list(maps)
+        raise GhostmapsError(f"layer {layer!r} produced no tensor output of its own; the maps hold {len(found)} "
+                             f"other layer(s) ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}): for a glob "
+                             f"or a type name, name exactly one layer, e.g. {found[0]!r}.")
     if not entries:
         raise GhostmapsError(f"layer {layer!r} produced no tensor output for the given image(s).")
     if len(entries) > 1:

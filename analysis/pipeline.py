@@ -199,7 +199,8 @@ def write_survey_outputs(survey: Any, out: str | Path, model: Any = None, images
     written += save_figure(redundancy_profile(survey), out / "profile.png")
     for layer in heatmaps or [most_redundant(survey)]:
         written += save_figure(similarity_heatmap(survey, layer), out / f"heatmap-{layer}.png")
-        if model is not None and images is not None and len(survey[layer].pairs):
+        # a gallery shows maps: layers without spatial maps (C, not C×H×W: a Linear, a pooled output) get none
+        if model is not None and images is not None and len(survey[layer].pairs) and len(survey[layer].shape) == 3:
             fig = survey_gallery(survey, layer, model=model, images=images)
             written += save_figure(fig, out / f"gallery-{layer}.png")
     return written

@@ -103,8 +103,11 @@ def test_single_entry_picks_one_layer_output():
     name, tensor = single_entry(maps, "a", ndim=4)
     assert name == "a" and tensor is maps["a"]
     assert single_entry(maps, "t")[0] == "t[0]"
-    with pytest.raises(GhostmapsError, match="produced no tensor output"):
-        single_entry(maps, "c")
+    with pytest.raises(GhostmapsError, match=r"produced no tensor output of its own; the maps hold 5 other "
+                                             r"layer\(s\) \(a, b, r, r#1, …\): .* e.g. 'a'"):
+        single_entry(maps, "c")  # e.g. a glob that captured several layers
+    with pytest.raises(GhostmapsError, match=r"produced no tensor output for the given image"):
+        single_entry({}, "c")
     with pytest.raises(GhostmapsError, match=r"gives 2 outputs \(r, r#1…\); pick one, e.g. 'r'"):
         single_entry(maps, "r")
     with pytest.raises(GhostmapsError, match=r"outputs shape \(1, 4\), not feature maps"):

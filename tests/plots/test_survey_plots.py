@@ -256,3 +256,12 @@ def test_headline_is_the_largest_excess_over_the_untrained_network_with_its_inte
     s = Survey({"d": layer("d", 0.04, None, 0.3)})  # no interval at all (groups=1): said so, not "includes 0"
     name, sentence = headline(s)
     assert name == "d" and "no interval to judge by" in sentence and "includes 0" not in sentence
+
+
+def test_survey_command_on_a_layer_without_spatial_maps_writes_everything_but_a_gallery(tmp_path):
+    out = tmp_path / "run"
+    code = main(["survey", "--images", "samples:chelsea,china", "--layers", "classifier.1", "--out", str(out),
+                 "--no-progress"])  # pretrained (offline): its logits have pairs to show
+    assert code == 0  # it used to fail after writing the rest, on the gallery of an N×C output
+    names = sorted(p.name for p in out.iterdir())
+    assert "heatmap-classifier.1.png" in names and not any(n.startswith("gallery") for n in names)
