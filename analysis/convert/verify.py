@@ -98,6 +98,7 @@ class VerificationReport(Result):
     layers: list[LayerCheck] = field(default_factory=list)
     latency: Latency | None = None
     note: str = ""
+    replaced: list[str] | None = None  # the replaced layers' names (``layers`` is empty when not checked)
 
     @property
     def params_ratio(self) -> float:
@@ -146,7 +147,7 @@ class VerificationReport(Result):
                              "params_ratio": self.params_ratio, "macs_before": self.macs_before,
                              "macs_after": self.macs_after, "macs_ratio": self.macs_ratio, "n_images": self.n_images,
                              "n_photos": self.agreement.n_photos, "calibration": self.calibration,
-                             "replaced_layers": len(self.layers)}
+                             "replaced_layers": self.n_replaced}
         scores = {"top1_agreement": self.agreement.top1, "top5_agreement": self.agreement.top5,
                   "logits_cosine": self.agreement.logits_cosine, "logits_kl": self.agreement.logits_kl}
         if self.accuracy is not None:
@@ -163,6 +164,11 @@ class VerificationReport(Result):
                           r.replaced_ms, f"latency_b{r.batch}_ratio": r.ratio})
         return plain(d)
 
+    @property
+    def n_replaced(self) -> int:
+        """How many layers were replaced (also when their per-layer checks were skipped, ``layer_images=0``)."""
+        return len(self.replaced) if self.replaced is not None else len(self.layers)
+
     _COLUMNS = LayerCheck._COLUMNS
 
     def rows(self) -> list[dict[str, Any]]:
@@ -177,7 +183,7 @@ class VerificationReport(Result):
             "calibration": self.calibration, "note": self.note, "agreement": self.agreement.to_dict(),
             "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
             "latency": None if self.latency is None else self.latency.to_dict(),
-            "layers": [c.to_dict() for c in self.layers]})
+            "layers": [c.to_dict() for c in self.layers], "replaced": self.replaced})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -187,13 +193,16 @@ class VerificationReport(Result):
                    int(data["macs_after"]), Agreement.from_dict(data["agreement"]), int(data["n_images"]),
                    tuple(int(v) for v in data["input_size"]), str(data["evaluation"]), str(data["calibration"]),
                    None if acc is None else Accuracy.from_dict(acc), [LayerCheck.from_dict(c) for c in data["layers"]],
-                   None if lat is None else Latency.from_dict(lat), str(data.get("note", "")))
+                   None if lat is None else Latency.from_dict(lat), str(data.get("note", "")),
+                   None if data.get("replaced") is None else [str(n) for n in data["replaced"]])
 
     def __str__(self) -> str:
         ag = self.agreement
         level = f"{ag.top1.level:.0%}"
         lines = [f"verification on {self.n_images} images ({ag.n_photos} photos) of {self.evaluation}; "
-                 f"{len(self.layers)} layers replaced; calibration: {self.calibration}",
+                 f"{self.n_replaced} layers replaced"
+                 f"{'' if self.layers or not self.n_replaced else ' (per-layer errors not measured)'}; "
+                 f"calibration: {self.calibration}",
                  f"  params {self.params_before:,} -> {self.params_after:,} (x{self.params_ratio:.2f} smaller)",
                  f"  MACs   {self.macs_before / 1e6:.1f}M -> {self.macs_after / 1e6:.1f}M (x{self.macs_ratio:.2f} "
                  "fewer; BN, activations, adds and the Ghost concatenation not counted)",
@@ -340,4 +349,4 @@ def verify_replacement(original: nn.Module, replaced: nn.Module, images: Any, *,
         params_before=before.params, params_after=after.params, macs_before=before.total_macs,
         macs_after=after.total_macs, agreement=agreement(out, level), n_images=out.n,
         input_size=(out.n, *first.shape[1:]), evaluation=evalset.description, calibration=status,
-        accuracy=accuracy(out, level, worst_classes), layers=checks, latency=lat, note=note)
+        accuracy=accuracy(out, level, worst_classes), layers=checks, latency=lat, note=note, replaced=names)

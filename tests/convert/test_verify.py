@@ -123,6 +123,10 @@ def test_layer_errors(pair):
     assert head.isolated_rel_error < head.rel_error  # the conv's error reaches the head in the network only
     assert head.cosine == pytest.approx(float(F.cosine_similarity(o.flatten(), r.flatten(), dim=0)), rel=1e-9)
     assert (conv.params_before, conv.params_after) == (8 * 16 * 9, 8 * 8 * 9 + 8 * 10)
+    quick = verify_replacement(net, new, cal, latency_repeats=0, layer_images=0)  # no per-layer checks
+    assert quick.layers == [] and quick.n_replaced == 2 and quick.summary()["replaced_layers"] == 2
+    assert "2 layers replaced (per-layer errors not measured)" in str(quick)
+    assert type(quick).from_dict(json.loads(quick.to_json())).replaced == ["conv", "head"]
 
 
 def test_labelled_accuracy_mcnemar_and_losing_classes_on_hand_made_predictions():
