@@ -36,3 +36,29 @@ def test_digest_sees_values_shapes_and_dtypes():
     with torch.no_grad():
         b.bias += 1
     assert state_fingerprint(a) != state_fingerprint(b)
+
+
+def test_atomic_writes_from_two_threads_to_one_path_never_mix(tmp_path):
+    """Each call writes its own temporary file, so concurrent writers of one path leave one whole payload."""
+    import threading
+
+    from analysis._core.io import atomic_path
+
+    target = tmp_path / "out.bin"
+    payloads = [bytes([k]) * 200_000 for k in (1, 2)]
+    ready = threading.Barrier(2)
+    temps: list[str] = []
+
+    def write(data: bytes) -> None:
+        with atomic_path(target) as tmp:
+            temps.append(tmp.name)
+            ready.wait()  # both temporaries exist at once
+            tmp.write_bytes(data)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(temps)) == 2
+    assert target.read_bytes() in payloads and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
