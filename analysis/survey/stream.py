@@ -115,18 +115,34 @@ class Stream:
                         baseline_state=None if self.untrained is None else self.untrained.state_dict())
 
 
+#: Batch size of the untrained baseline's BatchNorm re-estimation: fixed, so that its running statistics (an
+#: equal-weight average of per-batch statistics) do not depend on the survey's ``batch_size``.
+BN_BATCH = 16
+
+
 def bn_batches(images: Images, raw: Any, batch_size: int, chunk: int, keeps: Callable[[int], bool], limit: int,
                to_device: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """The first ``limit`` images the untrained network will survey, in batches (for its BN re-estimation)."""
+    """The first ``limit`` images the untrained network will survey, re-batched in ``BN_BATCH``s whatever the
+    survey's ``batch_size`` (for its BN re-estimation)."""
     if one_shot(raw):
         raise GhostmapsError("baseline='untrained' reads the first images twice (BatchNorm re-estimation, then the "
                              "survey); pass a source that can be read again (files, a tensor, a Dataset or "
                              "DataLoader), not a one-shot iterator.")
     left = limit
+    pending: list[torch.Tensor] = []
+    held = 0
     for index, batch, *_ in images.batches(batch_size, chunk=chunk):
         keep = [t for t, i in enumerate(index) if keeps(i)][:left]
         if keep:
-            yield to_device(batch if len(keep) == len(index) else batch[keep])
+            pending.append(batch if len(keep) == len(index) else batch[keep])
+            held += len(keep)
             left -= len(keep)
+        while held >= BN_BATCH or (held and left <= 0):
+            stacked = torch.cat(pending)
+            yield to_device(stacked[:BN_BATCH])
+            rest = stacked[BN_BATCH:]
+            pending, held = ([rest] if len(rest) else []), len(rest)
         if left <= 0:
             return
+    if held:
+        yield to_device(torch.cat(pending))

@@ -101,7 +101,7 @@ def test_survey_folds_the_untrained_network_on_its_stated_subset():
     # images 0, 1, 4, 5, 8, 9), then its conv outputs on the subset
     subset = [0, 1, 4, 5, 8, 9]
     net = untrained_copy(model, seed=7)
-    reestimate_batchnorm(net, [x[[0, 1, 4]], x[[5]]])  # the first 4 subset images, in the survey's batches
+    reestimate_batchnorm(net, [x[[0, 1, 4, 5]]])  # the first 4 subset images, one BN batch (not the survey's)
     with torch.no_grad():
         c1 = net.conv1(x[subset])
         c2 = net.conv2(torch.relu(net.bn1(c1)))
@@ -126,3 +126,20 @@ def test_baseline_needs_a_source_it_can_read_twice():
     with pytest.raises(GhostmapsError, match="read again"):
         survey(model, (torch.randn(2, 3, 8, 8) for _ in range(2)), layers="conv2", baseline="untrained",
                progress=False)
+
+
+def test_the_baseline_does_not_depend_on_the_survey_batch_size():
+    """BN is re-estimated in fixed batches (``BN_BATCH``), so batch_size changes neither its running statistics
+    nor any untrained score (it did by ~1e-3 when the survey's own batches were used)."""
+    from analysis.survey.stream import BN_BATCH
+
+    torch.manual_seed(0)
+    model = Small().eval()
+    x = torch.randn(40, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    runs = [survey(model, x, layers=["conv1", "conv2"], baseline="untrained", baseline_bn_images=BN_BATCH + 4,
+                   groups=4, batch_size=b, progress=False) for b in (4, 7)]
+    for name in ("conv1", "conv2"):
+        a, b = (r[name].redundancy.scores["mean_sq_similarity"].untrained for r in runs)
+        assert a.value == pytest.approx(b.value, rel=1e-6, abs=1e-9)
+        ta, tb = (r[name].baseline_stats.total() for r in runs)
+        np.testing.assert_allclose(ta.covariance.numpy(), tb.covariance.numpy(), rtol=1e-5, atol=1e-8)
