@@ -206,6 +206,14 @@ class Images:
                              "pass at least one image.")
         return x
 
+    def spread(self, count: int = 8) -> list[torch.Tensor]:
+        """Up to ``count`` images spread evenly over a map-style Dataset (first and last included), each C×H×W,
+        read by index; other kinds give just the first image (a stream would have to be read in full)."""
+        if self.kind != "dataset" or not self.length:
+            return [self.first()[1]]
+        positions = sorted({round(k * (self.length - 1) / max(count - 1, 1)) for k in range(count)})
+        return [self._image(i)[0][0] for i in positions]
+
     def first(self) -> tuple[str, torch.Tensor]:
         """The first image, as (name, C×H×W tensor); the name is ``image-0`` when the source has none."""
         batch = next(iter(self.batches(1)), None)

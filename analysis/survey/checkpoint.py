@@ -44,7 +44,8 @@ def _stamp(origin: str) -> Any:
 def source_fingerprint(images: Images, raw: Any) -> str:
     """A hash saying which image source this is: image files by name, size and modification time; a tensor by
     all its values; a Dataset or DataLoader (which would have to be read in full) by its kind, its length and
-    the values of its first image."""
+    the values of images spread over it (a map-style Dataset: 8, first and last included; a DataLoader or
+    stream: the first)."""
     if one_shot(raw):
         raise GhostmapsError("checkpoint/resume needs an image source that can be read again from the start (files, "
                              "a tensor, a Dataset or DataLoader), not a one-shot iterator.")
@@ -53,8 +54,7 @@ def source_fingerprint(images: Images, raw: Any) -> str:
                       tuple(_stamp(o) for o in images.source.origins))
     if images.kind == "tensor":
         return digest("tensor", images.length, images.source[0])
-    _, first = images.first()
-    return digest(images.kind, images.length, first)
+    return digest(images.kind, images.length, *images.spread())
 
 
 def save_checkpoint(path: str | os.PathLike, *, identity: dict[str, Any], done: int, order: list[str],
