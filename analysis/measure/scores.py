@@ -267,7 +267,8 @@ def _rank99(work: GroupedStats, metric: str, valid: torch.Tensor, split: Any, ba
             notes: list[str]) -> Score:
     """rank99 cross-validated between halves, for the observed statistics, the null and the baseline."""
     if split is None:
-        notes.append("rank99 not corrected for sample size: that needs images in at least two image groups")
+        notes.append("rank99 not corrected for sample size" + (" and not compared with the baseline" if baseline
+                     is not None else "") + ": that needs images in at least two image groups")
         return Score(plain_rank99(observed_similarity(work.moments(), metric, valid), valid))
     half_sims = [observed_similarity(work.moments(s), metric, valid) for s in split]
     ab, ba = rank99_split(*half_sims, valid)

@@ -318,3 +318,12 @@ def test_a_baseline_of_another_layout_is_refused():
             redundancy(stats, baseline=base)
     with pytest.raises(GhostmapsError, match="GroupedStats"):
         redundancy(stats, baseline=torch.randn(16, 6, 6, 6))
+
+
+def test_rank99_without_two_image_groups_says_it_has_no_baseline_value():
+    g = torch.Generator().manual_seed(0)
+    stats = GroupedStats(groups=1, chunk=16).update(torch.randn(16, 5, 6, 6, generator=g)).finish()
+    base = GroupedStats(groups=1, chunk=16).update(torch.randn(16, 5, 6, 6, generator=g)).finish()
+    r = redundancy(stats, baseline=base, rank99=True)
+    assert r.scores["rank99"].untrained is None
+    assert any("rank99 not corrected for sample size and not compared with the baseline" in n for n in r.notes)
