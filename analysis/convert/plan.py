@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -329,27 +330,48 @@ def choose_plan(plan: ReplacementPlan, macs: float | None = None, params: float 
 
 def _choose(options: list[LayerOption], budgets: tuple[float | None, float | None], macs0: int, params0: int,
             resolution: int | None, plan: ReplacementPlan) -> ReplacementPlan:
-    """Solve the knapsack over ``options`` and fill ``plan`` with the choice."""
-    names = list(dict.fromkeys(o.name for o in options))
-    groups = [[o for o in options if o.name == n] for n in names]
+    """Solve the knapsack over ``options`` and fill ``plan`` with the choice. An option that costs more than the
+    conv in a budgeted dimension (a Ghost module of a small 1×1 conv can) is never chosen; it is listed in
+    ``plan.skipped``. The budget is read exactly as written (0.29 keeps at most 29 % of the MACs)."""
     dims = [(d, total, b) for d, (total, b) in enumerate(((macs0, budgets[0]), (params0, budgets[1])))
             if b is not None]
+    usable = []
+    for o in options:
+        worse = [f"{('MACs', 'params')[d]} {-(o.macs_saved, o.params_saved)[d]:,} more"
+                 for d, _, _ in dims if (o.macs_saved, o.params_saved)[d] < 0]
+        if worse:
+            plan.skipped[f"{o.name} (s={o.ratio})"] = (f"its Ghost replacement costs more than the conv "
+                                                       f"({', '.join(worse)}): never chosen")
+        else:
+            usable.append(o)
+    names = list(dict.fromkeys(o.name for o in usable))
+    groups = [[o for o in usable if o.name == n] for n in names]
     res = check_positive_int(resolution, "resolution") if resolution is not None else (100_000 if len(dims) == 1
                                                                                        else 2000)
-    required = [total - math.floor(b * total) for _, total, b in dims]
+    required = [total - math.floor(Fraction(repr(b)) * total) for _, total, b in dims]
     saved = [[[(o.macs_saved, o.params_saved)[d] for d, _, _ in dims] for o in g] for g in groups]
-    try:
-        sol = solve_knapsack([[o.kl for o in g] for g in groups], saved, required,
-                             [max(1, total // res) for _, total, _ in dims])
-    except BudgetError as exc:
-        reach = []
-        for d, total, b in dims:
-            best = total - sum(max((o.macs_saved, o.params_saved)[d] for o in g) for g in groups)
-            reach.append(f"{('MACs', 'params')[d]} {best / total:.1%} (budget {b:.0%})")
+    losses = [[o.kl for o in g] for g in groups]
+    reach = [sum(max((o.macs_saved, o.params_saved)[d] for o in g) for g in groups) for d, _, _ in dims]
+    sol = None
+    tries = [res] if resolution is not None else [res, res * 20]  # finer once when only the rounding stops it
+    for r in tries:
+        try:
+            sol = solve_knapsack(losses, saved, required, [max(1, total // r) for _, total, _ in dims])
+            break
+        except BudgetError as exc:
+            last = exc
+            if any(got < need for got, need in zip(reach, required, strict=True)):
+                break
+    if sol is None:
+        if all(got >= need for got, need in zip(reach, required, strict=True)):
+            raise BudgetError(f"the budget is within reach of these candidates, but only finer than the "
+                              f"resolution {tries[-1]:,} resolves; pass resolution= a larger number. ({last})")
+        kept = [f"{('MACs', 'params')[d]} {(total - got) / total:.1%} (budget {b:.0%})"
+                for (d, total, b), got in zip(dims, reach, strict=True)]
         raise BudgetError(f"the budget cannot be met with these candidates ({len(names)} convs, ratios "
-                          f"{sorted({o.ratio for o in options})}): replacing every one at its largest saving keeps "
-                          f"{', '.join(reach)} of the original. Raise the budget, add ratios or layers. "
-                          f"({exc})") from None
+                          f"{sorted({o.ratio for o in usable})}): replacing every one at its largest saving keeps "
+                          f"{', '.join(kept)} of the original. Raise the budget, add ratios or layers. "
+                          f"({last})") from None
     chosen = {names[g]: groups[g][k] for g, k in enumerate(sol.picks) if k >= 0}
     for o in chosen.values():
         o.chosen = True

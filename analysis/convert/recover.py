@@ -230,7 +230,10 @@ def recover(student: nn.Module, teacher: nn.Module, images: Any, steps: int = 20
         raise RecoverError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}.")
     if bn not in BN_MODES:
         raise RecoverError(f"bn must be 'freeze' (running statistics kept) or 'train' (batch statistics), got {bn!r}.")
-    if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+    seed = check_count(seed, "seed", RecoverError, " (an integer >= 0)")
+    pair = list(scale) if isinstance(scale, (tuple, list)) else None
+    if not (pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in pair) and 0 < pair[0] <= pair[1] <= 1):
         raise RecoverError(f"scale must be (low, high) area fractions with 0 < low <= high <= 1, got {scale!r}.")
     if mix is not None and mix not in MIXES:
         raise RecoverError(f"mix must be None, {' or '.join(repr(m) for m in MIXES)}, got {mix!r}.")

@@ -147,3 +147,42 @@ def test_an_evaluation_folder_without_images(tmp_path, data):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoImagesError, match="empty"):
         plan_replacement(PlanNet(), data[0], eval_images=str(tmp_path / "empty"), progress=False)
+
+
+def _options(*rows):
+    from analysis.convert.plan import LayerOption
+
+    return [LayerOption(name, s, kl, 0, 0, 0, 0, 1, "t", macs, params) for name, s, kl, macs, params in rows]
+
+
+def test_choose_plan_reads_the_budget_exactly_as_written():
+    """0.29 of 100 MACs keeps 29, although 0.29 * 100 is 28.999… in floating point (it kept 28 before)."""
+    from analysis.convert.plan import ReplacementPlan, choose_plan
+
+    plan = ReplacementPlan(_options(("a", 2, 0.1, 71, 0), ("a", 3, 5.0, 72, 0)), {}, None, None, 100, 100, 100,
+                           100, 0.0, 0.0, (1, 3, 16, 16))
+    got = choose_plan(plan, macs=0.29)
+    assert got.ratios == {"a": 2} and got.macs_after == 29 and got.predicted_loss == 0.1
+
+
+def test_an_option_that_costs_more_than_its_conv_is_skipped_not_a_crash():
+    from analysis.convert.plan import ReplacementPlan, choose_plan
+
+    plan = ReplacementPlan(_options(("small", 2, 0.0, -10, -4), ("big", 2, 0.5, 60, 30)), {}, None, None, 100, 100,
+                           100, 100, 0.0, 0.0, (1, 3, 16, 16))
+    got = choose_plan(plan, macs=0.5)
+    assert got.ratios == {"big": 2}
+    assert "costs more than the conv (MACs 10 more)" in got.skipped["small (s=2)"]
+
+
+def test_a_budget_reachable_only_finer_than_the_resolution_says_so():
+    from analysis.convert.plan import ReplacementPlan, choose_plan
+
+    total = 2_000_000
+    plan = ReplacementPlan(_options(("a", 2, 0.1, 1_500_999, 10)), {}, None, None, total, 100, total, 100, 0.0, 0.0,
+                           (1, 3, 16, 16))
+    with pytest.raises(BudgetError, match="within reach .* pass resolution="):
+        choose_plan(plan, macs=499_001 / total, params=1.0)
+    assert choose_plan(plan, macs=499_001 / total, params=1.0, resolution=total).ratios == {"a": 2}
+    with pytest.raises(BudgetError, match="cannot be met"):
+        choose_plan(plan, macs=0.2)

@@ -212,6 +212,11 @@ def test_result_round_trip_and_print():
     ({"resume": True}, ["resume", "checkpoint"]),
     ({"teacher": "wrong head"}, ["shape", "same classes"]),
     ({"features": "nope", "loss": "features"}, ["features", "submodule"]),
+    ({"seed": 1.5}, ["seed", "int >= 0"]),  # was truncated to 1
+    ({"seed": -1}, ["seed", "int >= 0"]),
+    ({"seed": None}, ["seed", "int >= 0"]),  # was a TypeError
+    ({"scale": 0.5}, ["scale", "(low, high)"]),  # was a TypeError
+    ({"scale": (0.5, "1")}, ["scale", "(low, high)"]),
 ])
 def test_bad_input_is_a_clear_error(change, words):
     teacher, student = _pair()
