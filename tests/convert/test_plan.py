@@ -186,3 +186,10 @@ def test_a_budget_reachable_only_finer_than_the_resolution_says_so():
     assert choose_plan(plan, macs=499_001 / total, params=1.0, resolution=total).ratios == {"a": 2}
     with pytest.raises(BudgetError, match="cannot be met"):
         choose_plan(plan, macs=0.2)
+    # one budget: the default resolution (units of 200 MACs) misses it, the one retry 10x finer meets it
+    total = 20_000_000
+    one = ReplacementPlan(_options(("a", 2, 0.1, 15_000_100, 0)), {}, None, None, total, 100, total, 100, 0.0, 0.0,
+                          (1, 3, 16, 16))
+    assert choose_plan(one, macs=0.249995).ratios == {"a": 2}
+    with pytest.raises(BudgetError, match="within reach"):
+        choose_plan(one, macs=0.249995, resolution=100_000)
