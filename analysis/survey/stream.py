@@ -129,20 +129,15 @@ def bn_batches(images: Images, raw: Any, batch_size: int, chunk: int, keeps: Cal
                              "survey); pass a source that can be read again (files, a tensor, a Dataset or "
                              "DataLoader), not a one-shot iterator.")
     left = limit
-    pending: list[torch.Tensor] = []
-    held = 0
+    pending: list[torch.Tensor] = []  # kept images not yet yielded, C×H×W each
     for index, batch, *_ in images.batches(batch_size, chunk=chunk):
         keep = [t for t, i in enumerate(index) if keeps(i)][:left]
-        if keep:
-            pending.append(batch if len(keep) == len(index) else batch[keep])
-            held += len(keep)
-            left -= len(keep)
-        while held >= BN_BATCH or (held and left <= 0):
-            stacked = torch.cat(pending)
-            yield to_device(stacked[:BN_BATCH])
-            rest = stacked[BN_BATCH:]
-            pending, held = ([rest] if len(rest) else []), len(rest)
+        pending.extend(batch[keep])
+        left -= len(keep)
+        while len(pending) >= BN_BATCH or (pending and left <= 0):
+            yield to_device(torch.stack(pending[:BN_BATCH]))
+            del pending[:BN_BATCH]
         if left <= 0:
             return
-    if held:
-        yield to_device(torch.cat(pending))
+    if pending:
+        yield to_device(torch.stack(pending))
