@@ -328,6 +328,15 @@ def choose_plan(plan: ReplacementPlan, macs: float | None = None, params: float 
     return _choose(new.options, budgets, new.macs_before, new.params_before, resolution, new)
 
 
+#: The budget dimensions, in the order of ``(macs, params)``.
+_DIM_NAMES = ("MACs", "params")
+
+
+def _saving(option: LayerOption, dim: int) -> int:
+    """What ``option`` saves in budget dimension ``dim`` (0: MACs, 1: parameters); negative when it costs more."""
+    return (option.macs_saved, option.params_saved)[dim]
+
+
 def _choose(options: list[LayerOption], budgets: tuple[float | None, float | None], macs0: int, params0: int,
             resolution: int | None, plan: ReplacementPlan) -> ReplacementPlan:
     """Solve the knapsack over ``options`` and fill ``plan`` with the choice. An option that costs more than the
@@ -337,8 +346,7 @@ def _choose(options: list[LayerOption], budgets: tuple[float | None, float | Non
             if b is not None]
     usable = []
     for o in options:
-        worse = [f"{('MACs', 'params')[d]} {-(o.macs_saved, o.params_saved)[d]:,} more"
-                 for d, _, _ in dims if (o.macs_saved, o.params_saved)[d] < 0]
+        worse = [f"{_DIM_NAMES[d]} {-_saving(o, d):,} more" for d, _, _ in dims if _saving(o, d) < 0]
         if worse:
             plan.skipped[f"{o.name} (s={o.ratio})"] = (f"its Ghost replacement costs more than the conv "
                                                        f"({', '.join(worse)}): never chosen")
@@ -349,9 +357,9 @@ def _choose(options: list[LayerOption], budgets: tuple[float | None, float | Non
     res = check_positive_int(resolution, "resolution") if resolution is not None else (100_000 if len(dims) == 1
                                                                                        else 2000)
     required = [total - math.floor(Fraction(repr(b)) * total) for _, total, b in dims]
-    saved = [[[(o.macs_saved, o.params_saved)[d] for d, _, _ in dims] for o in g] for g in groups]
+    saved = [[[_saving(o, d) for d, _, _ in dims] for o in g] for g in groups]
     losses = [[o.kl for o in g] for g in groups]
-    reach = [sum(max((o.macs_saved, o.params_saved)[d] for o in g) for g in groups) for d, _, _ in dims]
+    reach = [sum(max(_saving(o, d) for o in g) for g in groups) for d, _, _ in dims]
     sol = None
     # one budget: once 10x finer when only the rounding stops it (two budgets: the table would be 100x larger)
     tries = [res, res * 10] if resolution is None and len(dims) == 1 else [res]
@@ -367,7 +375,7 @@ def _choose(options: list[LayerOption], budgets: tuple[float | None, float | Non
         if all(got >= need for got, need in zip(reach, required, strict=True)):
             raise BudgetError(f"the budget is within reach of these candidates, but only finer than the "
                               f"resolution {tries[-1]:,} resolves; pass resolution= a larger number. ({last})")
-        kept = [f"{('MACs', 'params')[d]} {(total - got) / total:.1%} (budget {b:.0%})"
+        kept = [f"{_DIM_NAMES[d]} {(total - got) / total:.1%} (budget {b:.0%})"
                 for (d, total, b), got in zip(dims, reach, strict=True)]
         raise BudgetError(f"the budget cannot be met with these candidates ({len(names)} convs, ratios "
                           f"{sorted({o.ratio for o in usable})}): replacing every one at its largest saving keeps "
