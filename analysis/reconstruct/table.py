@@ -192,12 +192,14 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
         raise GhostmapsError(f"metric must be 'pearson', 'cosine' or 'r2', got {metric!r}")
     ridge = _check_ridge(ridge)
     fit_x, eval_x, sp = split_maps(x, heldout, split, seed, groups)
+    fit_groups = eval_groups = None  # the photos of each side of the split, when known
+    if groups is not None and sp.eval_index is not None:
+        held = set(sp.eval_index)
+        fit_groups = [g for i, g in enumerate(groups) if i not in held]
+        eval_groups = [groups[i] for i in sp.eval_index]
     if isinstance(pairs, (int, np.integer)) and not isinstance(pairs, bool):
         if pairs < 1:
             raise GhostmapsError(f"pairs must be >= 1 (how many pairs to choose) or a list of pairs; got {pairs}")
-        held = set(sp.eval_index or ())
-        fit_groups = None if groups is None or sp.eval_index is None else \
-            [g for i, g in enumerate(groups) if i not in held]
         plist = _choose_pairs(fit_x, int(pairs), metric, seed, fit_groups)
         pairs_from = f"chosen by {metric} on the fit images"
         if not plist:
@@ -205,7 +207,6 @@ def reconstruction_table(maps: Any, pairs: Any = 3, ds: Sequence[int] = (1, 3, 5
     else:
         plist = _pair_list(pairs, c)
         pairs_from = "given"
-    eval_groups = None if groups is None or sp.eval_index is None else [groups[i] for i in sp.eval_index]
     rng = np.random.default_rng(seed)
     live = np.flatnonzero(fit_x.abs().amax(dim=(0, 2, 3)).cpu().numpy() > 0)
     pool = live if len(live) >= 2 else np.arange(c)
