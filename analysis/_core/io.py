@@ -11,11 +11,12 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (hidden, unique to this call: two threads writing one path do not share it) to write to; on success it is
-    renamed onto ``path``, on any error or interrupt it is removed and ``path`` is left as it was."""
+    """Yield a temporary path beside ``path`` to write to (hidden, unique to this call, so two threads writing
+    one path never share it); on success it is renamed onto ``path``, on any error or interrupt it is removed
+    and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per call, not only per process
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
