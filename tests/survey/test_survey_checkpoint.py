@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from analysis import GhostmapsError, survey
 from tests.helpers import TinyNet
@@ -122,34 +123,23 @@ def test_image_files_rewritten_since_the_checkpoint_are_another_source(tmp_path)
         survey(net, str(folder), checkpoint=path, resume=True, **fast)
 
 
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.x[i]
-
-
 def test_a_dataset_differing_past_its_first_image_is_another_source(tmp_path):
     path = tmp_path / "run.ckpt"
     fast = {**SETTINGS, "baseline": None}
     net = TinyNet().eval()
     x = images()[:16]
-    survey(net, _Items(x), checkpoint=path, **fast)
-    assert survey(net, _Items(x.clone()), checkpoint=path, resume=True, **fast).meta["resumed_from"] == 16
+    survey(net, TensorDataset(x), checkpoint=path, **fast)
+    assert survey(net, TensorDataset(x.clone()), checkpoint=path, resume=True, **fast).meta["resumed_from"] == 16
     other = x.clone()
     other[8:] = images(2)[8:16]  # the same length and first images, other images from the middle on
     with pytest.raises(GhostmapsError, match="another image source"):
-        survey(net, _Items(other), checkpoint=path, resume=True, **fast)
+        survey(net, TensorDataset(other), checkpoint=path, resume=True, **fast)
 
 
 def test_images_spread_reads_evenly_spaced_dataset_items():
     from analysis.data.batches import as_images
 
     x = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
-    got = as_images(_Items(x)).spread(4)
+    got = as_images(TensorDataset(x)).spread(4)
     assert [float(t[0, 0, 0]) for t in got] == [0.0, 3.0, 6.0, 9.0]  # round(k·9/3)
     assert len(as_images(x).spread(4)) == 1  # a tensor source: its first image only
